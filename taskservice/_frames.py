@@ -1,0 +1,56 @@
+"""
+Length-prefixed frames on the pipes between the pool and its workers.
+
+Each frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON.
+Imported by worker processes: standard library only.
+"""
+
+from __future__ import annotations
+
+import struct
+
+COMMANDS_FD = 3
+"""The child's file descriptor for frames from the parent."""
+RESULTS_FD = 4
+"""The child's file descriptor for frames to the parent."""
+
+_HEADER = struct.Struct(">I")
+MAX_FRAME = (1 << 32) - 1
+
+
+class FrameError(ValueError):
+    """
+    The byte stream is not a sequence of frames.
+    """
+
+
+def frame(payload: bytes) -> bytes:
+    if len(payload) > MAX_FRAME:
+        raise FrameError(f"frame of {len(payload)} bytes is over {MAX_FRAME}")
+    return _HEADER.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """
+    Incremental decoder: L{feed} bytes, get back the complete payloads.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer
+        buffer += data
+        frames = []
+        start = 0
+        available = len(buffer)
+        while available - start >= 4:
+            (length,) = _HEADER.unpack_from(buffer, start)
+            end = start + 4 + length
+            if end > available:
+                break
+            frames.append(bytes(buffer[start + 4 : end]))
+            start = end
+        if start:
+            del buffer[:start]
+        return frames

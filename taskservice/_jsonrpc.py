@@ -1,0 +1,164 @@
+"""
+JSON-RPC 2.0 over lines, and the Workerman FAQ dialect: parsing and encoding
+only, no I/O.
+
+L{parseLine} turns one line into a L{Request}, an L{Invalid} (something to
+answer with an error) or a L{Batch}; the C{*Object} functions build response
+objects and L{line} encodes one for the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskservice import _json
+from taskservice.errors import InvalidRequest, ParseError, TaskServiceError
+
+Id = str | int | float | None
+_NO_ID: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """
+    One call.
+
+    @ivar id: the request id, echoed in the response.
+    @ivar notification: C{True} when the request had no id: it runs, and
+        nothing is answered.
+    @ivar seed: C{True} for the Workerman FAQ dialect (C{{"function": ...,
+        "args": ...}}), answered with a bare result line.
+    """
+
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    id: Id = None
+    notification: bool = False
+    seed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """
+    Input that must be answered with C{error} (and C{id}, when one was read).
+    """
+
+    error: TaskServiceError
+    id: Id = None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """
+    A JSON-RPC batch: its parts are answered together, in one array.
+    """
+
+    items: tuple[Request | Invalid, ...]
+
+
+def parseLine(data: bytes) -> Request | Invalid | Batch:
+    """
+    Parse one line (without its delimiter; a trailing C{\\r} is tolerated).
+    """
+    if data.endswith(b"\r"):
+        data = data[:-1]
+    try:
+        message = _json.loads(data)
+    except _json.DecodeError as e:
+        return Invalid(ParseError("parse error", str(e)))
+    if isinstance(message, list):
+        if not message:
+            return Invalid(InvalidRequest("invalid request", "empty batch"))
+        return Batch(tuple(_parseObject(item, inBatch=True) for item in message))
+    return _parseObject(message, inBatch=False)
+
+
+def _parseObject(message: Any, inBatch: bool) -> Request | Invalid:
+    if not isinstance(message, dict):
+        return Invalid(
+            InvalidRequest("invalid request", "a request must be a JSON object")
+        )
+    if "function" in message and "jsonrpc" not in message and not inBatch:
+        return _parseSeed(message)
+
+    requestId = message.get("id", _NO_ID)
+    if requestId is not _NO_ID and not _validId(requestId):
+        return Invalid(
+            InvalidRequest("invalid request", "id must be a string, number or null")
+        )
+    echoId = None if requestId is _NO_ID else requestId
+
+    def invalid(detail: str) -> Invalid:
+        return Invalid(InvalidRequest("invalid request", detail), echoId)
+
+    if message.get("jsonrpc") != "2.0":
+        return invalid('"jsonrpc" must be "2.0"')
+    method = message.get("method")
+    if not isinstance(method, str):
+        return invalid('"method" must be a string')
+    params = message.get("params", ())
+    args, kwargs, problem = _splitParams(params, '"params"')
+    if problem:
+        return invalid(problem)
+    return Request(
+        method=method,
+        args=args,
+        kwargs=kwargs,
+        id=echoId,
+        notification=requestId is _NO_ID,
+    )
+
+
+def _parseSeed(message: dict[str, Any]) -> Request | Invalid:
+    function = message["function"]
+    if not isinstance(function, str):
+        return Invalid(InvalidRequest("invalid request", '"function" must be a string'))
+    args, kwargs, problem = _splitParams(message.get("args", ()), '"args"')
+    if problem:
+        return Invalid(InvalidRequest("invalid request", problem))
+    return Request(method=function, args=args, kwargs=kwargs, seed=True)
+
+
+def _splitParams(
+    params: Any, name: str
+) -> tuple[tuple[Any, ...], dict[str, Any], str | None]:
+    if isinstance(params, list | tuple):
+        return tuple(params), {}, None
+    if isinstance(params, dict):
+        return (), params, None
+    return (), {}, f"{name} must be an array or an object"
+
+
+def _validId(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, str | int | float) and not isinstance(value, bool)
+    )
+
+
+def resultObject(requestId: Id, result: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": requestId, "result": result}
+
+
+def errorObject(requestId: Id, error: TaskServiceError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": requestId, "error": error.toWire()}
+
+
+def notificationObject(method: str, params: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "method": method, "params": params}
+
+
+def requestObject(requestId: Id, method: str, params: Any = None) -> dict[str, Any]:
+    request: dict[str, Any] = {"jsonrpc": "2.0", "id": requestId, "method": method}
+    if params is not None:
+        request["params"] = params
+    return request
+
+
+def line(message: Any) -> bytes:
+    """
+    Encode one message as a line, delimiter included.
+    """
+    return _json.dumps(message) + b"\n"

@@ -1,0 +1,69 @@
+"""
+Newline-delimited framing with a length limit that never drops the connection.
+
+Twisted's C{LineReceiver} hands an overlong line to C{lineLengthExceeded}
+together with every line buffered after it and, by default, disconnects; its
+buffer is re-split per line. This protocol discards only the overlong line,
+reports it once through L{LineProtocol.lineTooLong}, and keeps going with the
+next line; it buffers in a C{bytearray} so a 10 MB line costs linear time.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.protocol import Protocol
+
+DEFAULT_MAX_LINE = 16 * 1024 * 1024
+
+
+class LineProtocol(Protocol):
+    """
+    Calls L{lineReceived} with each C{\\n}-terminated line (without the
+    delimiter) and L{lineTooLong} once for each line over L{maxLineLength}.
+    """
+
+    maxLineLength: int = DEFAULT_MAX_LINE
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._discarding = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._discarding:
+            end = data.find(b"\n")
+            if end < 0:
+                return
+            self._discarding = False
+            data = data[end + 1 :]
+        buffer = self._buffer
+        searchFrom = len(buffer)
+        buffer += data
+        start = 0
+        limit = self.maxLineLength
+        while True:
+            end = buffer.find(b"\n", searchFrom)
+            if end < 0:
+                break
+            if end - start > limit:
+                self.lineTooLong()
+            else:
+                self.lineReceived(bytes(buffer[start:end]))
+            start = searchFrom = end + 1
+        if start:
+            del buffer[:start]
+        if len(buffer) > limit:
+            buffer.clear()
+            self._discarding = True
+            self.lineTooLong()
+
+    def lineReceived(self, line: bytes) -> None:
+        raise NotImplementedError
+
+    def lineTooLong(self) -> None:
+        raise NotImplementedError
+
+    def sendLine(self, line: bytes) -> None:
+        """
+        Write C{line} (which must already end with C{\\n}).
+        """
+        assert self.transport is not None
+        self.transport.write(line)

@@ -1,0 +1,178 @@
+"""
+The task registry: ``@task`` marks a function as callable from the network.
+
+This module is imported by worker processes, so it imports nothing heavy (no
+Twisted). Registration attaches a frozen L{TaskSpec} to the function; a
+L{Registry} is built from an explicit list of modules, so only functions the
+operator named can ever run. Nothing from the wire is imported or executed by
+name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, TypeVar, overload
+
+SPEC_ATTRIBUTE = "__taskservice_task__"
+RESERVED_PREFIX = "$/"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ProgressHook = Callable[[dict[str, Any]], None]
+_progressHook: ContextVar[ProgressHook | None] = ContextVar(
+    "taskservice_progress", default=None
+)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """
+    What the registry knows about one task.
+
+    @ivar name: the name callers use on the wire.
+    @ivar function: the function itself (never sent anywhere).
+    @ivar timeout: the task's own deadline in seconds, or L{None} to use the
+        service default.
+    @ivar idempotent: whether a failed call may be retried elsewhere.
+    """
+
+    name: str
+    function: Callable[..., Any] = field(repr=False, compare=False)
+    timeout: float | None = None
+    idempotent: bool = False
+
+    @cached_property
+    def signature(self) -> inspect.Signature:
+        return inspect.signature(self.function)
+
+    def checkArguments(self, args: Iterable[Any], kwargs: Mapping[str, Any]) -> None:
+        """
+        Raise L{TypeError} if C{args} and C{kwargs} do not fit the function.
+        """
+        self.signature.bind(*args, **kwargs)
+
+
+@overload
+def task(function: F, /) -> F: ...
+
+
+@overload
+def task(
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    idempotent: bool = False,
+) -> Callable[[F], F]: ...
+
+
+def task(
+    function: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    idempotent: bool = False,
+) -> F | Callable[[F], F]:
+    """
+    Register a function as a task callable over the network.
+
+    Use bare (C{@task}) or with a policy (C{@task(name="mail.send",
+    timeout=60)}). The function itself is returned unchanged, with its
+    L{TaskSpec} attached, so it stays callable in-process.
+    """
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be positive, not {timeout!r}")
+
+    def register(f: F) -> F:
+        taskName = f.__name__ if name is None else name
+        if not _NAME.match(taskName):
+            raise ValueError(
+                f"invalid task name {taskName!r}: letters, digits, '_', '.', '-'"
+                " only, not starting with a digit or '$'"
+            )
+        setattr(
+            f,
+            SPEC_ATTRIBUTE,
+            TaskSpec(name=taskName, function=f, timeout=timeout, idempotent=idempotent),
+        )
+        return f
+
+    if function is not None:
+        return register(function)
+    return register
+
+
+def specOf(function: Callable[..., Any]) -> TaskSpec | None:
+    """
+    Return the L{TaskSpec} attached by L{task}, or L{None}.
+    """
+    spec = getattr(function, SPEC_ATTRIBUTE, None)
+    return spec if isinstance(spec, TaskSpec) else None
+
+
+def progress(done: float, total: float | None = None, **extra: Any) -> None:
+    """
+    Report progress of the task running in this worker to its caller.
+
+    Call it from inside a task (blocking code is fine). Outside a worker it
+    does nothing, so tasks stay testable as plain functions. C{extra} keys
+    must be JSON-serialisable and are passed to the caller as they are.
+    """
+    hook = _progressHook.get()
+    if hook is None:
+        return
+    update: dict[str, Any] = dict(extra)
+    update["done"] = done
+    if total is not None:
+        update["total"] = total
+    hook(update)
+
+
+class Registry(Mapping[str, TaskSpec]):
+    """
+    The tasks that may run, by name, built from explicit modules.
+    """
+
+    def __init__(self, specs: Iterable[TaskSpec] = (), modules: Iterable[str] = ()):
+        self._specs: dict[str, TaskSpec] = {}
+        self.modules: tuple[str, ...] = tuple(modules)
+        for spec in specs:
+            self.add(spec)
+
+    @classmethod
+    def fromModules(cls, modules: Iterable[str]) -> Registry:
+        """
+        Import each module and register every C{@task} function defined in
+        it (functions merely imported into it from elsewhere are skipped).
+        """
+        moduleNames = tuple(modules)
+        registry = cls(modules=moduleNames)
+        for moduleName in moduleNames:
+            module = importlib.import_module(moduleName)
+            for value in vars(module).values():
+                spec = specOf(value) if callable(value) else None
+                if spec is not None and value.__module__ == module.__name__:
+                    registry.add(spec)
+        return registry
+
+    def add(self, spec: TaskSpec) -> None:
+        existing = self._specs.get(spec.name)
+        if existing is not None and existing.function is not spec.function:
+            raise ValueError(f"two tasks are registered as {spec.name!r}")
+        self._specs[spec.name] = spec
+
+    def __getitem__(self, name: str) -> TaskSpec:
+        return self._specs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)

@@ -1,0 +1,198 @@
+"""
+Every error taskservice reports, as data.
+
+One exception class per wire error code; each carries the fields that go into
+the JSON-RPC error's ``data``. L{toWireError} is the single place where any
+failure becomes a wire error, and L{fromWireError} turns a wire error back
+into the matching exception on the client side.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any, ClassVar
+
+
+class ErrorCode(IntEnum):
+    """
+    The error codes of the task protocol (see docs/protocol).
+    """
+
+    PARSE_ERROR = -32700
+    INVALID_REQUEST = -32600
+    METHOD_NOT_FOUND = -32601
+    INVALID_PARAMS = -32602
+    INTERNAL_ERROR = -32603
+    TASK_FAILED = -32000
+    TIMED_OUT = -32001
+    WORKER_LOST = -32002
+    OVERLOADED = -32003
+    TOO_LARGE = -32004
+    UNAUTHORISED = -32005
+    UNAVAILABLE = -32006
+    CANCELLED = -32800
+
+
+class TaskServiceError(Exception):
+    """
+    Base of every error with a wire form.
+
+    @ivar message: the human-readable message (the JSON-RPC C{message}).
+    @ivar data: the JSON-RPC C{data} member, or L{None}.
+    """
+
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL_ERROR
+    defaultMessage: ClassVar[str] = "internal error"
+
+    def __init__(self, message: str | None = None, data: Any = None) -> None:
+        self.message = self.defaultMessage if message is None else message
+        self.data = data
+        super().__init__(self.message)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, data={self.data!r})"
+
+    def toWire(self) -> dict[str, Any]:
+        """
+        The JSON-RPC error object.
+        """
+        error: dict[str, Any] = {"code": int(self.code), "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+class ParseError(TaskServiceError):
+    code = ErrorCode.PARSE_ERROR
+    defaultMessage = "parse error"
+
+
+class InvalidRequest(TaskServiceError):
+    code = ErrorCode.INVALID_REQUEST
+    defaultMessage = "invalid request"
+
+
+class MethodNotFound(TaskServiceError):
+    code = ErrorCode.METHOD_NOT_FOUND
+    defaultMessage = "method not found"
+
+
+class InvalidParams(TaskServiceError):
+    code = ErrorCode.INVALID_PARAMS
+    defaultMessage = "invalid params"
+
+
+class InternalError(TaskServiceError):
+    code = ErrorCode.INTERNAL_ERROR
+    defaultMessage = "internal error"
+
+
+class TaskFailed(TaskServiceError):
+    """
+    The task raised. C{data} is C{{"type": ..., "message": ...}} and, only
+    when the server was asked to include them, C{"traceback"}.
+    """
+
+    code = ErrorCode.TASK_FAILED
+    defaultMessage = "task raised an exception"
+
+    @property
+    def remoteType(self) -> str:
+        return str((self.data or {}).get("type", ""))
+
+    @property
+    def remoteMessage(self) -> str:
+        return str((self.data or {}).get("message", ""))
+
+
+class TimedOut(TaskServiceError):
+    code = ErrorCode.TIMED_OUT
+    defaultMessage = "timed out"
+
+
+class WorkerLost(TaskServiceError):
+    code = ErrorCode.WORKER_LOST
+    defaultMessage = "worker lost"
+
+
+class Overloaded(TaskServiceError):
+    code = ErrorCode.OVERLOADED
+    defaultMessage = "overloaded"
+
+
+class TooLarge(TaskServiceError):
+    code = ErrorCode.TOO_LARGE
+    defaultMessage = "too large"
+
+
+class Unauthorised(TaskServiceError):
+    code = ErrorCode.UNAUTHORISED
+    defaultMessage = "unauthorised"
+
+
+class Unavailable(TaskServiceError):
+    code = ErrorCode.UNAVAILABLE
+    defaultMessage = "task server unavailable"
+
+
+class Cancelled(TaskServiceError):
+    code = ErrorCode.CANCELLED
+    defaultMessage = "cancelled"
+
+
+_BY_CODE: dict[int, type[TaskServiceError]] = {
+    cls.code: cls
+    for cls in (
+        ParseError,
+        InvalidRequest,
+        MethodNotFound,
+        InvalidParams,
+        InternalError,
+        TaskFailed,
+        TimedOut,
+        WorkerLost,
+        Overloaded,
+        TooLarge,
+        Unauthorised,
+        Unavailable,
+        Cancelled,
+    )
+}
+
+
+def fromWireError(error: Any) -> TaskServiceError:
+    """
+    Build the exception matching a JSON-RPC error object received from a
+    server. Unknown codes keep their code and become L{TaskServiceError}s
+    with C{data} holding the original object.
+    """
+    if not isinstance(error, dict):
+        return InternalError("malformed error from server", {"error": error})
+    code = error.get("code")
+    message = error.get("message")
+    message = message if isinstance(message, str) else None
+    data = error.get("data")
+    cls = _BY_CODE.get(code) if isinstance(code, int) else None
+    if cls is None:
+        result = TaskServiceError(message, data)
+        result.code = code  # type: ignore[misc]
+        return result
+    return cls(message, data)
+
+
+def toWireError(reason: BaseException) -> TaskServiceError:
+    """
+    The one boundary where any exception becomes a wire error.
+
+    L{TaskServiceError}s pass through; a Deferred's C{CancelledError} becomes
+    L{Cancelled}; anything else is an L{InternalError} (its details stay in
+    the server log, not on the wire).
+    """
+    if isinstance(reason, TaskServiceError):
+        return reason
+    # Imported here: this module is also imported by the light client code.
+    from twisted.internet.defer import CancelledError
+
+    if isinstance(reason, CancelledError):
+        return Cancelled()
+    return InternalError()

@@ -1,0 +1,108 @@
+"""
+The bundled example tasks, served by ``twistd taskservice`` by default.
+
+``send_mail`` speaks real SMTP to the server named by the environment
+variable ``TASKSERVICE_SMTP`` (``host:port``; default ``127.0.0.1:25``).
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import time
+from email.message import EmailMessage
+from typing import Any
+
+from taskservice import progress, task
+
+SMTP_ENVIRONMENT = "TASKSERVICE_SMTP"
+DEFAULT_SMTP = "127.0.0.1:25"
+DEFAULT_SENDER = "taskservice@localhost"
+MAX_SLEEP = 3600.0
+MAX_FIB = 40
+
+
+@task
+def echo(value: Any) -> Any:
+    """
+    Return C{value} unchanged.
+    """
+    return value
+
+
+@task
+def sleep(seconds: float) -> float:
+    """
+    Block the worker for C{seconds} (at most an hour), then return them.
+    """
+    if not isinstance(seconds, int | float) or not 0 <= seconds <= MAX_SLEEP:
+        raise ValueError(f"seconds must be a number from 0 to {MAX_SLEEP:g}")
+    time.sleep(seconds)
+    return seconds
+
+
+@task
+def fib(n: int) -> int:
+    """
+    The C{n}th Fibonacci number, computed the slow recursive way: CPU-bound.
+    """
+    if not isinstance(n, int) or not 0 <= n <= MAX_FIB:
+        raise ValueError(f"n must be an integer from 0 to {MAX_FIB}")
+    return n if n < 2 else _fib(n - 1) + _fib(n - 2)
+
+
+def _fib(n: int) -> int:
+    return n if n < 2 else _fib(n - 1) + _fib(n - 2)
+
+
+@task
+def fail(message: str = "this task always fails") -> None:
+    """
+    Raise C{ValueError(message)}: shows how task errors reach the caller.
+    """
+    raise ValueError(message)
+
+
+def smtpServer() -> tuple[str, int]:
+    """
+    The SMTP server from C{TASKSERVICE_SMTP}, as C{(host, port)}.
+    """
+    value = os.environ.get(SMTP_ENVIRONMENT, "") or DEFAULT_SMTP
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{SMTP_ENVIRONMENT} must be host:port, not {value!r}")
+    return host.strip("[]"), int(port)
+
+
+@task(timeout=900)
+def send_mail(
+    to: str | list[str],
+    subject: str = "Hello from taskservice",
+    body: str = "This message was sent by a taskservice worker.",
+    sender: str = DEFAULT_SENDER,
+) -> dict[str, int]:
+    """
+    Send one message to each address in C{to} over one SMTP connection,
+    reporting progress after each. Returns C{{"sent": n}}.
+    """
+    recipients = [to] if isinstance(to, str) else to
+    if not isinstance(recipients, list) or not recipients:
+        raise ValueError("to must be an address or a non-empty list of addresses")
+    for address in recipients:
+        if not isinstance(address, str) or "@" not in address or "\n" in address:
+            raise ValueError(f"not an e-mail address: {address!r}")
+    for name, text in (("subject", subject), ("body", body), ("sender", sender)):
+        if not isinstance(text, str):
+            raise ValueError(f"{name} must be a string")
+    host, port = smtpServer()
+    total = len(recipients)
+    with smtplib.SMTP(host, port, timeout=30) as smtp:
+        for done, address in enumerate(recipients, 1):
+            message = EmailMessage()
+            message["From"] = sender
+            message["To"] = address
+            message["Subject"] = subject
+            message.set_content(body)
+            smtp.send_message(message)
+            progress(done, total)
+    return {"sent": total}

@@ -1,0 +1,286 @@
+"""
+The task server: JSON-RPC 2.0 (and the Workerman FAQ dialect) over lines,
+calls handed to a L{taskservice.pool.ProcessPool}.
+
+Many calls may be in flight on one connection; responses are written as each
+call finishes, matched by id. Protocol methods live in the reserved C{$/}
+namespace: C{$/stats}, C{$/cancelRequest}.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from taskservice import _jsonrpc
+from taskservice._jsonrpc import Batch, Invalid, Request
+from taskservice._lines import DEFAULT_MAX_LINE, LineProtocol
+from taskservice.errors import (
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    TaskServiceError,
+    TooLarge,
+    toWireError,
+)
+from taskservice.pool import ProcessPool
+
+PROGRESS = "$/progress"
+CANCEL = "$/cancelRequest"
+STATS = "$/stats"
+
+Response = dict[str, Any] | None
+
+
+@implementer(IHalfCloseableProtocol)
+class TaskServerProtocol(LineProtocol):
+    """
+    One client connection.
+
+    A client may half-close (C{printf ... | nc}): every call it sent is
+    still answered, then the connection is closed.
+    """
+
+    log = Logger()
+
+    def __init__(self, factory: TaskServerFactory) -> None:
+        super().__init__()
+        self.factory = factory
+        self.pool = factory.pool
+        self.maxLineLength = factory.maxLineLength
+        self._inFlight: dict[Any, Deferred[Any]] = {}
+        self._seedReplies: deque[list[bytes | None]] = deque()
+        self._connected = False
+        self._readClosed = False
+        self._outstanding = 0
+
+    def connectionMade(self) -> None:
+        self._connected = True
+        self.factory.connections += 1
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._connected = False
+        self.factory.connections -= 1
+        # Queued calls of this client will never be answered: drop them.
+        # Running ones finish and their results are discarded.
+        self.pool.dropQueued(owner=self)
+
+    def readConnectionLost(self) -> None:
+        self._readClosed = True
+        self._closeIfDone()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def _closeIfDone(self) -> None:
+        if self._readClosed and not self._outstanding and self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- input -------------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        message = _jsonrpc.parseLine(line)
+        if isinstance(message, Invalid):
+            self._write(_jsonrpc.errorObject(message.id, message.error))
+            return
+        if isinstance(message, Batch):
+            answered = self._batch(message)
+        elif message.seed:
+            answered = self._seed(message)
+        else:
+            answered = self._single(message)
+        self._outstanding += 1
+        answered.addBoth(self._answered)
+
+    def _answered(self, result: object) -> None:
+        self._outstanding -= 1
+        self._closeIfDone()
+
+    def lineTooLong(self) -> None:
+        limit = self.maxLineLength
+        self._write(
+            _jsonrpc.errorObject(
+                None,
+                TooLarge(f"line longer than {limit} bytes discarded", {"limit": limit}),
+            )
+        )
+
+    def _single(self, request: Request) -> Deferred[None]:
+        return self._respond(request).addCallback(self._writeIfAny)
+
+    def _batch(self, batch: Batch) -> Deferred[None]:
+        replies = [
+            succeed(_jsonrpc.errorObject(item.id, item.error))
+            if isinstance(item, Invalid)
+            else self._respond(item)
+            for item in batch.items
+        ]
+
+        def write(responses: list[Response]) -> None:
+            answered = [r for r in responses if r is not None]
+            if answered:
+                self._write(answered)
+
+        return gatherResults(replies).addCallback(write)
+
+    def _seed(self, request: Request) -> Deferred[None]:
+        """
+        Workerman FAQ dialect: answer with the bare result (or
+        C{{"error": ...}}) in the order the calls came.
+        """
+        slot: list[bytes | None] = [None]
+        self._seedReplies.append(slot)
+
+        def done(outcome: Any) -> None:
+            if isinstance(outcome, Failure):
+                body: Any = {"error": self._wireError(outcome).toWire()}
+            else:
+                body = outcome
+            slot[0] = _jsonrpc.line(body)
+            while self._seedReplies and self._seedReplies[0][0] is not None:
+                ready = self._seedReplies.popleft()[0]
+                assert ready is not None
+                self._send(ready)
+
+        return self._call(request).addBoth(done)
+
+    # -- calls ---------------------------------------------------------------
+
+    def _respond(self, request: Request) -> Deferred[Response]:
+        """
+        Run a JSON-RPC request; fire with its response object, or L{None}
+        for a notification.
+        """
+        requestId = request.id
+        if not request.notification:
+            if requestId in self._inFlight:
+                return succeed(
+                    _jsonrpc.errorObject(
+                        requestId,
+                        InvalidRequest(
+                            "invalid request",
+                            "a call with this id is already in flight on this connection",
+                        ),
+                    )
+                )
+        d = self._call(request)
+        if request.notification:
+            d.addErrback(self._logNotificationFailure, request)
+            return d.addCallback(lambda _: None)
+        self._inFlight[requestId] = d
+
+        def finished(outcome: Any) -> dict[str, Any]:
+            self._inFlight.pop(requestId, None)
+            if isinstance(outcome, Failure):
+                return _jsonrpc.errorObject(requestId, self._wireError(outcome))
+            return _jsonrpc.resultObject(requestId, outcome)
+
+        return d.addBoth(finished)
+
+    def _call(self, request: Request) -> Deferred[Any]:
+        method = request.method
+        if method.startswith("$/"):
+            return self._builtin(request)
+        onProgress = None
+        if not request.notification and not request.seed:
+            requestId = request.id
+
+            def onProgress(update: dict[str, Any]) -> None:
+                self._write(
+                    _jsonrpc.notificationObject(PROGRESS, {**update, "id": requestId})
+                )
+
+        return self.pool.submit(
+            method, request.args, request.kwargs, onProgress=onProgress, owner=self
+        )
+
+    def _builtin(self, request: Request) -> Deferred[Any]:
+        try:
+            if request.method == STATS:
+                return succeed(self.factory.stats())
+            if request.method == CANCEL:
+                self._cancel(request)
+                return succeed(None)
+            raise MethodNotFound("method not found", request.method)
+        except TaskServiceError as e:
+            return fail(e)
+
+    def _cancel(self, request: Request) -> None:
+        target = request.kwargs.get("id") if request.kwargs else None
+        if target is None and request.args:
+            target = request.args[0]
+        if target is None:
+            raise InvalidParams("invalid params", '$/cancelRequest needs {"id": ...}')
+        d = self._inFlight.get(target)
+        if d is not None:
+            d.cancel()
+
+    # -- output --------------------------------------------------------------
+
+    def _wireError(self, failure: Failure) -> TaskServiceError:
+        error = toWireError(failure.value)
+        if isinstance(error, InternalError) and error is not failure.value:
+            self.log.failure("unexpected error handling a call", failure)
+        return error
+
+    def _logNotificationFailure(self, failure: Failure, request: Request) -> None:
+        error = self._wireError(failure)
+        self.log.info(
+            "notification {method} failed: {code} {message}",
+            method=request.method,
+            code=int(error.code),
+            message=error.message,
+        )
+
+    def _writeIfAny(self, response: Response) -> None:
+        if response is not None:
+            self._write(response)
+
+    def _write(self, message: Any) -> None:
+        try:
+            data = _jsonrpc.line(message)
+        except (TypeError, ValueError):
+            self.log.failure("could not encode a response")
+            data = _jsonrpc.line(
+                _jsonrpc.errorObject(
+                    message.get("id") if isinstance(message, dict) else None,
+                    InternalError("internal error", "the response could not be encoded"),
+                )
+            )
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        if self._connected and self.transport is not None:
+            self.transport.write(data)
+
+
+class TaskServerFactory(Factory):
+    """
+    Builds L{TaskServerProtocol}s that run calls in C{pool}.
+    """
+
+    protocol = TaskServerProtocol  # type: ignore[assignment]
+    noisy = False
+
+    def __init__(self, pool: ProcessPool, *, maxLineLength: int = DEFAULT_MAX_LINE) -> None:
+        self.pool = pool
+        self.maxLineLength = maxLineLength
+        self.connections = 0
+
+    def buildProtocol(self, addr: Any) -> TaskServerProtocol:
+        return TaskServerProtocol(self)
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.pool.stats()
+        stats["connections"] = self.connections
+        return stats
