@@ -1,0 +1,279 @@
+"""
+The Twisted client of the task protocol.
+
+L{TaskClient} keeps one persistent connection (reconnecting with backoff)
+and multiplexes any number of calls over it::
+
+    client = TaskClient(reactor, "tcp:127.0.0.1:12345")
+    client.startService()
+    result = await client.call("echo", "hi")
+
+Connections are opened with an endpoint (string or object) through
+L{ClientService}, rather than C{ClientCreator}: the same code then speaks TCP,
+TLS or UNIX sockets, and reconnection with backoff comes with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from taskservice import _json, _jsonrpc
+from taskservice._lines import LineProtocol
+from taskservice.errors import Unavailable, fromWireError
+
+ProgressCallback = Callable[[dict[str, Any]], object]
+CLIENT_MAX_LINE = 1 << 30
+
+
+class _Pending:
+    __slots__ = ("deferred", "onProgress")
+
+    def __init__(self, deferred: Deferred[Any], onProgress: ProgressCallback | None):
+        self.deferred = deferred
+        self.onProgress = onProgress
+
+
+class TaskClientProtocol(LineProtocol):
+    """
+    One connection to a task server; calls are matched to responses by id.
+    """
+
+    log = Logger()
+    maxLineLength = CLIENT_MAX_LINE
+
+    def __init__(
+        self, onLost: Callable[[TaskClientProtocol], object] | None = None
+    ) -> None:
+        super().__init__()
+        self._onLost = onLost
+        self._pending: dict[int, _Pending] = {}
+        self._nextId = 1
+        self._lost: Failure | None = None
+
+    @property
+    def inFlight(self) -> int:
+        return len(self._pending)
+
+    def request(
+        self,
+        method: str,
+        params: Sequence[Any] | Mapping[str, Any] | None = None,
+        *,
+        onProgress: ProgressCallback | None = None,
+    ) -> Deferred[Any]:
+        """
+        Call C{method} with C{params} (a list, a dict, or L{None}).
+
+        Cancelling the returned Deferred sends C{$/cancelRequest}: the
+        server removes the call from its queue, or kills the worker running
+        it. The Deferred then fails with C{CancelledError}.
+        """
+        if self._lost is not None or self.transport is None:
+            return fail(Unavailable("not connected to the task server"))
+        requestId = self._nextId
+        self._nextId += 1
+        try:
+            data = _jsonrpc.line(
+                _jsonrpc.requestObject(
+                    requestId, method, list(params) if isinstance(params, tuple) else params
+                )
+            )
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"params are not JSON-serialisable: {e}") from None
+
+        def cancel(d: Deferred[Any]) -> None:
+            if self._pending.pop(requestId, None) is not None and self.transport:
+                self.transport.write(
+                    _jsonrpc.line(
+                        _jsonrpc.notificationObject(
+                            "$/cancelRequest", {"id": requestId}
+                        )
+                    )
+                )
+
+        d: Deferred[Any] = Deferred(cancel)
+        self._pending[requestId] = _Pending(d, onProgress)
+        self.transport.write(data)
+        return d
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            message = _json.loads(line)
+        except _json.DecodeError as e:
+            self.log.error("undecodable line from the task server: {error}", error=e)
+            return
+        for item in message if isinstance(message, list) else [message]:
+            self._messageReceived(item)
+
+    def _messageReceived(self, message: Any) -> None:
+        if not isinstance(message, dict):
+            self.log.error("unexpected message from the task server: {m!r}", m=message)
+            return
+        if message.get("method") == "$/progress":
+            params = message.get("params")
+            if isinstance(params, dict):
+                pending = self._pending.get(params.get("id"))  # type: ignore[arg-type]
+                if pending is not None and pending.onProgress is not None:
+                    update = {k: v for k, v in params.items() if k != "id"}
+                    pending.onProgress(update)
+            return
+        requestId = message.get("id")
+        pending = self._pending.pop(requestId, None) if isinstance(requestId, int) else None
+        if pending is None:
+            if "error" in message:
+                error = fromWireError(message["error"])
+                self.log.error(
+                    "error from the task server for no call of ours: {error!r}",
+                    error=error,
+                )
+            return
+        if "error" in message:
+            pending.deferred.errback(Failure(fromWireError(message["error"])))
+        else:
+            pending.deferred.callback(message.get("result"))
+
+    def lineTooLong(self) -> None:
+        self.log.error(
+            "a response longer than {limit} bytes; closing the connection",
+            limit=self.maxLineLength,
+        )
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._lost = reason or Failure(Unavailable())
+        pending, self._pending = self._pending, {}
+        why = reason.getErrorMessage() if reason is not None else "closed"
+        for call in pending.values():
+            call.deferred.errback(
+                Failure(
+                    Unavailable(
+                        "connection to the task server lost",
+                        {"reason": why},
+                    )
+                )
+            )
+        if self._onLost is not None:
+            self._onLost(self)
+
+
+class _ClientFactory(Factory):
+    noisy = False
+
+    def __init__(self, client: TaskClient) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: Any) -> TaskClientProtocol:
+        protocol = TaskClientProtocol(onLost=self.client._disconnected)
+        protocol.factory = self
+        return protocol
+
+
+class TaskClient(Service):
+    """
+    A persistent, multiplexed, reconnecting client of one task server.
+
+    A service: start it (or add it to a service tree) before calling. While
+    the server is known to be unreachable, calls fail at once with
+    L{Unavailable}; reconnection goes on in the background with exponential
+    backoff.
+
+    @param reactor: the reactor (for time and connections).
+    @param endpoint: an L{IStreamClientEndpoint} or an endpoint string such
+        as C{"tcp:127.0.0.1:12345"} or C{"unix:/run/tasks.sock"}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamClientEndpoint | str,
+        *,
+        maxRetryDelay: float = 5.0,
+    ) -> None:
+        if isinstance(endpoint, str):
+            endpoint = clientFromString(reactor, endpoint)
+        self._protocol: TaskClientProtocol | None = None
+        self._unreachable = False
+        self._service = ClientService(
+            endpoint,
+            _ClientFactory(self),
+            retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=maxRetryDelay),
+            clock=reactor,
+            prepareConnection=self._connected,
+        )
+
+    def _connected(self, protocol: TaskClientProtocol) -> None:
+        self._protocol = protocol
+        self._unreachable = False
+
+    def _disconnected(self, protocol: TaskClientProtocol) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+            self._unreachable = True
+
+    def _attemptFailed(self, failure: Failure) -> Failure:
+        self._unreachable = True
+        if failure.check(CancelledError):
+            return failure
+        return Failure(
+            Unavailable(
+                "the task server is unreachable", {"reason": failure.getErrorMessage()}
+            )
+        )
+
+    def startService(self) -> None:
+        super().startService()
+        self._service.startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self._service.stopService()
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Call C{method} with positional or keyword arguments (JSON-RPC has no
+        form for both at once: passing both raises L{TypeError}).
+        """
+        if args and kwargs:
+            raise TypeError(
+                "JSON-RPC params are by position or by name, not both; "
+                "use positional or keyword arguments only"
+            )
+        return self.request(method, kwargs if kwargs else list(args))
+
+    def request(
+        self,
+        method: str,
+        params: Sequence[Any] | Mapping[str, Any] | None = None,
+        *,
+        onProgress: ProgressCallback | None = None,
+    ) -> Deferred[Any]:
+        """
+        Call C{method} with C{params} as they go on the wire; C{onProgress}
+        receives each progress update (a dict such as C{{"done": 3,
+        "total": 10}}). Cancelling the Deferred cancels the task.
+        """
+        if not self.running:
+            return fail(Unavailable("the client is not started"))
+        if self._protocol is not None:
+            return self._protocol.request(method, params, onProgress=onProgress)
+        if self._unreachable:
+            return fail(Unavailable("the task server is unreachable"))
+        # The first connection is being made: wait for it (or its failure).
+        waiting = self._service.whenConnected(failAfterFailures=1)
+        waiting.addErrback(self._attemptFailed)
+        return waiting.addCallback(
+            lambda protocol: protocol.request(method, params, onProgress=onProgress)
+        )

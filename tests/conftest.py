@@ -1,0 +1,77 @@
+"""
+Shared fixtures. The autouse L{cleanReactor} fixture fails any test that
+leaves delayed calls, open sockets or pipes, or child processes behind
+(pytest-twisted has no dirty-reactor check of its own).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import process, reactor
+from twisted.internet.task import deferLater
+
+_SETTLE_SECONDS = 5.0
+_POLL = 0.01
+
+
+def _snapshot() -> tuple[set[Any], set[Any], set[int]]:
+    selectables = set(reactor.getReaders()) | set(reactor.getWriters())
+    return (
+        {call for call in reactor.getDelayedCalls() if call.active()},
+        # The reactor's own wakers (threads, signals) come and go with it.
+        {s for s in selectables if not type(s).__name__.endswith("Waker")},
+        set(process.reapProcessHandlers),
+    )
+
+
+def _leftovers(
+    before: tuple[set[Any], set[Any], set[int]],
+) -> tuple[set[Any], set[Any], set[int]]:
+    now = _snapshot()
+    return (now[0] - before[0], now[1] - before[1], now[2] - before[2])
+
+
+@pytest.fixture(autouse=True)
+def cleanReactor() -> Iterator[None]:
+    """
+    Fail the test if it leaves the reactor dirty; then clean it up so that
+    one leak does not fail every later test.
+    """
+    # Make sure the reactor is running before taking the first snapshot.
+    pytest_twisted.blockon(deferLater(reactor, 0, lambda: None))
+    before = _snapshot()
+    yield
+    waited = 0.0
+    left = _leftovers(before)
+    while any(left) and waited < _SETTLE_SECONDS:
+        pytest_twisted.blockon(deferLater(reactor, _POLL, lambda: None))
+        waited += _POLL
+        left = _leftovers(before)
+    calls, selectables, pids = left
+    if not any(left):
+        return
+    for call in calls:
+        if call.active():
+            call.cancel()
+    for selectable in selectables:
+        reactor.removeReader(selectable)
+        reactor.removeWriter(selectable)
+        if hasattr(selectable, "loseConnection"):
+            selectable.loseConnection()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    pytest.fail(
+        "the test left the reactor dirty:"
+        f"\n  delayed calls: {sorted(map(repr, calls))}"
+        f"\n  readers/writers: {sorted(map(repr, selectables))}"
+        f"\n  child processes: {sorted(pids)}"
+    )
