@@ -604,17 +604,8 @@ class ProcessPool(Service):
             worker.setState(WorkerState.DEAD)
         call, worker.call = worker.call, None
         description = exitDescription(reason)
-        if call is not None and not call.deferred.called:
-            self.failed += 1
-            self.log.warn(
-                "worker {workerID} (pid {pid}) died running {task} (call {cid}): {how}",
-                workerID=worker.workerID,
-                pid=worker.pid,
-                task=call.spec.name,
-                cid=call.cid,
-                how=description,
-            )
-            call.finish(WorkerLost("worker lost", description))
+        # Replace the worker before telling anyone: a caller reacting to the
+        # error below must find the pool whole again.
         if self.running and not self._stopping:
             self.restarts += 1
             if wasStarting:
@@ -633,6 +624,17 @@ class ProcessPool(Service):
                 self._scheduleRespawn(delay)
             else:
                 self._spawn()
+        if call is not None and not call.deferred.called:
+            self.failed += 1
+            self.log.warn(
+                "worker {workerID} (pid {pid}) died running {task} (call {cid}): {how}",
+                workerID=worker.workerID,
+                pid=worker.pid,
+                task=call.spec.name,
+                cid=call.cid,
+                how=description,
+            )
+            call.finish(WorkerLost("worker lost", description))
         self._checkReady()
         self._checkDrained()
 

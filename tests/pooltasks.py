@@ -1,0 +1,66 @@
+"""
+Tasks for the pool tests: well-behaved ones and ones that misbehave on
+purpose (crash, hang, print). Workers import this module by name.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from taskservice import progress, task
+
+
+@task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task(timeout=0.5)
+def hang(seconds: float = 60.0) -> None:
+    time.sleep(seconds)
+
+
+@task
+def crash(code: int = 7) -> None:
+    os._exit(code)
+
+
+@task
+def pid() -> int:
+    return os.getpid()
+
+
+@task
+def chatty(text: str) -> str:
+    print(f"out: {text}")
+    print(f"err: {text}", file=sys.stderr)
+    return text
+
+
+@task
+def count(n: int) -> int:
+    for i in range(1, n + 1):
+        progress(i, n)
+    return n
+
+
+@task
+def unserialisable() -> object:
+    return object()
+
+
+@task(name="renamed.task")
+def originalName() -> str:
+    return "renamed"
+
+
+@task
+async def coroutine(value: int) -> int:
+    return value * 2
+
+
+@task
+def getenv(name: str) -> str | None:
+    return os.environ.get(name)

@@ -1,0 +1,213 @@
+"""
+The process pool with real worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, gatherResults
+from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
+
+from taskservice.errors import TaskFailed, TimedOut, WorkerLost
+from taskservice.pool import ProcessPool
+from tests import pooltasks
+
+pytestmark = pytest.mark.integration
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is not alive for our purposes.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+async def _until(predicate: Any, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await deferLater(reactor, 0.01, lambda: None)
+
+
+@pytest_twisted.async_yield_fixture
+async def pool() -> AsyncIterator[ProcessPool]:
+    pool = ProcessPool(
+        reactor, ["tests.pooltasks", "taskservice.examples"], size=2, env={"MARK": "x"}
+    )
+    pool.startService()
+    await pool.whenReady()
+    yield pool
+    await pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_roundTrips(pool: ProcessPool) -> None:
+    """
+    Real workers run plain, renamed, coroutine and CPU-bound tasks, see the
+    explicit environment, and run calls in parallel.
+    """
+    results = await gatherResults(
+        [
+            pool.submit("add", [2, 3]),
+            pool.deferToProcess("renamed.task"),
+            pool.deferToProcess(pooltasks.coroutine, 21),
+            pool.submit("fib", [20]),
+            pool.submit("getenv", ["MARK"]),
+        ]
+    )
+    assert results == [5, "renamed", 42, 6765, "x"]
+    pids = await gatherResults([pool.submit("pid") for _ in range(20)])
+    assert set(pids) <= {w.pid for w in pool.workers}
+
+
+@pytest_twisted.ensureDeferred
+async def test_errorsAsData(pool: ProcessPool) -> None:
+    """
+    Exceptions and unserialisable results come back as TaskFailed with the
+    type and message; the worker stays in service.
+    """
+    before = {w.pid for w in pool.workers}
+    with pytest.raises(TaskFailed) as raised:
+        await pool.submit("fail", ["no luck"])
+    assert raised.value.data == {"type": "ValueError", "message": "no luck"}
+    with pytest.raises(TaskFailed) as raised:
+        await pool.submit("unserialisable")
+    assert raised.value.remoteType == "TypeError"
+    assert "cannot be sent as JSON" in raised.value.remoteMessage
+    assert {w.pid for w in pool.workers} == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_progress(pool: ProcessPool) -> None:
+    """
+    Progress reported by blocking code in a real worker reaches the caller
+    in order, before the result.
+    """
+    updates: list[dict[str, Any]] = []
+    assert await pool.submit("count", [50], onProgress=updates.append) == 50
+    assert updates == [{"done": i, "total": 50} for i in range(1, 51)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_crashIsReportedAndReplaced(pool: ProcessPool) -> None:
+    """
+    A worker that exits mid-task answers WorkerLost with its exit code, is
+    replaced, and the pool keeps serving.
+    """
+    with pytest.raises(WorkerLost) as raised:
+        await pool.submit("crash", [7])
+    assert raised.value.data == {"exitCode": 7}
+    await pool.whenReady()
+    assert len(pool.workers) == 2
+    assert await pool.submit("add", [1, 1]) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_deadlineKillsTheWorker(pool: ProcessPool) -> None:
+    """
+    A task past its deadline is SIGKILLed: the caller gets TimedOut and the
+    process is really gone.
+    """
+    started = time.monotonic()
+    d = pool.submit("hang")  # timeout=0.5
+    await _until(lambda: any(w.call is not None for w in pool.workers))
+    victim = next(w.pid for w in pool.workers if w.call is not None)
+    with pytest.raises(TimedOut):
+        await d
+    assert 0.5 <= time.monotonic() - started < 3
+    assert victim is not None
+    await _until(lambda: not _alive(victim))
+    await pool.whenReady()
+    assert await pool.submit("add", [2, 2]) == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelKillsTheWorker(pool: ProcessPool) -> None:
+    """
+    Cancelling a running call kills its worker process.
+    """
+    d = pool.submit("sleep", [30])
+    await _until(lambda: any(w.call is not None for w in pool.workers))
+    victim = next(w.pid for w in pool.workers if w.call is not None)
+    d.cancel()
+    with pytest.raises(CancelledError):
+        await d
+    assert victim is not None
+    await _until(lambda: not _alive(victim))
+
+
+@pytest_twisted.ensureDeferred
+async def test_outputLoggedWithWorkerID(pool: ProcessPool) -> None:
+    """
+    What a task prints is logged by the parent with the worker's id.
+    """
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert await pool.submit("chatty", ["ping"]) == "ping"
+        await _until(lambda: sum("line" in e for e in events) >= 2)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = {(e["log_level"].name, e["line"]) for e in events if "line" in e}
+    assert lines == {("info", "out: ping"), ("warn", "err: ping")}
+    assert all("workerID" in e for e in events if "line" in e)
+
+
+def test_childrenExitWhenTheParentDies(tmp_path: Any) -> None:
+    """
+    If the parent process dies without stopping the pool, its workers exit
+    on their own, even in the middle of a task.
+    """
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys
+            from twisted.internet import reactor
+            from taskservice.pool import ProcessPool
+
+            pool = ProcessPool(reactor, ["tests.pooltasks"], size=2)
+
+            def ready(_):
+                pool.submit("hang", [60], timeout=60)
+                reactor.callLater(0.2, lambda: (
+                    print(" ".join(str(w.pid) for w in pool.workers), flush=True),
+                    os._exit(0),
+                ))
+
+            pool.startService()
+            pool.whenReady().addCallback(ready)
+            reactor.run()
+            """
+        )
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": root},
+        check=True,
+    ).stdout
+    pids = [int(p) for p in out.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(_alive(p) for p in pids)
