@@ -204,6 +204,7 @@ class TaskClient(Service):
     ) -> None:
         if isinstance(endpoint, str):
             endpoint = clientFromString(reactor, endpoint)
+        self._reactor = reactor
         self._protocol: TaskClientProtocol | None = None
         self._unreachable = False
         self._service = ClientService(
@@ -274,6 +275,26 @@ class TaskClient(Service):
         # The first connection is being made: wait for it (or its failure).
         waiting = self._service.whenConnected(failAfterFailures=1)
         waiting.addErrback(self._attemptFailed)
-        return waiting.addCallback(
+        waiting.addCallback(
             lambda protocol: protocol.request(method, params, onProgress=onProgress)
         )
+        result: Deferred[Any] = Deferred(lambda d: waiting.cancel())
+
+        def relay(outcome: Any) -> None:
+            # whenConnected fires from inside ClientService's state machine,
+            # which must not be re-entered (say, by a caller stopping the
+            # client when its call fails): resume the caller afterwards.
+            if not result.called:
+                self._reactor.callLater(0, _fire, result, outcome)
+
+        waiting.addBoth(relay)
+        return result
+
+
+def _fire(d: Deferred[Any], outcome: Any) -> None:
+    if d.called:
+        return
+    if isinstance(outcome, Failure):
+        d.errback(outcome)
+    else:
+        d.callback(outcome)

@@ -64,11 +64,11 @@ class TaskServerProtocol(LineProtocol):
 
     def connectionMade(self) -> None:
         self._connected = True
-        self.factory.connections += 1
+        self.factory.protocols.add(self)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._connected = False
-        self.factory.connections -= 1
+        self.factory.protocols.discard(self)
         # Queued calls of this client will never be answered: drop them.
         # Running ones finish and their results are discarded.
         self.pool.dropQueued(owner=self)
@@ -275,12 +275,12 @@ class TaskServerFactory(Factory):
     def __init__(self, pool: ProcessPool, *, maxLineLength: int = DEFAULT_MAX_LINE) -> None:
         self.pool = pool
         self.maxLineLength = maxLineLength
-        self.connections = 0
+        self.protocols: set[TaskServerProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> TaskServerProtocol:
         return TaskServerProtocol(self)
 
     def stats(self) -> dict[str, Any]:
         stats = self.pool.stats()
-        stats["connections"] = self.connections
+        stats["connections"] = len(self.protocols)
         return stats

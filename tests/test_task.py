@@ -1,0 +1,145 @@
+"""
+The @task decorator and the registry built from modules.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from taskservice import Registry, TaskSpec, progress, task
+from taskservice._task import _progressHook, specOf
+
+
+def test_bareDecorator() -> None:
+    """
+    @task registers under the function's name with no policy and returns
+    the function unchanged.
+    """
+
+    def double(x: int) -> int:
+        return 2 * x
+
+    assert task(double) is double
+    assert specOf(double) == TaskSpec(name="double", function=double)
+    assert double(2) == 4
+
+
+def test_policy() -> None:
+    """
+    @task(name=..., timeout=..., idempotent=...) records its policy.
+    """
+
+    @task(name="mail.send", timeout=30, idempotent=True)
+    def send() -> None:
+        pass
+
+    spec = specOf(send)
+    assert spec is not None
+    assert (spec.name, spec.timeout, spec.idempotent) == ("mail.send", 30, True)
+
+
+@pytest.mark.parametrize("name", ["$/stats", "1abc", "", "a b", "x" * 200, "a/b"])
+def test_badNames(name: str) -> None:
+    """
+    Names that could clash with the reserved $/ namespace or are not plain
+    identifiers are refused at registration.
+    """
+    with pytest.raises(ValueError, match="invalid task name"):
+        task(name=name)(lambda: None)
+
+
+@pytest.mark.parametrize("timeout", [0, -1])
+def test_badTimeout(timeout: float) -> None:
+    """
+    A timeout must be positive.
+    """
+    with pytest.raises(ValueError, match="timeout must be positive"):
+        task(timeout=timeout)
+
+
+def test_checkArguments() -> None:
+    """
+    Arguments are checked against the signature without calling.
+    """
+
+    @task
+    def f(a: int, b: int = 0) -> None:
+        raise AssertionError("never called")
+
+    spec = specOf(f)
+    assert spec is not None
+    spec.checkArguments([1], {})
+    spec.checkArguments([], {"a": 1, "b": 2})
+    with pytest.raises(TypeError):
+        spec.checkArguments([], {})
+    with pytest.raises(TypeError):
+        spec.checkArguments([1, 2, 3], {})
+
+
+def _module(name: str, source: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    exec(source, module.__dict__)
+    return module
+
+
+def test_registryFromModules() -> None:
+    """
+    Only @task functions defined in the named modules are registered, not
+    ones merely imported into them, nor plain functions.
+    """
+    try:
+        _module(
+            "_ts_a",
+            "from taskservice import task\n"
+            "@task\ndef one(): return 1\n"
+            "def plain(): return 0\n",
+        )
+        _module(
+            "_ts_b",
+            "from taskservice import task\nfrom _ts_a import one\n"
+            "@task(name='two')\ndef second(): return 2\n",
+        )
+        registry = Registry.fromModules(["_ts_b"])
+        assert sorted(registry) == ["two"]
+        registry = Registry.fromModules(["_ts_a", "_ts_b"])
+        assert sorted(registry) == ["one", "two"]
+        assert registry.modules == ("_ts_a", "_ts_b")
+    finally:
+        del sys.modules["_ts_a"], sys.modules["_ts_b"]
+
+
+def test_duplicateNames() -> None:
+    """
+    Two different functions may not take the same name.
+    """
+    registry = Registry([TaskSpec("x", lambda: 1)])
+    with pytest.raises(ValueError, match="two tasks"):
+        registry.add(TaskSpec("x", lambda: 2))
+
+
+def test_missingModule() -> None:
+    """
+    A module that cannot be imported fails loudly.
+    """
+    with pytest.raises(ImportError):
+        Registry.fromModules(["no_such_module_here"])
+
+
+def test_progressOutsideAWorker() -> None:
+    """
+    progress() is a no-op outside a worker, and reports done/total/extra to
+    the worker's hook inside one.
+    """
+    progress(1, 2)
+    seen: list[dict[str, object]] = []
+    token = _progressHook.set(seen.append)
+    try:
+        progress(1, 2, stage="x")
+        progress(5)
+    finally:
+        _progressHook.reset(token)
+    assert seen == [{"stage": "x", "done": 1, "total": 2}, {"done": 5}]
