@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-_encoder = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, separators=(",", ":")
-)
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def _refuseConstant(name: str) -> Any:

@@ -22,7 +22,7 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -85,7 +85,9 @@ class TaskClientProtocol(LineProtocol):
         try:
             data = _jsonrpc.line(
                 _jsonrpc.requestObject(
-                    requestId, method, list(params) if isinstance(params, tuple) else params
+                    requestId,
+                    method,
+                    list(params) if isinstance(params, tuple) else params,
                 )
             )
         except (TypeError, ValueError) as e:
@@ -128,7 +130,9 @@ class TaskClientProtocol(LineProtocol):
                     pending.onProgress(update)
             return
         requestId = message.get("id")
-        pending = self._pending.pop(requestId, None) if isinstance(requestId, int) else None
+        pending = (
+            self._pending.pop(requestId, None) if isinstance(requestId, int) else None
+        )
         if pending is None:
             if "error" in message:
                 error = fromWireError(message["error"])
@@ -204,6 +208,7 @@ class TaskClient(Service):
     ) -> None:
         if isinstance(endpoint, str):
             endpoint = clientFromString(reactor, endpoint)
+        assert IStreamClientEndpoint.providedBy(endpoint)
         self._reactor = reactor
         self._protocol: TaskClientProtocol | None = None
         self._unreachable = False
@@ -215,7 +220,8 @@ class TaskClient(Service):
             prepareConnection=self._connected,
         )
 
-    def _connected(self, protocol: TaskClientProtocol) -> None:
+    def _connected(self, protocol: IProtocol) -> None:
+        assert isinstance(protocol, TaskClientProtocol)
         self._protocol = protocol
         self._unreachable = False
 
@@ -275,9 +281,12 @@ class TaskClient(Service):
         # The first connection is being made: wait for it (or its failure).
         waiting = self._service.whenConnected(failAfterFailures=1)
         waiting.addErrback(self._attemptFailed)
-        waiting.addCallback(
-            lambda protocol: protocol.request(method, params, onProgress=onProgress)
-        )
+
+        def send(protocol: IProtocol) -> Deferred[Any]:
+            assert isinstance(protocol, TaskClientProtocol)
+            return protocol.request(method, params, onProgress=onProgress)
+
+        waiting.addCallback(send)
         result: Deferred[Any] = Deferred(lambda d: waiting.cancel())
 
         def relay(outcome: Any) -> None:

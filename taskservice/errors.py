@@ -41,7 +41,7 @@ class TaskServiceError(Exception):
     @ivar data: the JSON-RPC C{data} member, or L{None}.
     """
 
-    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL_ERROR
+    code: int = ErrorCode.INTERNAL_ERROR
     defaultMessage: ClassVar[str] = "internal error"
 
     def __init__(self, message: str | None = None, data: Any = None) -> None:
@@ -172,10 +172,12 @@ def fromWireError(error: Any) -> TaskServiceError:
     message = error.get("message")
     message = message if isinstance(message, str) else None
     data = error.get("data")
-    cls = _BY_CODE.get(code) if isinstance(code, int) else None
+    if not isinstance(code, int):
+        return InternalError("malformed error from server", {"error": error})
+    cls = _BY_CODE.get(code)
     if cls is None:
         result = TaskServiceError(message, data)
-        result.code = code  # type: ignore[misc]
+        result.code = code
         return result
     return cls(message, data)
 

@@ -217,6 +217,7 @@ class WorkerProcess(ProcessProtocol):
         for childFD, rest in self._partial.items():
             if rest:
                 self._logOutput(childFD, rest)
+        assert reason.value is not None
         self.pool._workerEnded(self, reason.value)
         self.ended.callback(None)
 
@@ -356,7 +357,7 @@ class ProcessPool(Service):
     def _whenDrained(self) -> Deferred[None]:
         if self._busyCount() == 0 and not self._queue:
             return succeed(None)
-        d: Deferred[None] = Deferred(lambda d: self._drainWaiters.remove(d))
+        d: Deferred[None] = Deferred(self._drainWaiters.remove)
         self._drainWaiters.append(d)
         return d
 
@@ -393,7 +394,9 @@ class ProcessPool(Service):
         self._dispatch()
         return call.deferred
 
-    def deferToProcess(self, task: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+    def deferToProcess(
+        self, task: Callable[..., Any] | str, *args: Any, **kwargs: Any
+    ) -> Deferred[Any]:
         """
         Run C{task} (a C{@task} function, or a registered name) in a worker:
         C{pool.deferToProcess(send_mail, to="a@example.com")}.
@@ -410,7 +413,8 @@ class ProcessPool(Service):
             return fail(
                 MethodNotFound(
                     "method not found",
-                    f"{spec.name!r} is not in this pool's modules {self.registry.modules}",
+                    f"{spec.name!r} is not a task of this pool's modules"
+                    f" {self.registry.modules}",
                 )
             )
         return self.submit(spec.name, args, kwargs)
@@ -435,7 +439,8 @@ class ProcessPool(Service):
             raise InvalidParams("invalid params", str(e)) from None
         if len(self._queue) >= self.maxQueue:
             raise Overloaded(
-                "overloaded", {"retryAfter": self._retryAfter(), "queued": len(self._queue)}
+                "overloaded",
+                {"retryAfter": self._retryAfter(), "queued": len(self._queue)},
             )
         if timeout is None:
             timeout = spec.timeout if spec.timeout is not None else self.defaultTimeout
@@ -554,7 +559,11 @@ class ProcessPool(Service):
         op = message.get("op")
         call = worker.call
         if op == "progress":
-            if call is not None and call.onProgress is not None and not call.deferred.called:
+            if (
+                call is not None
+                and call.onProgress is not None
+                and not call.deferred.called
+            ):
                 call.onProgress(message["update"])
             return
         if op in ("result", "error"):
@@ -680,7 +689,9 @@ class ProcessPool(Service):
         for worker in self._workers:
             states[worker.state] += 1
         uptime = (
-            self.reactor.seconds() - self._startedAt if self._startedAt is not None else 0.0
+            self.reactor.seconds() - self._startedAt
+            if self._startedAt is not None
+            else 0.0
         )
         return {
             "workers": {

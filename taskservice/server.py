@@ -119,7 +119,7 @@ class TaskServerProtocol(LineProtocol):
         return self._respond(request).addCallback(self._writeIfAny)
 
     def _batch(self, batch: Batch) -> Deferred[None]:
-        replies = [
+        replies: list[Deferred[Response]] = [
             succeed(_jsonrpc.errorObject(item.id, item.error))
             if isinstance(item, Invalid)
             else self._respond(item)
@@ -162,17 +162,16 @@ class TaskServerProtocol(LineProtocol):
         for a notification.
         """
         requestId = request.id
-        if not request.notification:
-            if requestId in self._inFlight:
-                return succeed(
-                    _jsonrpc.errorObject(
-                        requestId,
-                        InvalidRequest(
-                            "invalid request",
-                            "a call with this id is already in flight on this connection",
-                        ),
-                    )
+        if not request.notification and requestId in self._inFlight:
+            return succeed(
+                _jsonrpc.errorObject(
+                    requestId,
+                    InvalidRequest(
+                        "invalid request",
+                        "a call with this id is already in flight on this connection",
+                    ),
                 )
+            )
         d = self._call(request)
         if request.notification:
             d.addErrback(self._logNotificationFailure, request)
@@ -228,6 +227,7 @@ class TaskServerProtocol(LineProtocol):
     # -- output --------------------------------------------------------------
 
     def _wireError(self, failure: Failure) -> TaskServiceError:
+        assert failure.value is not None
         error = toWireError(failure.value)
         if isinstance(error, InternalError) and error is not failure.value:
             self.log.failure("unexpected error handling a call", failure)
@@ -254,7 +254,9 @@ class TaskServerProtocol(LineProtocol):
             data = _jsonrpc.line(
                 _jsonrpc.errorObject(
                     message.get("id") if isinstance(message, dict) else None,
-                    InternalError("internal error", "the response could not be encoded"),
+                    InternalError(
+                        "internal error", "the response could not be encoded"
+                    ),
                 )
             )
         self._send(data)
@@ -269,10 +271,12 @@ class TaskServerFactory(Factory):
     Builds L{TaskServerProtocol}s that run calls in C{pool}.
     """
 
-    protocol = TaskServerProtocol  # type: ignore[assignment]
+    protocol = TaskServerProtocol
     noisy = False
 
-    def __init__(self, pool: ProcessPool, *, maxLineLength: int = DEFAULT_MAX_LINE) -> None:
+    def __init__(
+        self, pool: ProcessPool, *, maxLineLength: int = DEFAULT_MAX_LINE
+    ) -> None:
         self.pool = pool
         self.maxLineLength = maxLineLength
         self.protocols: set[TaskServerProtocol] = set()

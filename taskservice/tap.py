@@ -28,7 +28,9 @@ def _positive(kind: type[int] | type[float], name: str) -> Any:
         try:
             number = kind(value)
         except ValueError:
-            raise usage.UsageError(f"--{name} must be a number, not {value!r}") from None
+            raise usage.UsageError(
+                f"--{name} must be a number, not {value!r}"
+            ) from None
         if number <= 0:
             raise usage.UsageError(f"--{name} must be positive, not {value!r}")
         return number

@@ -19,7 +19,7 @@ in-process with the pool's own registry::
 from __future__ import annotations
 
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
@@ -161,11 +161,19 @@ class FakeWorker:
     def raise_(self, type: str, message: str, cid: int | None = None) -> None:
         call = self._take(cid)
         self.send(
-            {"op": "error", "cid": call["cid"], "error": {"type": type, "message": message}}
+            {
+                "op": "error",
+                "cid": call["cid"],
+                "error": {"type": type, "message": message},
+            }
         )
 
     def progress(self, update: dict[str, Any], cid: int | None = None) -> None:
-        call = self.calls[0] if cid is None else next(c for c in self.calls if c["cid"] == cid)
+        call = (
+            self.calls[0]
+            if cid is None
+            else next(c for c in self.calls if c["cid"] == cid)
+        )
         self.send({"op": "progress", "cid": call["cid"], "update": update})
 
     def output(self, data: bytes, childFD: int = 1) -> None:
@@ -197,6 +205,12 @@ class FakeWorker:
         elif self.closed:
             self.exit(0)
 
+    def _reporter(self, cid: int) -> Callable[[dict[str, Any]], None]:
+        def report(update: dict[str, Any]) -> None:
+            self.send({"op": "progress", "cid": cid, "update": update})
+
+        return report
+
     def runCalls(self, registry: Registry) -> None:
         """
         Run every call waiting on this worker in-process, with progress,
@@ -206,11 +220,7 @@ class FakeWorker:
             call = self.calls.pop(0)
             cid = call["cid"]
             spec = registry[call["task"]]
-            token = _progressHook.set(
-                lambda update, cid=cid: self.send(
-                    {"op": "progress", "cid": cid, "update": update}
-                )
-            )
+            token = _progressHook.set(self._reporter(cid))
             try:
                 result = spec.function(*call["args"], **call["kwargs"])
             except Exception as e:
@@ -240,19 +250,19 @@ class FakeProcessReactor(MemoryReactorClock):
         processProtocol: IProcessProtocol,
         executable: bytes | str,
         args: Sequence[bytes | str],
-        env: Mapping[str, str] | None = None,
+        env: Mapping[Any, Any] | None = None,
         path: bytes | str | None = None,
         uid: int | None = None,
         gid: int | None = None,
         usePTY: bool = False,
         childFDs: Mapping[int, int | str] | None = None,
-    ) -> FakeProcessTransport:
+    ) -> Any:
         self._nextPid += 1
         worker = FakeWorker(
             self,
             processProtocol,
             [a if isinstance(a, str) else a.decode() for a in args],
-            env,  # type: ignore[arg-type]
+            env,
             childFDs,
             self._nextPid,
         )

@@ -70,9 +70,7 @@ def _describe(error: BaseException, includeTraceback: bool) -> dict[str, Any]:
     return description
 
 
-def runCall(
-    registry: Registry, channel: _Channel, message: dict[str, Any]
-) -> None:
+def runCall(registry: Registry, channel: _Channel, message: dict[str, Any]) -> None:
     """
     Run one C{call} message and send its outcome.
     """

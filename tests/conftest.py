@@ -6,6 +6,7 @@ leaves delayed calls, open sockets or pipes, or child processes behind
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -65,10 +66,8 @@ def cleanReactor() -> Iterator[None]:
         if hasattr(selectable, "loseConnection"):
             selectable.loseConnection()
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     pytest.fail(
         "the test left the reactor dirty:"
         f"\n  delayed calls: {sorted(map(repr, calls))}"

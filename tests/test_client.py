@@ -61,7 +61,7 @@ def test_requestsAreMatchedById() -> None:
     assert _case.successResultOf(second) == 3
     _case.assertNoResult(first)
     protocol.dataReceived(
-        b'{"jsonrpc":"2.0","id":3,"error":{"code":-32601,"message":"method not found"}}\n'
+        b'{"jsonrpc":"2.0","id":3,"error":{"code":-32601,"message":"not found"}}\n'
         b'{"jsonrpc":"2.0","id":1,"result":"a"}\n'
     )
     assert _case.successResultOf(first) == "a"
@@ -125,7 +125,7 @@ def test_malformedLinesFromTheServer() -> None:
     """
     protocol, transport = connected()
     d = protocol.request("echo", [1])
-    protocol.dataReceived(b"not json\n[1,2]\n\"x\"\n")
+    protocol.dataReceived(b'not json\n[1,2]\n"x"\n')
     protocol.dataReceived(b'{"jsonrpc":"2.0","id":1,"result":1}\n')
     assert _case.successResultOf(d) == 1
 
@@ -151,9 +151,7 @@ class Server:
         self.portNumber = 0
 
     async def listen(self) -> None:
-        endpoint = TCP4ServerEndpoint(
-            reactor, self.portNumber, interface="127.0.0.1"
-        )
+        endpoint = TCP4ServerEndpoint(reactor, self.portNumber, interface="127.0.0.1")
         self.port = await endpoint.listen(self.factory)
         self.portNumber = self.port.getHost().port
 

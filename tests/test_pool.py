@@ -94,7 +94,9 @@ def test_whenReady(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:
     assert result(d) is None
 
 
-def test_callsGoOnlyToIdleWorkers(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:
+def test_callsGoOnlyToIdleWorkers(
+    ready: tuple[FakeProcessReactor, ProcessPool],
+) -> None:
     """
     Each worker has at most one call; extra calls queue in the parent, and a
     call never waits behind a long one while another worker is idle.
@@ -116,7 +118,9 @@ def test_callsGoOnlyToIdleWorkers(ready: tuple[FakeProcessReactor, ProcessPool])
     assert pool.stats()["workers"] == {"size": 2, "idle": 1, "busy": 1, "starting": 0}
 
 
-def test_unknownTaskAndBadArguments(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:
+def test_unknownTaskAndBadArguments(
+    ready: tuple[FakeProcessReactor, ProcessPool],
+) -> None:
     """
     An unknown name fails with MethodNotFound and arguments that do not fit
     the signature with InvalidParams, before any worker is used.
@@ -124,7 +128,7 @@ def test_unknownTaskAndBadArguments(ready: tuple[FakeProcessReactor, ProcessPool
     reactor, pool = ready
     assert isinstance(failure(pool.submit("nope"), MethodNotFound), MethodNotFound)
     bad = failure(pool.submit("add", [1]), InvalidParams)
-    assert "missing a required argument: 'b'" in str(bad.data)  # type: ignore[attr-defined]
+    assert "missing a required argument: 'b'" in str(bad.data)
     failure(pool.submit("add", [1, 2], {"c": 3}), InvalidParams)
     assert all(not w.calls for w in reactor.workers)
 
@@ -139,7 +143,7 @@ def test_overloaded() -> None:
     running = pool.submit("add", [0, 0])
     queued = [pool.submit("add", [i, i]) for i in range(2)]
     error = failure(pool.submit("add", [9, 9]), Overloaded)
-    assert error.data["retryAfter"] > 0  # type: ignore[attr-defined]
+    assert error.data["retryAfter"] > 0
     reactor.runAllCalls(pool.registry)
     assert [result(d) for d in [running, *queued]] == [0, 0, 2]
 
@@ -160,7 +164,7 @@ def test_deadlineStartsAtDispatch() -> None:
     noResult(d)
     reactor.advance(0.1)
     error = failure(d, TimedOut)
-    assert error.data == {"timeout": 0.5}  # type: ignore[attr-defined]
+    assert error.data == {"timeout": 0.5}
     assert worker.killed
     assert pool.stats()["workers"]["busy"] == 0
     worker.reap()
@@ -180,9 +184,9 @@ def test_timeoutPolicy(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:
     noResult(d1)
     noResult(d2)
     reactor.advance(1.0)
-    assert failure(d1, TimedOut).data == {"timeout": 2.0}  # type: ignore[attr-defined]
+    assert failure(d1, TimedOut).data == {"timeout": 2.0}
     reactor.advance(8.0)
-    assert failure(d2, TimedOut).data == {"timeout": 10.0}  # type: ignore[attr-defined]
+    assert failure(d2, TimedOut).data == {"timeout": 10.0}
 
 
 def test_workerDiesMidTask(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:
@@ -196,7 +200,7 @@ def test_workerDiesMidTask(ready: tuple[FakeProcessReactor, ProcessPool]) -> Non
     worker.exit(signal=9)
     sent = len(worker.messages)
     error = failure(d, WorkerLost)
-    assert error.data == {"signal": 9}  # type: ignore[attr-defined]
+    assert error.data == {"signal": 9}
     assert len(reactor.workers) == 3
     reactor.readyAll()
     d2 = pool.submit("add", [1, 1])
@@ -214,10 +218,12 @@ def test_workerExitCode(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:
     reactor, pool = ready
     d = pool.submit("crash")
     next(w for w in reactor.workers if w.calls).exit(7)
-    assert failure(d, WorkerLost).data == {"exitCode": 7}  # type: ignore[attr-defined]
+    assert failure(d, WorkerLost).data == {"exitCode": 7}
 
 
-def test_idleWorkerExitIsReplaced(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:
+def test_idleWorkerExitIsReplaced(
+    ready: tuple[FakeProcessReactor, ProcessPool],
+) -> None:
     """
     An idle worker that exits is replaced and no call is lost.
     """
@@ -303,9 +309,9 @@ def test_taskError(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:
     d = pool.submit("add", [1, "x"])
     reactor.runAllCalls(pool.registry)
     error = failure(d, TaskFailed)
-    assert error.remoteType == "TypeError"  # type: ignore[attr-defined]
-    assert "unsupported operand" in error.remoteMessage  # type: ignore[attr-defined]
-    assert "traceback" not in error.data  # type: ignore[attr-defined]
+    assert error.remoteType == "TypeError"
+    assert "unsupported operand" in error.remoteMessage
+    assert "traceback" not in error.data
     assert pool.stats()["workers"]["idle"] == 2
 
 
@@ -318,7 +324,7 @@ def test_tracebacksOnRequest() -> None:
     d = pool.submit("add", [1, "x"])
     assert next(w for w in reactor.workers if w.calls).calls[0]["tb"] is True
     reactor.runAllCalls(pool.registry)
-    assert "Traceback" in failure(d, TaskFailed).data["traceback"]  # type: ignore[attr-defined]
+    assert "Traceback" in failure(d, TaskFailed).data["traceback"]
 
 
 def test_workerOutputIsLogged(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:
@@ -345,7 +351,7 @@ def test_workerOutputIsLogged(ready: tuple[FakeProcessReactor, ProcessPool]) -> 
         ("warn", "oops"),
         ("info", "partial"),
     ]
-    assert all(e["workerID"] == worker.protocol.workerID for e in events if "line" in e)  # type: ignore[attr-defined]
+    assert all(e["workerID"] == worker.protocol.workerID for e in events if "line" in e)
 
 
 def test_stopDrains(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:
@@ -439,11 +445,11 @@ def test_workerStates(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:
     """
     reactor, pool = ready
     protocol = reactor.workers[0].protocol
-    assert protocol.state is WorkerState.IDLE  # type: ignore[attr-defined]
+    assert protocol.state is WorkerState.IDLE
     with pytest.raises(RuntimeError):
-        protocol.setState(WorkerState.STARTING)  # type: ignore[attr-defined]
+        protocol.setState(WorkerState.STARTING)
     reactor.workers[0].exit(0)
-    assert protocol.state is WorkerState.DEAD  # type: ignore[attr-defined]
+    assert protocol.state is WorkerState.DEAD
 
 
 def test_notRunning() -> None:
