@@ -52,9 +52,12 @@ class TaskClientProtocol(LineProtocol):
     maxLineLength = CLIENT_MAX_LINE
 
     def __init__(
-        self, onLost: Callable[[TaskClientProtocol], object] | None = None
+        self,
+        onMade: Callable[[TaskClientProtocol], object] | None = None,
+        onLost: Callable[[TaskClientProtocol], object] | None = None,
     ) -> None:
         super().__init__()
+        self._onMade = onMade
         self._onLost = onLost
         self._pending: dict[int, _Pending] = {}
         self._nextId = 1
@@ -107,6 +110,10 @@ class TaskClientProtocol(LineProtocol):
         self._pending[requestId] = _Pending(d, onProgress)
         self.transport.write(data)
         return d
+
+    def connectionMade(self) -> None:
+        if self._onMade is not None:
+            self._onMade(self)
 
     def lineReceived(self, line: bytes) -> None:
         try:
@@ -178,7 +185,9 @@ class _ClientFactory(Factory):
         self.client = client
 
     def buildProtocol(self, addr: Any) -> TaskClientProtocol:
-        protocol = TaskClientProtocol(onLost=self.client._disconnected)
+        protocol = TaskClientProtocol(
+            onMade=self.client._connected, onLost=self.client._disconnected
+        )
         protocol.factory = self
         return protocol
 
@@ -217,11 +226,9 @@ class TaskClient(Service):
             _ClientFactory(self),
             retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=maxRetryDelay),
             clock=reactor,
-            prepareConnection=self._connected,
         )
 
-    def _connected(self, protocol: IProtocol) -> None:
-        assert isinstance(protocol, TaskClientProtocol)
+    def _connected(self, protocol: TaskClientProtocol) -> None:
         self._protocol = protocol
         self._unreachable = False
 
