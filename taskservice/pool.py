@@ -288,6 +288,7 @@ class ProcessPool(Service):
         self._readyWaiters: list[Deferred[None]] = []
         self._drainWaiters: list[Deferred[None]] = []
         self._stopping = False
+        self._closing = False
         self._startedAt: float | None = None
         self.completed = 0
         self.failed = 0
@@ -297,7 +298,7 @@ class ProcessPool(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._stopping = False
+        self._stopping = self._closing = False
         self._startedAt = self.reactor.seconds()
         for _ in range(self.size):
             self._spawn()
@@ -320,15 +321,16 @@ class ProcessPool(Service):
         """
         super().stopService()
         self._stopping = True
-        if self._respawn is not None and self._respawn.active():
-            self._respawn.cancel()
-        self._respawn = None
         drained = self._whenDrained()
         timer = self.reactor.callLater(self.shutdownTimeout, drained.cancel)
 
         def closeAll(_: object) -> Deferred[Any]:
             if timer.active():
                 timer.cancel()
+            self._closing = True
+            if self._respawn is not None and self._respawn.active():
+                self._respawn.cancel()
+            self._respawn = None
             for call in list(self._queue):
                 call.finish(Unavailable("the pool stopped before this call ran"))
             self._queue.clear()
@@ -614,8 +616,9 @@ class ProcessPool(Service):
         call, worker.call = worker.call, None
         description = exitDescription(reason)
         # Replace the worker before telling anyone: a caller reacting to the
-        # error below must find the pool whole again.
-        if self.running and not self._stopping:
+        # error below must find the pool whole again. While draining, dead
+        # workers are still replaced: queued calls must get to run.
+        if self._startedAt is not None and not self._closing:
             self.restarts += 1
             if wasStarting:
                 self._startFailures += 1

@@ -61,6 +61,7 @@ class TaskServerProtocol(LineProtocol):
         self._connected = False
         self._readClosed = False
         self._outstanding = 0
+        self._closedWaiters: list[Deferred[None]] = []
 
     def connectionMade(self) -> None:
         self._connected = True
@@ -69,9 +70,23 @@ class TaskServerProtocol(LineProtocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._connected = False
         self.factory.protocols.discard(self)
+        waiters, self._closedWaiters = self._closedWaiters, []
+        for d in waiters:
+            d.callback(None)
         # Queued calls of this client will never be answered: drop them.
         # Running ones finish and their results are discarded.
         self.pool.dropQueued(owner=self)
+
+    def whenClosed(self) -> Deferred[None]:
+        """
+        Fire when this connection is closed.
+        """
+        d: Deferred[None] = Deferred()
+        if self._connected:
+            self._closedWaiters.append(d)
+        else:
+            d.callback(None)
+        return d
 
     def readConnectionLost(self) -> None:
         self._readClosed = True

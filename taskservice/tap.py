@@ -8,7 +8,6 @@ import os
 import sys
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
@@ -124,6 +123,7 @@ def makeService(options: Options) -> IService:
     from taskservice.examples import SMTP_ENVIRONMENT
     from taskservice.pool import ProcessPool
     from taskservice.server import TaskServerFactory
+    from taskservice.service import TaskServerService
 
     env = dict(os.environ)
     if options["smtp"] is not None:
@@ -143,7 +143,6 @@ def makeService(options: Options) -> IService:
     except (ImportError, ValueError) as e:
         raise usage.UsageError(f"cannot load the tasks: {e}") from e
     root = MultiService()
-    pool.setServiceParent(root)
     factory = TaskServerFactory(pool, maxLineLength=options["max-line"])
-    strports.service(options["listen"], factory).setServiceParent(root)
+    TaskServerService(reactor, options["listen"], pool, factory).setServiceParent(root)
     return root

@@ -14,6 +14,7 @@ never imports Twisted, the gateway or Autobahn on its own account.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -123,6 +124,12 @@ async def _awaited(awaitable: Any) -> Any:
 
 
 def main(argv: list[str]) -> int:
+    # A session of our own: a Ctrl-C in the terminal, or a signal sent to the
+    # parent's process group, reaches the parent only. The parent decides
+    # when workers stop (it drains them first); if it dies, end of file on
+    # our command pipe ends us.
+    with contextlib.suppress(OSError):
+        os.setsid()
     modules = argv[1:]
     results = os.fdopen(RESULTS_FD, "wb")
     channel = _Channel(results)

@@ -466,3 +466,24 @@ def test_reactorMustSpawnProcesses() -> None:
     """
     with pytest.raises(TypeError):
         ProcessPool(object(), size=1)
+
+
+def test_drainReplacesWorkersThatDie() -> None:
+    """
+    While draining, a worker that dies is still replaced so that the calls
+    still queued get to run; stop completes after they have.
+    """
+    reactor, pool = makePool(size=1)
+    reactor.readyAll()
+    first = pool.submit("add", [1, 1])
+    queued = pool.submit("add", [2, 2])
+    stopped = pool.stopService()
+    reactor.workers[0].exit(signal=15)
+    failure(first, WorkerLost)
+    assert len(reactor.alive) == 1, "a replacement was started during the drain"
+    reactor.readyAll()
+    reactor.runAllCalls(pool.registry)
+    assert result(queued) == 4
+    reactor.reapAll()
+    assert result(stopped) is None
+    assert reactor.alive == []
