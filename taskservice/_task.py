@@ -52,6 +52,14 @@ class TaskSpec:
     def signature(self) -> inspect.Signature:
         return inspect.signature(self.function)
 
+    @cached_property
+    def isAsync(self) -> bool:
+        """
+        Whether the task is a coroutine function (C{async def}): such calls
+        share a worker with other coroutine calls.
+        """
+        return inspect.iscoroutinefunction(self.function)
+
     def checkArguments(self, args: Iterable[Any], kwargs: Mapping[str, Any]) -> None:
         """
         Raise L{TypeError} if C{args} and C{kwargs} do not fit the function.

@@ -1,82 +1,77 @@
 """
 The process pool: a Twisted L{Service} that runs registered tasks in worker
-processes (see L{taskservice.worker}).
+processes (see L{taskservice.worker} and L{taskservice._workerproc}).
 
-Lifecycle of a worker (L{WorkerState})::
-
-    STARTING --ready--> IDLE <--> BUSY
-        |                |         |
-        +------ exit, kill, or stop ----> DEAD
-
-Calls wait in one bounded queue in the parent and go only to IDLE workers,
-so a call never waits behind a long task while another worker is free. Every
-accepted call ends in exactly one outcome: its result, or an error from
-L{taskservice.errors}.
+Calls wait in one bounded FIFO queue in the parent. A plain (blocking) call
+goes only to an IDLE worker, so no call waits behind a long task while a
+worker is free; coroutine calls share a worker up to C{concurrency} at a
+time. Every accepted call ends in exactly one outcome: its result, or an
+error from L{taskservice.errors}.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from enum import Enum
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from taskservice import _json
-from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
+from taskservice._frames import COMMANDS_FD, RESULTS_FD
 from taskservice._task import Registry, TaskSpec, specOf
+from taskservice._workerproc import WorkerProcess, WorkerState, exitDescription
 from taskservice.errors import (
     InvalidParams,
+    InvalidRequest,
     MethodNotFound,
     Overloaded,
     TaskFailed,
     TimedOut,
+    TooLarge,
     Unavailable,
     WorkerLost,
 )
+from taskservice.worker import DEFAULT_MAX_RESULT
 
 EXAMPLE_TASKS = ("taskservice.examples",)
 DEFAULT_TIMEOUT = 300.0
+DEFAULT_MAX_TIMEOUT = 3600.0
 DEFAULT_MAX_QUEUE = 10_000
+DEFAULT_CONCURRENCY = 100
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 _STOP_GRACE = 5.0
-_MAX_OUTPUT_LINE = 64 * 1024
+_CANCEL_GRACE = 2.0
 _RESTART_BACKOFF_BASE = 0.1
 _RESTART_BACKOFF_MAX = 10.0
+_CRASH_WINDOW = 10.0
 
 ProgressCallback = Callable[[dict[str, Any]], object]
 
-
-class WorkerState(Enum):
-    STARTING = "starting"
-    IDLE = "idle"
-    BUSY = "busy"
-    DEAD = "dead"
-
-
-_ALLOWED = {
-    WorkerState.STARTING: {WorkerState.IDLE, WorkerState.DEAD},
-    WorkerState.IDLE: {WorkerState.BUSY, WorkerState.DEAD},
-    WorkerState.BUSY: {WorkerState.IDLE, WorkerState.DEAD},
-    WorkerState.DEAD: set(),
-}
+__all__ = [
+    "EXAMPLE_TASKS",
+    "ProcessPool",
+    "WorkerProcess",
+    "WorkerState",
+]
 
 
 class _Call:
     """
     One accepted call, from submission to its single outcome.
+
+    @ivar abandoned: the caller has had its outcome (deadline or cancel) but
+        the coroutine call still occupies a slot in its worker until the
+        worker acknowledges the cancellation.
     """
 
     __slots__ = (
+        "abandoned",
         "args",
         "cid",
         "deferred",
@@ -100,25 +95,28 @@ class _Call:
         owner: object = None,
     ) -> None:
         self.cid = cid
-        self.owner = owner
         self.spec = spec
         self.args = args
         self.kwargs = kwargs
         self.timeout = timeout
         self.onProgress = onProgress
+        self.owner = owner
         self.deferred: Deferred[Any] = Deferred()
         self.worker: WorkerProcess | None = None
         self.timer: IDelayedCall | None = None
+        self.abandoned = False
 
-    def finish(self, outcome: Any) -> None:
-        """
-        Deliver the outcome unless one was delivered already (a cancelled or
-        timed-out call may still hear from its worker).
-        """
+    def stopTimer(self) -> None:
         if self.timer is not None:
             if self.timer.active():
                 self.timer.cancel()
             self.timer = None
+
+    def finish(self, outcome: Any) -> None:
+        """
+        Deliver the outcome unless one was delivered already.
+        """
+        self.stopTimer()
         if not self.deferred.called:
             if isinstance(outcome, BaseException):
                 self.deferred.errback(Failure(outcome))
@@ -126,109 +124,16 @@ class _Call:
                 self.deferred.callback(outcome)
 
 
-class WorkerProcess(ProcessProtocol):
+def residentMemory(pid: int) -> int | None:
     """
-    The parent's side of one worker: frames in and out, output logged.
+    The resident set size of process C{pid} in bytes (Linux C{/proc}), or
+    L{None} if unknown.
     """
-
-    log = Logger()
-
-    def __init__(self, pool: ProcessPool, workerID: int) -> None:
-        self.pool = pool
-        self.workerID = workerID
-        self.state = WorkerState.STARTING
-        self.call: _Call | None = None
-        self.pid: int | None = None
-        self.ended: Deferred[None] = Deferred()
-        self._frames = FrameDecoder()
-        self._partial: dict[int, bytes] = {1: b"", 2: b""}
-
-    def __repr__(self) -> str:
-        return f"<WorkerProcess {self.workerID} pid={self.pid} {self.state.value}>"
-
-    def setState(self, new: WorkerState) -> None:
-        if new not in _ALLOWED[self.state]:
-            raise RuntimeError(f"worker {self.workerID}: {self.state} -> {new}")
-        self.state = new
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.pid = self.transport.pid
-        # Tasks that read stdin get end-of-file rather than hang.
-        self.transport.closeStdin()
-
-    def send(self, message: dict[str, Any]) -> None:
-        assert self.transport is not None
-        self.transport.writeToChild(COMMANDS_FD, frame(_json.dumps(message)))
-
-    def kill(self) -> None:
-        """
-        SIGKILL the process (it will never receive another call).
-        """
-        if self.state is not WorkerState.DEAD:
-            self.setState(WorkerState.DEAD)
-        try:
-            assert self.transport is not None
-            self.transport.signalProcess("KILL")
-        except ProcessExitedAlready:
-            pass
-
-    def close(self) -> None:
-        """
-        Close the command pipe: the worker exits when it sees end of file.
-        """
-        if self.state is not WorkerState.DEAD:
-            self.setState(WorkerState.DEAD)
-        assert self.transport is not None
-        self.transport.closeChildFD(COMMANDS_FD)
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == RESULTS_FD:
-            for payload in self._frames.feed(data):
-                self.pool._messageReceived(self, _json.loads(payload))
-            return
-        lines = (self._partial.get(childFD, b"") + data).split(b"\n")
-        rest = lines.pop()
-        if len(rest) > _MAX_OUTPUT_LINE:
-            lines.append(rest)
-            rest = b""
-        self._partial[childFD] = rest
-        for line in lines:
-            self._logOutput(childFD, line)
-
-    def _logOutput(self, childFD: int, line: bytes) -> None:
-        text = line.decode("utf-8", "replace").rstrip("\r")
-        if childFD == 2:
-            self.log.warn(
-                "worker {workerID} (pid {pid}) stderr: {line}",
-                workerID=self.workerID,
-                pid=self.pid,
-                line=text,
-            )
-        else:
-            self.log.info(
-                "worker {workerID} (pid {pid}) stdout: {line}",
-                workerID=self.workerID,
-                pid=self.pid,
-                line=text,
-            )
-
-    def processEnded(self, reason: Failure) -> None:
-        for childFD, rest in self._partial.items():
-            if rest:
-                self._logOutput(childFD, rest)
-        assert reason.value is not None
-        self.pool._workerEnded(self, reason.value)
-        self.ended.callback(None)
-
-
-def exitDescription(reason: BaseException) -> dict[str, int]:
-    """
-    C{{"signal": n}} or C{{"exitCode": n}} for a process-ended reason.
-    """
-    if isinstance(reason, ProcessTerminated) and reason.signal is not None:
-        return {"signal": reason.signal}
-    return {"exitCode": getattr(reason, "exitCode", None) or 0}
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class ProcessPool(Service):
@@ -238,12 +143,21 @@ class ProcessPool(Service):
     @param reactor: provides L{IReactorProcess} and L{IReactorTime}.
     @param modules: the task modules; the parent imports them to know the
         tasks and their policies, and each worker imports them to run them.
-    @param size: the number of workers.
+    @param size: the number of workers (default: one per CPU).
     @param defaultTimeout: deadline in seconds for tasks without their own.
+    @param maxTimeout: the longest deadline a caller may ask for.
     @param maxQueue: calls that may wait for a worker; past it, L{Overloaded}.
+    @param concurrency: coroutine calls a worker runs at once.
+    @param maxTasksPerChild: recycle a worker after this many calls (its
+        successor is started beforehand, so callers see no stall).
+    @param maxMemory: recycle a worker whose resident memory passes this
+        many bytes after a call.
+    @param maxResult: results longer than this many bytes (as JSON) fail
+        with L{TooLarge}.
     @param shutdownTimeout: how long L{stopService} lets calls finish.
     @param env: the workers' environment (default: this process's).
     @param includeTracebacks: put task tracebacks in L{TaskFailed} errors.
+    @param memoryOf: how to read a worker's memory (for tests).
     """
 
     log = Logger()
@@ -255,11 +169,17 @@ class ProcessPool(Service):
         *,
         size: int | None = None,
         defaultTimeout: float = DEFAULT_TIMEOUT,
+        maxTimeout: float = DEFAULT_MAX_TIMEOUT,
         maxQueue: int = DEFAULT_MAX_QUEUE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        maxTasksPerChild: int | None = None,
+        maxMemory: int | None = None,
+        maxResult: int = DEFAULT_MAX_RESULT,
         shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         env: Mapping[str, str] | None = None,
         python: str = sys.executable,
         includeTracebacks: bool = False,
+        memoryOf: Callable[[int], int | None] = residentMemory,
     ) -> None:
         if not IReactorProcess.providedBy(reactor) or not IReactorTime.providedBy(
             reactor
@@ -270,11 +190,19 @@ class ProcessPool(Service):
         self.size = size if size is not None else (os.cpu_count() or 1)
         if self.size < 1:
             raise ValueError("a pool needs at least one worker")
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         self.defaultTimeout = defaultTimeout
+        self.maxTimeout = max(maxTimeout, defaultTimeout)
         self.maxQueue = maxQueue
+        self.concurrency = concurrency
+        self.maxTasksPerChild = maxTasksPerChild
+        self.maxMemory = maxMemory
+        self.maxResult = maxResult
         self.shutdownTimeout = shutdownTimeout
         self.python = python
         self.includeTracebacks = includeTracebacks
+        self._memoryOf = memoryOf
         self._env = dict(os.environ if env is None else env)
         self._env["PYTHONUNBUFFERED"] = "1"
         self._env.setdefault("PYTHONPATH", os.pathsep.join(_importPath()))
@@ -284,6 +212,7 @@ class ProcessPool(Service):
         self._nextWorkerID = 1
         self._nextCallID = 1
         self._startFailures = 0
+        self._crashes: deque[float] = deque()
         self._respawn: IDelayedCall | None = None
         self._readyWaiters: list[Deferred[None]] = []
         self._drainWaiters: list[Deferred[None]] = []
@@ -292,7 +221,7 @@ class ProcessPool(Service):
         self._startedAt: float | None = None
         self.completed = 0
         self.failed = 0
-        self.restarts = 0
+        self.workerExits: Counter[str] = Counter()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -300,14 +229,13 @@ class ProcessPool(Service):
         super().startService()
         self._stopping = self._closing = False
         self._startedAt = self.reactor.seconds()
-        for _ in range(self.size):
-            self._spawn()
+        self._replenish()
 
     def whenReady(self) -> Deferred[None]:
         """
         Fire when no worker is starting (all are ready or busy).
         """
-        if self.running and not self._starting():
+        if self.running and self._workers and not self._starting():
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._readyWaiters.append(d)
@@ -317,7 +245,8 @@ class ProcessPool(Service):
         """
         Stop taking calls; let queued and running calls finish for up to
         C{shutdownTimeout} seconds (then kill what is left: those calls get
-        L{WorkerLost}); then close every worker and wait for it to exit.
+        L{WorkerLost}, queued ones L{Unavailable}); then close every worker
+        and wait for it to exit.
         """
         super().stopService()
         self._stopping = True
@@ -336,18 +265,17 @@ class ProcessPool(Service):
             self._queue.clear()
             ended = [worker.ended for worker in self._workers]
             for worker in list(self._workers):
-                if worker.call is not None:
+                if worker.calls:
                     worker.kill()
-                else:
+                elif worker.state is not WorkerState.DEAD:
                     worker.close()
             killer = self.reactor.callLater(_STOP_GRACE, self._killAll)
-            done = DeferredList(ended)
 
             def cancelKiller(result: object) -> None:
                 if killer.active():
                     killer.cancel()
 
-            return done.addBoth(cancelKiller)
+            return DeferredList(ended).addBoth(cancelKiller)
 
         drained.addErrback(lambda f: None)
         return drained.addCallback(closeAll)
@@ -357,7 +285,7 @@ class ProcessPool(Service):
             worker.kill()
 
     def _whenDrained(self) -> Deferred[None]:
-        if self._busyCount() == 0 and not self._queue:
+        if not self._queue and not self._busy():
             return succeed(None)
         d: Deferred[None] = Deferred(self._drainWaiters.remove)
         self._drainWaiters.append(d)
@@ -378,18 +306,18 @@ class ProcessPool(Service):
         """
         Run the task registered as C{name} in a worker.
 
-        @param timeout: this call's deadline (default: the task's own, else
-            the pool's C{defaultTimeout}).
+        @param timeout: this call's deadline in seconds (default: the task's
+            own, else the pool's C{defaultTimeout}; at most C{maxTimeout}).
         @param onProgress: called with each progress update of the task.
         @param owner: any object; L{dropQueued} forgets the queued calls of
             an owner (a connection that went away) in one pass.
         @return: a L{Deferred} firing with the task's result, or failing
             with a L{taskservice.errors.TaskServiceError}. Cancelling it
-            removes a queued call, or kills the worker running it.
+            removes a queued call, or stops the running one (a plain call's
+            worker is killed; a coroutine call is cancelled in its worker).
         """
-        kwargs = {} if kwargs is None else kwargs
         try:
-            call = self._accept(name, args, kwargs, timeout, onProgress, owner)
+            call = self._accept(name, args, kwargs or {}, timeout, onProgress, owner)
         except Exception as e:
             return fail(e)
         self._queue.append(call)
@@ -439,13 +367,18 @@ class ProcessPool(Service):
             spec.checkArguments(args, kwargs)
         except TypeError as e:
             raise InvalidParams("invalid params", str(e)) from None
+        if timeout is None:
+            timeout = spec.timeout if spec.timeout is not None else self.defaultTimeout
+        elif not 0 < timeout <= self.maxTimeout:
+            raise InvalidRequest(
+                "invalid request",
+                f"timeout must be more than 0 and at most {self.maxTimeout:g} seconds",
+            )
         if len(self._queue) >= self.maxQueue:
             raise Overloaded(
                 "overloaded",
                 {"retryAfter": self._retryAfter(), "queued": len(self._queue)},
             )
-        if timeout is None:
-            timeout = spec.timeout if spec.timeout is not None else self.defaultTimeout
         call = _Call(self._nextCallID, spec, args, kwargs, timeout, onProgress, owner)
         self._nextCallID += 1
         call.deferred = Deferred(lambda d: self._cancel(call))
@@ -462,45 +395,73 @@ class ProcessPool(Service):
             return 0
         self._queue = deque(call for call in self._queue if call.owner is not owner)
         for call in mine:
-            call.worker = None
             call.deferred.cancel()
         self._checkDrained()
         return len(mine)
 
     def _retryAfter(self) -> float:
-        return 1.0
+        """
+        A hint for callers refused as overloaded: roughly how long the queue
+        ahead of them takes to drain, from the calls completed so far.
+        """
+        uptime = self.reactor.seconds() - (self._startedAt or 0.0)
+        rate = self.completed / uptime if uptime > 0 and self.completed else 0.0
+        if not rate:
+            return 1.0
+        return round(min(60.0, max(0.1, len(self._queue) / rate)), 1)
 
     def _dispatch(self) -> None:
-        queue, idle = self._queue, self._idle
-        while queue and idle:
-            worker = idle.pop()
-            call = queue.popleft()
-            worker.setState(WorkerState.BUSY)
-            worker.call = call
-            call.worker = worker
-            message: dict[str, Any] = {
-                "op": "call",
-                "cid": call.cid,
-                "task": call.spec.name,
-                "args": call.args,
-                "kwargs": call.kwargs,
-            }
-            if self.includeTracebacks:
-                message["tb"] = True
-            try:
-                worker.send(message)
-            except (TypeError, ValueError) as e:
-                self._release(worker)
-                call.finish(InvalidParams("invalid params", f"not JSON: {e}"))
-                continue
-            call.timer = self.reactor.callLater(call.timeout, self._timedOut, call)
+        queue = self._queue
+        while queue:
+            call = queue[0]
+            worker = self._workerFor(call)
+            if worker is None:
+                return
+            queue.popleft()
+            self._run(worker, call)
+
+    def _workerFor(self, call: _Call) -> WorkerProcess | None:
+        if call.spec.isAsync:
+            # Pack coroutine calls onto workers already running some, keeping
+            # idle workers free for plain calls.
+            for worker in self._workers:
+                if (
+                    worker.state is WorkerState.BUSY
+                    and not worker.blocking
+                    and len(worker.calls) < self.concurrency
+                ):
+                    return worker
+        return self._idle.pop() if self._idle else None
+
+    def _run(self, worker: WorkerProcess, call: _Call) -> None:
+        worker.setState(WorkerState.BUSY)
+        worker.calls[call.cid] = call
+        worker.blocking = not call.spec.isAsync
+        call.worker = worker
+        message: dict[str, Any] = {
+            "op": "call",
+            "cid": call.cid,
+            "task": call.spec.name,
+            "args": call.args,
+            "kwargs": call.kwargs,
+        }
+        if self.includeTracebacks:
+            message["tb"] = True
+        try:
+            worker.send(message)
+        except (TypeError, ValueError) as e:
+            del worker.calls[call.cid]
+            self._afterCall(worker, countIt=False)
+            call.finish(InvalidParams("invalid params", f"not JSON: {e}"))
+            return
+        call.timer = self.reactor.callLater(call.timeout, self._timedOut, call)
 
     def _timedOut(self, call: _Call) -> None:
         call.timer = None
         worker = call.worker
         self.log.warn(
-            "task {task} (call {cid}) passed its {timeout}s deadline;"
-            " killing worker {workerID}",
+            "task {task} (call {cid}) passed its {timeout}s deadline"
+            " in worker {workerID}",
             task=call.spec.name,
             cid=call.cid,
             timeout=call.timeout,
@@ -508,36 +469,69 @@ class ProcessPool(Service):
         )
         self.failed += 1
         call.finish(TimedOut("timed out", {"timeout": call.timeout}))
-        if worker is not None:
-            worker.kill()
+        self._stop(call, "timeout")
 
     def _cancel(self, call: _Call) -> None:
         """
         The canceller of a call's Deferred (which then fails with
         C{CancelledError}, shown on the wire as "cancelled").
         """
-        if call.timer is not None and call.timer.active():
-            call.timer.cancel()
-        call.timer = None
+        call.stopTimer()
         if call.worker is None:
             if call in self._queue:
                 self._queue.remove(call)
+                self._checkDrained()
             return
         self.log.info(
-            "call {cid} ({task}) cancelled while running; killing worker {workerID}",
+            "call {cid} ({task}) cancelled while running in worker {workerID}",
             cid=call.cid,
             task=call.spec.name,
             workerID=call.worker.workerID,
         )
-        call.worker.kill()
+        self._stop(call, "cancel")
+
+    def _stop(self, call: _Call, cause: str) -> None:
+        """
+        Stop a running call whose caller has had its outcome: kill a plain
+        call's worker; ask the worker to cancel a coroutine call, and kill it
+        if it does not within a grace period.
+        """
+        worker = call.worker
+        if worker is None or worker.state is WorkerState.DEAD:
+            return
+        if call.spec.isAsync:
+            call.abandoned = True
+            worker.send({"op": "cancel", "cid": call.cid})
+            call.timer = self.reactor.callLater(
+                _CANCEL_GRACE, self._unresponsive, worker, call
+            )
+        else:
+            self.workerExits[cause] += 1
+            worker.kill()
+
+    def _unresponsive(self, worker: WorkerProcess, call: _Call) -> None:
+        call.timer = None
+        if worker.calls.get(call.cid) is call and worker.state is not WorkerState.DEAD:
+            self.log.warn(
+                "worker {workerID} did not cancel call {cid} within {grace}s;"
+                " killing it",
+                workerID=worker.workerID,
+                cid=call.cid,
+                grace=_CANCEL_GRACE,
+            )
+            self.workerExits["unresponsive"] += 1
+            worker.kill()
 
     # -- workers -----------------------------------------------------------
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> WorkerProcess:
         worker = WorkerProcess(self, self._nextWorkerID)
         self._nextWorkerID += 1
         self._workers.add(worker)
-        args = [self.python, "-m", "taskservice.worker", *self.registry.modules]
+        args = [self.python, "-m", "taskservice.worker"]
+        if self.maxResult != DEFAULT_MAX_RESULT:
+            args += ["--max-result", str(self.maxResult)]
+        args += self.registry.modules
         self.reactor.spawnProcess(
             worker,
             self.python,
@@ -550,17 +544,79 @@ class ProcessPool(Service):
             workerID=worker.workerID,
             pid=worker.pid,
         )
+        return worker
 
-    def _release(self, worker: WorkerProcess) -> None:
-        worker.call = None
-        if worker.state is WorkerState.BUSY:
-            worker.setState(WorkerState.IDLE)
-            self._idle.append(worker)
+    def _replenish(self) -> None:
+        """
+        Start workers until C{size} of them are serving or starting.
+        """
+        self._respawn = None
+        active = sum(
+            1
+            for w in self._workers
+            if w.state not in (WorkerState.RETIRING, WorkerState.DEAD)
+        )
+        for _ in range(self.size - active):
+            self._spawn()
+
+    def _scheduleReplenish(self, delay: float) -> None:
+        if self._respawn is None:
+            self._respawn = self.reactor.callLater(delay, self._replenish)
+
+    def _afterCall(self, worker: WorkerProcess, countIt: bool = True) -> None:
+        """
+        A call left C{worker}: free it, and recycle it when it is due.
+        """
+        if countIt:
+            worker.completed += 1
+        if not worker.calls:
+            worker.blocking = False
+            if worker.state is WorkerState.RETIRING:
+                worker.close()
+                return
+            if worker.state is WorkerState.BUSY:
+                worker.setState(WorkerState.IDLE)
+                self._idle.append(worker)
+        if worker.state in (WorkerState.IDLE, WorkerState.BUSY):
+            self._maybeRecycle(worker)
+
+    def _maybeRecycle(self, worker: WorkerProcess) -> None:
+        limit = self.maxTasksPerChild
+        if limit is not None:
+            if worker.completed >= limit:
+                self._retire(worker, "recycled")
+                return
+            if worker.completed >= limit - max(1, limit // 10) and (
+                worker.successor is None
+            ):
+                # Start the successor now, so it is ready when this one
+                # retires and callers see no stall.
+                worker.successor = self._spawn()
+        if self.maxMemory is not None and worker.pid is not None:
+            rss = self._memoryOf(worker.pid)
+            if rss is not None and rss > self.maxMemory:
+                self.log.info(
+                    "worker {workerID} uses {rss} bytes, over {limit}: recycling it",
+                    workerID=worker.workerID,
+                    rss=rss,
+                    limit=self.maxMemory,
+                )
+                self._retire(worker, "memory")
+
+    def _retire(self, worker: WorkerProcess, cause: str) -> None:
+        self.workerExits[cause] += 1
+        if worker.successor is None or worker.successor.state is WorkerState.DEAD:
+            worker.successor = self._spawn()
+        if worker in self._idle:
+            self._idle.remove(worker)
+        worker.setState(WorkerState.RETIRING)
+        if not worker.calls:
+            worker.close()
 
     def _messageReceived(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         op = message.get("op")
-        call = worker.call
         if op == "progress":
+            call = worker.calls.get(message.get("cid", -1))
             if (
                 call is not None
                 and call.onProgress is not None
@@ -569,24 +625,22 @@ class ProcessPool(Service):
                 call.onProgress(message["update"])
             return
         if op in ("result", "error"):
-            if (
-                call is None
-                or call.cid != message.get("cid")
-                or worker.state is WorkerState.DEAD
-            ):
-                # A late answer from a worker that was killed (deadline or
-                # cancel): its caller has had its one outcome already.
+            if worker.state is WorkerState.DEAD:
+                # A late answer from a killed worker: its callers have had
+                # (or will get, when it exits) their one outcome.
                 return
-            self._release(worker)
-            if op == "result":
+            call = worker.calls.pop(message.get("cid", -1), None)
+            if call is None:
+                return
+            self._afterCall(worker)
+            if call.abandoned:
+                call.stopTimer()
+            elif op == "result":
                 self.completed += 1
                 call.finish(message["result"])
             else:
                 self.failed += 1
-                error = message["error"]
-                call.finish(
-                    TaskFailed(f"{error.get('type')}: {error.get('message')}", error)
-                )
+                call.finish(self._taskError(message))
             self._dispatch()
             self._checkDrained()
             return
@@ -599,44 +653,44 @@ class ProcessPool(Service):
                 self._checkReady()
             return
         if op == "fatal":
+            error = message.get("error", {})
             self.log.error(
-                "worker {workerID} could not load the tasks: {error[type]}: "
-                "{error[message]}\n{error[traceback]}",
+                "worker {workerID} could not load the tasks: {type}: {message}"
+                "\n{traceback}",
                 workerID=worker.workerID,
-                error=message.get("error", {}),
+                type=error.get("type"),
+                message=error.get("message"),
+                traceback=error.get("traceback", ""),
             )
+
+    def _taskError(self, message: dict[str, Any]) -> Exception:
+        error = message.get("error", {})
+        if message.get("code") == "too_large":
+            return TooLarge(
+                error.get("message", "too large"), {"limit": self.maxResult}
+            )
+        return TaskFailed(f"{error.get('type')}: {error.get('message')}", error)
 
     def _workerEnded(self, worker: WorkerProcess, reason: BaseException) -> None:
         self._workers.discard(worker)
         if worker in self._idle:
             self._idle.remove(worker)
         wasStarting = worker.state is WorkerState.STARTING
-        if worker.state is not WorkerState.DEAD:
-            worker.setState(WorkerState.DEAD)
-        call, worker.call = worker.call, None
+        crashed = not worker.killedByPool and not wasStarting
+        worker.setState(WorkerState.DEAD)
+        calls, worker.calls = worker.calls, {}
         description = exitDescription(reason)
+        if crashed:
+            self.workerExits["crash"] += 1
         # Replace the worker before telling anyone: a caller reacting to the
         # error below must find the pool whole again. While draining, dead
         # workers are still replaced: queued calls must get to run.
         if self._startedAt is not None and not self._closing:
-            self.restarts += 1
-            if wasStarting:
-                self._startFailures += 1
-                delay = min(
-                    _RESTART_BACKOFF_MAX,
-                    _RESTART_BACKOFF_BASE * 2 ** (self._startFailures - 1),
-                )
-                self.log.error(
-                    "worker {workerID} exited before it was ready ({how});"
-                    " retrying in {delay:.1f}s",
-                    workerID=worker.workerID,
-                    how=description,
-                    delay=delay,
-                )
-                self._scheduleRespawn(delay)
-            else:
-                self._spawn()
-        if call is not None and not call.deferred.called:
+            self._replace(worker, wasStarting, crashed, description)
+        for call in calls.values():
+            if call.deferred.called:
+                call.stopTimer()
+                continue
             self.failed += 1
             self.log.warn(
                 "worker {workerID} (pid {pid}) died running {task} (call {cid}): {how}",
@@ -649,24 +703,53 @@ class ProcessPool(Service):
             call.finish(WorkerLost("worker lost", description))
         self._checkReady()
         self._checkDrained()
+        self._dispatch()
 
-    def _scheduleRespawn(self, delay: float) -> None:
-        def respawn() -> None:
-            self._respawn = None
-            missing = self.size - len(self._workers)
-            for _ in range(missing):
-                self._spawn()
-
-        if self._respawn is None:
-            self._respawn = self.reactor.callLater(delay, respawn)
+    def _replace(
+        self,
+        worker: WorkerProcess,
+        wasStarting: bool,
+        crashed: bool,
+        description: dict[str, int],
+    ) -> None:
+        now = self.reactor.seconds()
+        if wasStarting:
+            self._startFailures += 1
+            delay = _backoff(self._startFailures)
+            self.log.error(
+                "worker {workerID} exited before it was ready ({how});"
+                " retrying in {delay:.1f}s",
+                workerID=worker.workerID,
+                how=description,
+                delay=delay,
+            )
+            self._scheduleReplenish(delay)
+            return
+        if crashed:
+            self._crashes.append(now)
+            while self._crashes and self._crashes[0] < now - _CRASH_WINDOW:
+                self._crashes.popleft()
+            excess = len(self._crashes) - 2 * self.size
+            if excess > 0:
+                delay = _backoff(excess)
+                self.log.error(
+                    "{crashes} workers crashed in {window:g}s: replacing the next"
+                    " in {delay:.1f}s",
+                    crashes=len(self._crashes),
+                    window=_CRASH_WINDOW,
+                    delay=delay,
+                )
+                self._scheduleReplenish(delay)
+                return
+        self._replenish()
 
     # -- observation -------------------------------------------------------
 
     def _starting(self) -> int:
         return sum(1 for w in self._workers if w.state is WorkerState.STARTING)
 
-    def _busyCount(self) -> int:
-        return sum(1 for w in self._workers if w.call is not None)
+    def _busy(self) -> int:
+        return sum(1 for w in self._workers if w.calls)
 
     def _checkReady(self) -> None:
         if self._readyWaiters and not self._starting() and self._workers:
@@ -675,10 +758,17 @@ class ProcessPool(Service):
                 d.callback(None)
 
     def _checkDrained(self) -> None:
-        if self._drainWaiters and not self._queue and self._busyCount() == 0:
+        if self._drainWaiters and not self._queue and not self._busy():
             waiters, self._drainWaiters = self._drainWaiters, []
             for d in waiters:
                 d.callback(None)
+
+    @property
+    def restarts(self) -> int:
+        """
+        Workers replaced so far (crashed, killed, or recycled).
+        """
+        return sum(self.workerExits.values())
 
     @property
     def workers(self) -> frozenset[WorkerProcess]:
@@ -688,29 +778,34 @@ class ProcessPool(Service):
         """
         Counters for C{$/stats}.
         """
-        states = {state: 0 for state in WorkerState}
+        states = dict.fromkeys(WorkerState, 0)
         for worker in self._workers:
             states[worker.state] += 1
-        uptime = (
-            self.reactor.seconds() - self._startedAt
-            if self._startedAt is not None
-            else 0.0
-        )
+        uptime = 0.0
+        if self._startedAt is not None:
+            uptime = self.reactor.seconds() - self._startedAt
         return {
             "workers": {
                 "size": self.size,
                 "idle": states[WorkerState.IDLE],
                 "busy": states[WorkerState.BUSY],
                 "starting": states[WorkerState.STARTING],
+                "retiring": states[WorkerState.RETIRING],
             },
+            "running": sum(len(w.calls) for w in self._workers),
             "queued": len(self._queue),
             "maxQueue": self.maxQueue,
             "completed": self.completed,
             "failed": self.failed,
             "restarts": self.restarts,
+            "restartsByCause": dict(self.workerExits),
             "uptime": round(uptime, 3),
             "tasks": sorted(self.registry),
         }
+
+
+def _backoff(failures: int) -> float:
+    return min(_RESTART_BACKOFF_MAX, _RESTART_BACKOFF_BASE * 2.0 ** (failures - 1))
 
 
 def _importPath() -> list[str]:

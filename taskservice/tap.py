@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import importlib
+import math
 import os
 import sys
 from typing import Any
@@ -30,8 +32,10 @@ def _positive(kind: type[int] | type[float], name: str) -> Any:
             raise usage.UsageError(
                 f"--{name} must be a number, not {value!r}"
             ) from None
-        if number <= 0:
-            raise usage.UsageError(f"--{name} must be positive, not {value!r}")
+        if not (math.isfinite(number) and number > 0):
+            raise usage.UsageError(
+                f"--{name} must be a finite positive number, not {value!r}"
+            )
         return number
 
     return convert
@@ -107,10 +111,19 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["tasks"]:
             self["tasks"] = list(EXAMPLE_TASKS)
+        for module in self["tasks"]:
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise usage.UsageError(
+                    f"--tasks {module}: cannot import it: {e}"
+                ) from e
         smtp = self["smtp"]
         if smtp is not None:
             host, _, port = smtp.rpartition(":")
-            if not host or not port.isdigit():
+            if not (
+                host and port.isascii() and port.isdigit() and 0 < int(port) < 65536
+            ):
                 raise usage.UsageError(f"--smtp must be host:port, not {smtp!r}")
 
 

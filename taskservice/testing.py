@@ -18,6 +18,7 @@ in-process with the pool's own registry::
 
 from __future__ import annotations
 
+import asyncio
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -114,6 +115,27 @@ class FakeWorker:
     @property
     def alive(self) -> bool:
         return self.transport.pid is not None
+
+    @property
+    def cancelled(self) -> list[int]:
+        """
+        The call ids the parent asked this worker to cancel.
+        """
+        return [m["cid"] for m in self.messages if m.get("op") == "cancel"]
+
+    def acknowledgeCancel(self, cid: int) -> None:
+        """
+        Answer a cancelled coroutine call as the real worker does.
+        """
+        self._take(cid)
+        self.send(
+            {
+                "op": "error",
+                "cid": cid,
+                "code": "cancelled",
+                "error": {"type": "CancelledError", "message": "cancelled"},
+            }
+        )
 
     @property
     def killed(self) -> bool:
@@ -223,6 +245,8 @@ class FakeWorker:
             token = _progressHook.set(self._reporter(cid))
             try:
                 result = spec.function(*call["args"], **call["kwargs"])
+                if spec.isAsync:
+                    result = asyncio.run(result)
             except Exception as e:
                 error = {"type": type(e).__qualname__, "message": str(e)}
                 if call.get("tb"):

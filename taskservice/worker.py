@@ -1,12 +1,18 @@
 """
-The worker process: ``python -m taskservice.worker MODULE...``.
+The worker process: ``python -m taskservice.worker [--max-result N] MODULE...``.
 
 Started by L{taskservice.pool.ProcessPool}. It imports the task modules,
 announces itself with a C{ready} frame on fd 4, then runs the calls it reads
-from fd 3 one at a time and answers each with a C{result} or C{error} frame
-(and C{progress} frames on the way). A reader thread owns fd 3: end of file
-there means the parent is gone or wants us gone, and the process exits at
-once, even in the middle of a task.
+from fd 3 and answers each with a C{result} or C{error} frame (and
+C{progress} frames on the way). A reader thread owns fd 3: end of file there
+means the parent is gone or wants us gone, and the process exits at once,
+even in the middle of a task.
+
+Plain tasks run one at a time in the main thread. When the modules define
+coroutine tasks (C{async def}), the main thread runs an asyncio event loop
+instead: coroutine calls run concurrently on it and can be cancelled with a
+C{cancel} frame, while a plain call still has the worker to itself (the
+parent never sends anything else meanwhile).
 
 Standard library only, plus the light L{taskservice._task} registry: a worker
 never imports Twisted, the gateway or Autobahn on its own account.
@@ -25,9 +31,10 @@ from typing import Any, BinaryIO
 
 from taskservice import _json
 from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
-from taskservice._task import Registry, _progressHook
+from taskservice._task import Registry, TaskSpec, _progressHook
 
 EXIT_BAD_TASKS = 3
+DEFAULT_MAX_RESULT = 64 * 1024 * 1024
 
 
 class _Channel:
@@ -40,13 +47,16 @@ class _Channel:
         self._lock = threading.Lock()
 
     def send(self, message: dict[str, Any]) -> None:
-        data = frame(_json.dumps(message))
+        self.sendEncoded(_json.dumps(message))
+
+    def sendEncoded(self, payload: bytes) -> None:
+        data = frame(payload)
         with self._lock:
             self._stream.write(data)
             self._stream.flush()
 
 
-def _readCommands(fd: int, deliver: Callable[[Any], None]) -> None:
+def _readCommands(fd: int, deliver: Callable[[Any], object]) -> None:
     decoder = FrameDecoder()
     while True:
         try:
@@ -71,56 +81,178 @@ def _describe(error: BaseException, includeTraceback: bool) -> dict[str, Any]:
     return description
 
 
-def runCall(registry: Registry, channel: _Channel, message: dict[str, Any]) -> None:
+class Worker:
     """
-    Run one C{call} message and send its outcome.
+    Runs calls and sends their outcomes.
     """
-    cid = message["cid"]
-    includeTraceback = bool(message.get("tb"))
-    spec = registry.get(message["task"])
-    if spec is None:
-        channel.send(
+
+    def __init__(self, registry: Registry, channel: _Channel, maxResult: int) -> None:
+        self.registry = registry
+        self.channel = channel
+        self.maxResult = maxResult
+
+    def _reporter(self, cid: int) -> Callable[[dict[str, Any]], None]:
+        def report(update: dict[str, Any]) -> None:
+            self.channel.send({"op": "progress", "cid": cid, "update": update})
+
+        return report
+
+    def _spec(self, message: dict[str, Any]) -> TaskSpec | None:
+        spec = self.registry.get(message["task"])
+        if spec is None:
+            self.channel.send(
+                {
+                    "op": "error",
+                    "cid": message["cid"],
+                    "error": {"type": "LookupError", "message": "no such task here"},
+                }
+            )
+        return spec
+
+    def runBlocking(self, message: dict[str, Any]) -> None:
+        """
+        Run one plain call to completion and send its outcome.
+        """
+        spec = self._spec(message)
+        if spec is None:
+            return
+        cid = message["cid"]
+        token = _progressHook.set(self._reporter(cid))
+        try:
+            result = spec.function(*message["args"], **message["kwargs"])
+            if hasattr(result, "__await__"):
+                import asyncio
+
+                result = asyncio.run(_awaited(result))
+        except BaseException as e:
+            self.fail(cid, e, message)
+        else:
+            self.succeed(cid, result)
+        finally:
+            _progressHook.reset(token)
+
+    async def runAsync(self, message: dict[str, Any]) -> None:
+        """
+        Run one coroutine call and send its outcome (or "cancelled").
+        """
+        import asyncio
+
+        spec = self._spec(message)
+        if spec is None:
+            return
+        cid = message["cid"]
+        _progressHook.set(self._reporter(cid))  # this task's own context
+        try:
+            result = await spec.function(*message["args"], **message["kwargs"])
+        except asyncio.CancelledError:
+            self.channel.send(
+                {
+                    "op": "error",
+                    "cid": cid,
+                    "code": "cancelled",
+                    "error": {"type": "CancelledError", "message": "cancelled"},
+                }
+            )
+        except BaseException as e:
+            self.fail(cid, e, message)
+        else:
+            self.succeed(cid, result)
+
+    def succeed(self, cid: int, result: Any) -> None:
+        try:
+            payload = _json.dumps({"op": "result", "cid": cid, "result": result})
+        except (TypeError, ValueError) as e:
+            self.channel.send(
+                {
+                    "op": "error",
+                    "cid": cid,
+                    "error": {
+                        "type": type(e).__qualname__,
+                        "message": f"the task's result cannot be sent as JSON: {e}",
+                    },
+                }
+            )
+            return
+        if len(payload) > self.maxResult:
+            self.channel.send(
+                {
+                    "op": "error",
+                    "cid": cid,
+                    "code": "too_large",
+                    "error": {
+                        "type": "TooLarge",
+                        "message": f"the result is {len(payload)} bytes,"
+                        f" over the limit of {self.maxResult}",
+                    },
+                }
+            )
+            return
+        self.channel.sendEncoded(payload)
+
+    def fail(self, cid: int, error: BaseException, message: dict[str, Any]) -> None:
+        self.channel.send(
             {
                 "op": "error",
                 "cid": cid,
-                "error": {"type": "LookupError", "message": "no such task here"},
-            }
-        )
-        return
-
-    def reportProgress(update: dict[str, Any]) -> None:
-        channel.send({"op": "progress", "cid": cid, "update": update})
-
-    token = _progressHook.set(reportProgress)
-    try:
-        result = spec.function(*message.get("args", ()), **message.get("kwargs", {}))
-        if hasattr(result, "__await__"):
-            import asyncio
-
-            result = asyncio.run(_awaited(result))
-    except BaseException as e:
-        reply = {"op": "error", "cid": cid, "error": _describe(e, includeTraceback)}
-    else:
-        reply = {"op": "result", "cid": cid, "result": result}
-    finally:
-        _progressHook.reset(token)
-    try:
-        channel.send(reply)
-    except (TypeError, ValueError) as e:
-        channel.send(
-            {
-                "op": "error",
-                "cid": cid,
-                "error": {
-                    "type": type(e).__qualname__,
-                    "message": f"the task's result cannot be sent as JSON: {e}",
-                },
+                "error": _describe(error, bool(message.get("tb"))),
             }
         )
 
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _serveBlocking(worker: Worker) -> None:
+    inbox: SimpleQueue[Any] = SimpleQueue()
+    threading.Thread(
+        target=_readCommands, args=(COMMANDS_FD, inbox.put), daemon=True
+    ).start()
+    worker.channel.send({"op": "ready", "pid": os.getpid()})
+    while True:
+        message = inbox.get()
+        if message.get("op") == "call":
+            worker.runBlocking(message)
+
+
+def _forget(running: dict[int, Any], cid: int) -> Callable[[Any], None]:
+    def forget(_: Any) -> None:
+        running.pop(cid, None)
+
+    return forget
+
+
+def _serveAsync(worker: Worker) -> None:
+    import asyncio
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        running: dict[int, asyncio.Task[None]] = {}
+
+        def handle(message: dict[str, Any]) -> None:
+            op = message.get("op")
+            if op == "call":
+                spec = worker.registry.get(message["task"])
+                if spec is not None and spec.isAsync:
+                    cid: int = message["cid"]
+                    running[cid] = loop.create_task(worker.runAsync(message))
+                    running[cid].add_done_callback(_forget(running, cid))
+                else:
+                    worker.runBlocking(message)
+            elif op == "cancel":
+                cancelled = running.get(message["cid"])
+                if cancelled is not None:
+                    cancelled.cancel()
+
+        threading.Thread(
+            target=_readCommands,
+            args=(COMMANDS_FD, lambda m: loop.call_soon_threadsafe(handle, m)),
+            daemon=True,
+        ).start()
+        worker.channel.send({"op": "ready", "pid": os.getpid()})
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
 
 
 def main(argv: list[str]) -> int:
@@ -130,24 +262,23 @@ def main(argv: list[str]) -> int:
     # our command pipe ends us.
     with contextlib.suppress(OSError):
         os.setsid()
-    modules = argv[1:]
-    results = os.fdopen(RESULTS_FD, "wb")
-    channel = _Channel(results)
+    args = argv[1:]
+    maxResult = DEFAULT_MAX_RESULT
+    if args[:1] == ["--max-result"]:
+        maxResult = int(args[1])
+        args = args[2:]
+    channel = _Channel(os.fdopen(RESULTS_FD, "wb"))
     try:
-        registry = Registry.fromModules(modules)
+        registry = Registry.fromModules(args)
     except BaseException as e:
         channel.send({"op": "fatal", "error": _describe(e, includeTraceback=True)})
         return EXIT_BAD_TASKS
-    inbox: SimpleQueue[Any] = SimpleQueue()
-    reader = threading.Thread(
-        target=_readCommands, args=(COMMANDS_FD, inbox.put), daemon=True
-    )
-    reader.start()
-    channel.send({"op": "ready", "pid": os.getpid()})
-    while True:
-        message = inbox.get()
-        if message.get("op") == "call":
-            runCall(registry, channel, message)
+    worker = Worker(registry, channel, maxResult)
+    if any(spec.isAsync for spec in registry.values()):
+        _serveAsync(worker)
+    else:
+        _serveBlocking(worker)
+    return 0
 
 
 if __name__ == "__main__":

@@ -64,3 +64,41 @@ async def coroutine(value: int) -> int:
 @task
 def getenv(name: str) -> str | None:
     return os.environ.get(name)
+
+
+_inFlight = 0
+
+
+@task
+async def nap(seconds: float) -> int:
+    """
+    Sleep without blocking; return how many naps were in flight at once in
+    this worker when this one started (proof of concurrency, not timing).
+    """
+    import asyncio
+
+    global _inFlight
+    _inFlight += 1
+    seen = _inFlight
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        _inFlight -= 1
+    return seen
+
+
+_hoard: list[bytes] = []
+
+
+@task
+def hoard(megabytes: int) -> int:
+    """
+    Keep C{megabytes} of memory allocated in this worker.
+    """
+    _hoard.append(b"x" * (megabytes * 1024 * 1024))
+    return os.getpid()
+
+
+@task
+def big(n: int) -> str:
+    return "x" * n

@@ -207,7 +207,7 @@ async def test_progressAndCancel(server: Server, client: TaskClient) -> None:
     assert await client.request("count", [5], onProgress=updates.append) == 5
     assert [u["done"] for u in updates] == [1, 2, 3, 4, 5]
     d = client.call("sleep", 30)
-    while not any(w.call is not None for w in server.pool.workers):
+    while not any(w.calls for w in server.pool.workers):
         await deferLater(reactor, 0.01, lambda: None)
     d.cancel()
     with pytest.raises(CancelledError):

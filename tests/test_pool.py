@@ -14,10 +14,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from taskservice.errors import (
     InvalidParams,
+    InvalidRequest,
     MethodNotFound,
     Overloaded,
     TaskFailed,
     TimedOut,
+    TooLarge,
     Unavailable,
     WorkerLost,
 )
@@ -115,7 +117,8 @@ def test_callsGoOnlyToIdleWorkers(
     shortWorker.reply(2)
     assert result(third) == 2
     noResult(long)
-    assert pool.stats()["workers"] == {"size": 2, "idle": 1, "busy": 1, "starting": 0}
+    workers = pool.stats()["workers"]
+    assert (workers["idle"], workers["busy"], workers["starting"]) == (1, 1, 0)
 
 
 def test_unknownTaskAndBadArguments(
@@ -208,7 +211,7 @@ def test_workerDiesMidTask(ready: tuple[FakeProcessReactor, ProcessPool]) -> Non
     assert len(worker.messages) == sent, "the dead worker got nothing more"
     reactor.runAllCalls(pool.registry)
     assert (result(d2), result(d3)) == (2, 4)
-    assert pool.stats()["restarts"] == 1
+    assert pool.stats()["restartsByCause"] == {"crash": 1}
 
 
 def test_workerExitCode(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:
@@ -487,3 +490,228 @@ def test_drainReplacesWorkersThatDie() -> None:
     reactor.reapAll()
     assert result(stopped) is None
     assert reactor.alive == []
+
+
+def test_coroutineCallsShareAWorker() -> None:
+    """
+    Coroutine calls are packed onto a worker up to C{concurrency} at a time,
+    leaving the other worker idle for plain calls; a plain call never joins
+    a worker running anything else.
+    """
+    reactor, pool = makePool(size=2, concurrency=3)
+    reactor.readyAll()
+    naps = [pool.submit("nap", [0]) for _ in range(4)]
+    loads = sorted(len(w.calls) for w in reactor.workers)
+    assert loads == [1, 3], "three packed on one worker, the fourth on the other"
+    plain = pool.submit("add", [1, 2])
+    assert pool.stats()["queued"] == 1, "no worker is free of other calls"
+    lightest = min(reactor.workers, key=lambda w: len(w.calls))
+    lightest.reply(1)
+    assert lightest.calls[0]["task"] == "add"
+    reactor.runAllCalls(pool.registry)
+    assert result(plain) == 3
+    assert all(isinstance(result(d), int) for d in naps)
+
+
+def test_queuedCallsKeepTheirOrder() -> None:
+    """
+    The queue is FIFO across kinds: a coroutine call behind a waiting plain
+    call does not overtake it.
+    """
+    reactor, pool = makePool(size=1, concurrency=5)
+    reactor.readyAll()
+    first = pool.submit("nap", [1])
+    plain = pool.submit("add", [1, 1])
+    later = pool.submit("nap", [1])
+    worker = reactor.workers[0]
+    assert [c["task"] for c in worker.calls] == ["nap"]
+    worker.reply(1)
+    assert [c["task"] for c in worker.calls] == ["add"]
+    worker.reply(2)
+    assert [c["task"] for c in worker.calls] == ["nap"]
+    worker.reply(1)
+    assert (result(first), result(plain), result(later)) == (1, 2, 1)
+
+
+def test_coroutineTimeoutCancelsInTheWorker() -> None:
+    """
+    A coroutine call past its deadline is cancelled inside its worker (the
+    other calls there carry on); its slot is freed when the worker
+    acknowledges.
+    """
+    reactor, pool = makePool(size=1, concurrency=5)
+    reactor.readyAll()
+    slow = pool.submit("nap", [60], timeout=1.0)
+    other = pool.submit("nap", [0], timeout=5.0)
+    worker = reactor.workers[0]
+    reactor.advance(1.0)
+    failure(slow, TimedOut)
+    assert not worker.killed
+    assert worker.cancelled == [1]
+    assert pool.stats()["running"] == 2, "the slot is held until acknowledged"
+    worker.acknowledgeCancel(1)
+    assert pool.stats()["running"] == 1
+    worker.reply(1)
+    assert result(other) == 1
+    assert reactor.getDelayedCalls() == []
+
+
+def test_coroutineCancelUnacknowledgedKillsTheWorker() -> None:
+    """
+    A worker that does not acknowledge a cancel within the grace period (its
+    event loop is stuck) is killed; its other calls get WorkerLost.
+    """
+    reactor, pool = makePool(size=1, concurrency=5)
+    reactor.readyAll()
+    stuck = pool.submit("nap", [60])
+    other = pool.submit("nap", [60])
+    stuck.cancel()
+    failure(stuck, CancelledError)
+    worker = reactor.workers[0]
+    assert worker.cancelled == [1]
+    reactor.advance(2.0)
+    assert worker.killed
+    worker.reap()
+    failure(other, WorkerLost)
+    assert pool.stats()["restartsByCause"] == {"unresponsive": 1}
+
+
+def test_recyclingStartsTheSuccessorEarly() -> None:
+    """
+    With maxTasksPerChild, the successor is started before the worker
+    retires, so a ready worker is always there; the old one is closed
+    gracefully after its last call.
+    """
+    reactor, pool = makePool(size=1, maxTasksPerChild=10)
+    reactor.readyAll()
+    old = reactor.workers[0]
+    for i in range(8):
+        d = pool.submit("add", [i, 0])
+        reactor.runAllCalls(pool.registry)
+        assert result(d) == i
+    assert len(reactor.workers) == 1
+    d = pool.submit("add", [8, 0])
+    reactor.runAllCalls(pool.registry)
+    assert len(reactor.workers) == 2, "successor started at 90%"
+    successor = reactor.workers[1]
+    successor.ready()
+    d = pool.submit("add", [9, 0])
+    # Either worker may take it; drive both.
+    reactor.runAllCalls(pool.registry)
+    assert result(d) == 9
+    calls = [pool.submit("add", [1, 1]) for _ in range(3)]
+    reactor.runAllCalls(pool.registry)
+    assert all(result(c) == 2 for c in calls)
+    assert old.closed and not old.killed
+    old.reap()
+    assert reactor.alive == [successor]
+    assert pool.stats()["restartsByCause"] == {"recycled": 1}
+
+
+def test_memoryCapRecycles() -> None:
+    """
+    A worker whose memory passes maxMemory after a call is retired and
+    replaced; its caller still gets the result.
+    """
+    usage = {"rss": 10}
+    reactor = FakeProcessReactor()
+    pool = ProcessPool(
+        reactor,
+        ["tests.pooltasks"],
+        size=1,
+        maxMemory=100,
+        memoryOf=lambda pid: usage["rss"],
+    )
+    pool.startService()
+    reactor.readyAll()
+    d = pool.submit("add", [1, 1])
+    reactor.runAllCalls(pool.registry)
+    assert result(d) == 2
+    assert len(reactor.workers) == 1
+    usage["rss"] = 101
+    d = pool.submit("add", [2, 2])
+    reactor.runAllCalls(pool.registry)
+    assert result(d) == 4
+    assert reactor.workers[0].closed
+    assert len(reactor.workers) == 2
+    assert pool.stats()["restartsByCause"] == {"memory": 1}
+
+
+def test_crashLoopBacksOff() -> None:
+    """
+    A task that kills its worker again and again does not make the pool
+    respawn in a tight loop: past twice the pool size in the crash window,
+    replacements are delayed, and other calls still get served by the
+    workers that remain.
+    """
+    reactor, pool = makePool(size=2)
+    reactor.readyAll()
+    for _ in range(4):
+        d = pool.submit("crash")
+        next(w for w in reactor.alive if w.calls).exit(1)
+        failure(d, WorkerLost)
+        reactor.readyAll()
+    assert len(reactor.alive) == 2, "the first crashes are replaced at once"
+    d = pool.submit("crash")
+    next(w for w in reactor.alive if w.calls).exit(1)
+    failure(d, WorkerLost)
+    assert len(reactor.alive) == 1, "the next replacement waits"
+    ok = pool.submit("add", [1, 1])
+    reactor.runAllCalls(pool.registry)
+    assert result(ok) == 2, "the remaining worker keeps serving"
+    reactor.advance(0.1)
+    assert len(reactor.alive) == 2
+
+
+def test_perCallTimeoutCap(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:
+    """
+    A caller may ask for its own deadline, up to maxTimeout; beyond it, or
+    not positive, the call is refused with InvalidRequest.
+    """
+    reactor, pool = ready
+    failure(pool.submit("add", [1, 1], timeout=10_000), InvalidRequest)
+    failure(pool.submit("add", [1, 1], timeout=0), InvalidRequest)
+    d = pool.submit("add", [1, 1], timeout=3600)
+    reactor.runAllCalls(pool.registry)
+    assert result(d) == 2
+
+
+def test_resultTooLarge(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:
+    """
+    A worker's too-large report becomes TooLarge with the limit.
+    """
+    reactor, pool = ready
+    d = pool.submit("big", [10])
+    worker = next(w for w in reactor.workers if w.calls)
+    worker.send(
+        {
+            "op": "error",
+            "cid": worker.calls.pop()["cid"],
+            "code": "too_large",
+            "error": {"type": "TooLarge", "message": "the result is 99 bytes"},
+        }
+    )
+    error = failure(d, TooLarge)
+    assert error.data == {"limit": pool.maxResult}
+
+
+def test_retryAfterFollowsThroughput() -> None:
+    """
+    The overloaded hint estimates how long the queue takes to drain at the
+    rate calls have been completing.
+    """
+    reactor, pool = makePool(size=1, maxQueue=5)
+    reactor.readyAll()
+    for _ in range(10):
+        d = pool.submit("add", [1, 1])
+        reactor.advance(0.1)
+        reactor.runAllCalls(pool.registry)
+        result(d)
+    pool.submit("hang", timeout=60)
+    for _ in range(5):
+        pool.submit("add", [1, 1])
+    error = failure(pool.submit("add", [1, 1]), Overloaded)
+    assert error.data["retryAfter"] == 0.5
+    pool.stopService()
+    reactor.advance(30)
+    reactor.reapAll()

@@ -124,8 +124,8 @@ async def test_deadlineKillsTheWorker(pool: ProcessPool) -> None:
     """
     started = time.monotonic()
     d = pool.submit("hang")  # timeout=0.5
-    await _until(lambda: any(w.call is not None for w in pool.workers))
-    victim = next(w.pid for w in pool.workers if w.call is not None)
+    await _until(lambda: any(w.calls for w in pool.workers))
+    victim = next(w.pid for w in pool.workers if w.calls)
     with pytest.raises(TimedOut):
         await d
     assert 0.5 <= time.monotonic() - started < 3
@@ -141,8 +141,8 @@ async def test_cancelKillsTheWorker(pool: ProcessPool) -> None:
     Cancelling a running call kills its worker process.
     """
     d = pool.submit("sleep", [30])
-    await _until(lambda: any(w.call is not None for w in pool.workers))
-    victim = next(w.pid for w in pool.workers if w.call is not None)
+    await _until(lambda: any(w.calls for w in pool.workers))
+    victim = next(w.pid for w in pool.workers if w.calls)
     d.cancel()
     with pytest.raises(CancelledError):
         await d

@@ -1,0 +1,167 @@
+"""
+The parent's side of one worker process: its lifecycle state, its frames
+in and out, and its output logged with its id.
+
+Lifecycle (L{WorkerState})::
+
+    STARTING --ready--> IDLE <--> BUSY --(recycled)--> RETIRING
+        |                 |         |                      |
+        +-----------------+---------+---- exit/kill/close -+--> DEAD
+
+A worker takes calls only when IDLE, or when BUSY with coroutine calls and
+room for more. RETIRING workers finish their calls and take no new ones.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from taskservice import _json
+from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
+
+if TYPE_CHECKING:
+    from taskservice.pool import ProcessPool, _Call
+
+_MAX_OUTPUT_LINE = 64 * 1024
+
+
+class WorkerState(Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    RETIRING = "retiring"
+    DEAD = "dead"
+
+
+_ALLOWED = {
+    WorkerState.STARTING: {WorkerState.IDLE, WorkerState.DEAD},
+    WorkerState.IDLE: {WorkerState.BUSY, WorkerState.RETIRING, WorkerState.DEAD},
+    WorkerState.BUSY: {WorkerState.IDLE, WorkerState.RETIRING, WorkerState.DEAD},
+    WorkerState.RETIRING: {WorkerState.DEAD},
+    WorkerState.DEAD: set(),
+}
+
+
+class WorkerProcess(ProcessProtocol):
+    """
+    One worker, as the pool sees it.
+
+    @ivar calls: the calls it is running, by call id.
+    @ivar blocking: whether it is running a plain (blocking) call; such a
+        worker takes no other call until it is done.
+    @ivar completed: calls it has answered, for recycling.
+    @ivar killedByPool: the pool killed it (deadline, cancel, stop); its
+        death is not a crash.
+    """
+
+    log = Logger()
+
+    def __init__(self, pool: ProcessPool, workerID: int) -> None:
+        self.pool = pool
+        self.workerID = workerID
+        self.state = WorkerState.STARTING
+        self.calls: dict[int, _Call] = {}
+        self.blocking = False
+        self.completed = 0
+        self.successor: WorkerProcess | None = None
+        self.killedByPool = False
+        self.pid: int | None = None
+        self.ended: Deferred[None] = Deferred()
+        self._frames = FrameDecoder()
+        self._partial: dict[int, bytes] = {1: b"", 2: b""}
+
+    def __repr__(self) -> str:
+        return f"<WorkerProcess {self.workerID} pid={self.pid} {self.state.value}>"
+
+    def setState(self, new: WorkerState) -> None:
+        if new is self.state:
+            return
+        if new not in _ALLOWED[self.state]:
+            raise RuntimeError(f"worker {self.workerID}: {self.state} -> {new}")
+        self.state = new
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.pid = self.transport.pid
+        # Tasks that read stdin get end-of-file rather than hang.
+        self.transport.closeStdin()
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.transport is not None
+        self.transport.writeToChild(COMMANDS_FD, frame(_json.dumps(message)))
+
+    def kill(self) -> None:
+        """
+        SIGKILL the process; it will never receive another call.
+        """
+        self.setState(WorkerState.DEAD)
+        self.killedByPool = True
+        try:
+            assert self.transport is not None
+            self.transport.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass
+
+    def close(self) -> None:
+        """
+        Close the command pipe: the worker exits when it reads end of file.
+        """
+        self.setState(WorkerState.DEAD)
+        self.killedByPool = True
+        assert self.transport is not None
+        self.transport.closeChildFD(COMMANDS_FD)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == RESULTS_FD:
+            for payload in self._frames.feed(data):
+                self.pool._messageReceived(self, _json.loads(payload))
+            return
+        lines = (self._partial.get(childFD, b"") + data).split(b"\n")
+        rest = lines.pop()
+        if len(rest) > _MAX_OUTPUT_LINE:
+            lines.append(rest)
+            rest = b""
+        self._partial[childFD] = rest
+        for line in lines:
+            self._logOutput(childFD, line)
+
+    def _logOutput(self, childFD: int, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        if childFD == 2:
+            self.log.warn(
+                "worker {workerID} (pid {pid}) stderr: {line}",
+                workerID=self.workerID,
+                pid=self.pid,
+                line=text,
+            )
+        else:
+            self.log.info(
+                "worker {workerID} (pid {pid}) stdout: {line}",
+                workerID=self.workerID,
+                pid=self.pid,
+                line=text,
+            )
+
+    def processEnded(self, reason: Failure) -> None:
+        for childFD, rest in self._partial.items():
+            if rest:
+                self._logOutput(childFD, rest)
+        assert reason.value is not None
+        self.pool._workerEnded(self, reason.value)
+        self.ended.callback(None)
+
+
+def exitDescription(reason: BaseException) -> dict[str, int]:
+    """
+    C{{"signal": n}} or C{{"exitCode": n}} for a process-ended reason.
+    """
+    if isinstance(reason, ProcessTerminated) and reason.signal is not None:
+        return {"signal": reason.signal}
+    return {"exitCode": getattr(reason, "exitCode", None) or 0}
