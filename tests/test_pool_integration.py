@@ -19,7 +19,7 @@ from twisted.internet.defer import CancelledError, gatherResults
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 
-from taskservice.errors import TaskFailed, TimedOut, WorkerLost
+from taskservice.errors import TaskFailed, TimedOut, TooLarge, WorkerLost
 from taskservice.pool import ProcessPool
 from tests import pooltasks
 
@@ -211,3 +211,93 @@ def test_childrenExitWhenTheParentDies(tmp_path: Any) -> None:
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not any(_alive(p) for p in pids)
+
+
+@pytest_twisted.ensureDeferred
+async def test_coroutinesRunConcurrently(pool: ProcessPool) -> None:
+    """
+    Coroutine calls run many at a time in one real worker: naps that started
+    while others were still in flight prove it (no timing is asserted).
+    """
+    seen = await gatherResults([pool.submit("nap", [0.2]) for _ in range(200)])
+    assert max(seen) > 10
+
+
+@pytest_twisted.ensureDeferred
+async def test_coroutineTimeoutSparesTheWorker(pool: ProcessPool) -> None:
+    """
+    A coroutine call past its deadline is cancelled inside the worker, which
+    stays alive and keeps its other calls.
+    """
+    pids = {w.pid for w in pool.workers}
+    slow = pool.submit("nap", [30], timeout=0.3)
+    others = [pool.submit("nap", [0.5]) for _ in range(3)]
+    with pytest.raises(TimedOut):
+        await slow
+    assert all(isinstance(n, int) for n in await gatherResults(others))
+    await _until(lambda: pool.stats()["running"] == 0)
+    assert {w.pid for w in pool.workers} == pids
+    assert pool.stats()["restartsByCause"] == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_recyclingLosesNothing() -> None:
+    """
+    Workers recycled every 5 calls serve 40 calls without a failure, from
+    several successive processes.
+    """
+    pool = ProcessPool(reactor, ["tests.pooltasks"], size=2, maxTasksPerChild=5)
+    pool.startService()
+    try:
+        await pool.whenReady()
+        pids = [await pool.submit("pid") for _ in range(40)]
+        assert len(set(pids)) >= 8
+        assert pool.stats()["restartsByCause"]["recycled"] >= 6
+    finally:
+        await pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_memoryCapRecycles() -> None:
+    """
+    A worker that grows past maxMemory is replaced after the call that grew
+    it; that call still succeeds.
+    """
+    pool = ProcessPool(
+        reactor, ["tests.pooltasks"], size=1, maxMemory=120 * 1024 * 1024
+    )
+    pool.startService()
+    try:
+        await pool.whenReady()
+        fat = await pool.submit("hoard", [200])
+        await pool.whenReady()
+        assert await pool.submit("pid") != fat
+        assert pool.stats()["restartsByCause"] == {"memory": 1}
+    finally:
+        await pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_largePayloads() -> None:
+    """
+    10 MB arguments and results cross the pipes intact; a result over
+    maxResult fails with TooLarge and the worker stays in service.
+    """
+    pool = ProcessPool(
+        reactor,
+        ["tests.pooltasks", "taskservice.examples"],
+        size=1,
+        maxResult=20 * 1024 * 1024,
+    )
+    pool.startService()
+    try:
+        await pool.whenReady()
+        payload = "é" * (5 * 1024 * 1024)  # 10 MB of UTF-8
+        assert await pool.submit("echo", [payload]) == payload
+        assert len(await pool.submit("big", [10 * 1024 * 1024])) == 10 * 1024 * 1024
+        with pytest.raises(TooLarge) as raised:
+            await pool.submit("big", [21 * 1024 * 1024])
+        assert raised.value.data == {"limit": 20 * 1024 * 1024}
+        assert await pool.submit("add", [1, 2]) == 3
+    finally:
+        await pool.stopService()
