@@ -30,6 +30,8 @@ class Request:
         nothing is answered.
     @ivar seed: C{True} for the Workerman FAQ dialect (C{{"function": ...,
         "args": ...}}), answered with a bare result line.
+    @ivar timeout: the caller's own deadline in seconds (our extension: a
+        C{"timeout"} member beside C{"method"}), or L{None}.
     """
 
     method: str
@@ -38,6 +40,7 @@ class Request:
     id: Id = None
     notification: bool = False
     seed: bool = False
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +88,7 @@ def _parseObject(message: Any, inBatch: bool) -> Request | Invalid:
         return _parseSeed(message)
 
     requestId = message.get("id", _NO_ID)
-    if requestId is not _NO_ID and not _validId(requestId):
+    if requestId is not _NO_ID and not validId(requestId):
         return Invalid(
             InvalidRequest("invalid request", "id must be a string, number or null")
         )
@@ -103,12 +106,20 @@ def _parseObject(message: Any, inBatch: bool) -> Request | Invalid:
     args, kwargs, problem = _splitParams(params, '"params"')
     if problem:
         return invalid(problem)
+    timeout = message.get("timeout")
+    if timeout is not None and (
+        not isinstance(timeout, int | float)
+        or isinstance(timeout, bool)
+        or not timeout > 0
+    ):
+        return invalid('"timeout" must be a positive number of seconds')
     return Request(
         method=method,
         args=args,
         kwargs=kwargs,
         id=echoId,
         notification=requestId is _NO_ID,
+        timeout=timeout,
     )
 
 
@@ -132,7 +143,10 @@ def _splitParams(
     return (), {}, f"{name} must be an array or an object"
 
 
-def _validId(value: Any) -> bool:
+def validId(value: Any) -> bool:
+    """
+    Whether C{value} may be a request id: a string, a number, or null.
+    """
     return value is None or (
         isinstance(value, str | int | float) and not isinstance(value, bool)
     )

@@ -322,6 +322,15 @@ class ProcessPool(Service):
             return fail(e)
         self._queue.append(call)
         self._dispatch()
+        if len(self._queue) > self.maxQueue and self._queue[-1] is call:
+            # It would have to wait, and the waiting room is full.
+            self._queue.pop()
+            return fail(
+                Overloaded(
+                    "overloaded",
+                    {"retryAfter": self._retryAfter(), "queued": len(self._queue)},
+                )
+            )
         return call.deferred
 
     def deferToProcess(
@@ -373,11 +382,6 @@ class ProcessPool(Service):
             raise InvalidRequest(
                 "invalid request",
                 f"timeout must be more than 0 and at most {self.maxTimeout:g} seconds",
-            )
-        if len(self._queue) >= self.maxQueue:
-            raise Overloaded(
-                "overloaded",
-                {"retryAfter": self._retryAfter(), "queued": len(self._queue)},
             )
         call = _Call(self._nextCallID, spec, args, kwargs, timeout, onProgress, owner)
         self._nextCallID += 1

@@ -10,10 +10,14 @@ namespace: C{$/stats}, C{$/cancelRequest}.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHalfCloseableProtocol,
+    IPushProducer,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -37,16 +41,24 @@ PROGRESS = "$/progress"
 CANCEL = "$/cancelRequest"
 STATS = "$/stats"
 
+DEFAULT_MAX_IN_FLIGHT = 1000
+
 Response = dict[str, Any] | None
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class TaskServerProtocol(LineProtocol):
     """
     One client connection.
 
     A client may half-close (C{printf ... | nc}): every call it sent is
     still answered, then the connection is closed.
+
+    Backpressure: the server stops reading from a client that has
+    C{maxInFlight} calls unanswered, or that does not read its replies (the
+    protocol is a streaming producer for its own transport), and resumes
+    when it catches up. A flood cannot grow the server's memory without
+    bound; TCP slows the client down.
     """
 
     log = Logger()
@@ -56,6 +68,9 @@ class TaskServerProtocol(LineProtocol):
         self.factory = factory
         self.pool = factory.pool
         self.maxLineLength = factory.maxLineLength
+        self.maxInFlight = factory.maxInFlight
+        self._readingPaused = False
+        self._replyBacklog = False
         self._inFlight: dict[Any, Deferred[Any]] = {}
         self._seedReplies: deque[list[bytes | None]] = deque()
         self._connected = False
@@ -66,6 +81,36 @@ class TaskServerProtocol(LineProtocol):
     def connectionMade(self) -> None:
         self._connected = True
         self.factory.protocols.add(self)
+        cast(IConsumer, self.transport).registerProducer(self, True)
+
+    # IPushProducer, for our transport: it calls these when its write
+    # buffer fills up and drains.
+    def pauseProducing(self) -> None:
+        self._replyBacklog = True
+        self._updateReading()
+
+    def resumeProducing(self) -> None:
+        self._replyBacklog = False
+        self._updateReading()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _updateReading(self) -> None:
+        transport = self.transport
+        if transport is None or not self._connected:
+            return
+        assert IPushProducer.providedBy(transport)
+        if self._readingPaused:
+            resume = (
+                not self._replyBacklog and self._outstanding <= self.maxInFlight // 2
+            )
+            if resume:
+                self._readingPaused = False
+                transport.resumeProducing()
+        elif self._replyBacklog or self._outstanding >= self.maxInFlight:
+            self._readingPaused = True
+            transport.pauseProducing()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._connected = False
@@ -116,9 +161,13 @@ class TaskServerProtocol(LineProtocol):
             answered = self._single(message)
         self._outstanding += 1
         answered.addBoth(self._answered)
+        if self._outstanding >= self.maxInFlight:
+            self._updateReading()
 
     def _answered(self, result: object) -> None:
         self._outstanding -= 1
+        if self._readingPaused:
+            self._updateReading()
         self._closeIfDone()
 
     def lineTooLong(self) -> None:
@@ -215,7 +264,12 @@ class TaskServerProtocol(LineProtocol):
                 )
 
         return self.pool.submit(
-            method, request.args, request.kwargs, onProgress=onProgress, owner=self
+            method,
+            request.args,
+            request.kwargs,
+            timeout=request.timeout,
+            onProgress=onProgress,
+            owner=self,
         )
 
     def _builtin(self, request: Request) -> Deferred[Any]:
@@ -233,8 +287,11 @@ class TaskServerProtocol(LineProtocol):
         target = request.kwargs.get("id") if request.kwargs else None
         if target is None and request.args:
             target = request.args[0]
-        if target is None:
-            raise InvalidParams("invalid params", '$/cancelRequest needs {"id": ...}')
+        if target is None or not _jsonrpc.validId(target):
+            raise InvalidParams(
+                "invalid params",
+                '$/cancelRequest needs {"id": ...} naming a request id',
+            )
         d = self._inFlight.get(target)
         if d is not None:
             d.cancel()
@@ -266,9 +323,10 @@ class TaskServerProtocol(LineProtocol):
             data = _jsonrpc.line(message)
         except (TypeError, ValueError):
             self.log.failure("could not encode a response")
+            requestId = message.get("id") if isinstance(message, dict) else None
             data = _jsonrpc.line(
                 _jsonrpc.errorObject(
-                    message.get("id") if isinstance(message, dict) else None,
+                    requestId if _encodable(requestId) else None,
                     InternalError(
                         "internal error", "the response could not be encoded"
                     ),
@@ -290,10 +348,15 @@ class TaskServerFactory(Factory):
     noisy = False
 
     def __init__(
-        self, pool: ProcessPool, *, maxLineLength: int = DEFAULT_MAX_LINE
+        self,
+        pool: ProcessPool,
+        *,
+        maxLineLength: int = DEFAULT_MAX_LINE,
+        maxInFlight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self.pool = pool
         self.maxLineLength = maxLineLength
+        self.maxInFlight = maxInFlight
         self.protocols: set[TaskServerProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> TaskServerProtocol:
@@ -303,3 +366,11 @@ class TaskServerFactory(Factory):
         stats = self.pool.stats()
         stats["connections"] = len(self.protocols)
         return stats
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        _jsonrpc.line(value)
+    except (TypeError, ValueError):
+        return False
+    return True
