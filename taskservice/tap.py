@@ -15,11 +15,15 @@ from twisted.python import usage
 
 from taskservice._lines import DEFAULT_MAX_LINE
 from taskservice.pool import (
+    DEFAULT_CONCURRENCY,
     DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_TIMEOUT,
     EXAMPLE_TASKS,
 )
+from taskservice.server import DEFAULT_MAX_IN_FLIGHT
+from taskservice.worker import DEFAULT_MAX_RESULT
 
 DEFAULT_LISTEN = "tcp:12345:interface=127.0.0.1"
 
@@ -87,6 +91,48 @@ class Options(usage.Options):
             _positive(float, "shutdown-timeout"),
         ],
         [
+            "max-timeout",
+            None,
+            DEFAULT_MAX_TIMEOUT,
+            "Longest deadline a caller may ask for with a request's 'timeout'.",
+            _positive(float, "max-timeout"),
+        ],
+        [
+            "max-in-flight",
+            None,
+            DEFAULT_MAX_IN_FLIGHT,
+            "Unanswered calls per connection before the server stops reading it.",
+            _positive(int, "max-in-flight"),
+        ],
+        [
+            "worker-concurrency",
+            None,
+            DEFAULT_CONCURRENCY,
+            "Coroutine (async def) calls one worker runs at once.",
+            _positive(int, "worker-concurrency"),
+        ],
+        [
+            "max-tasks-per-child",
+            None,
+            None,
+            "Replace a worker after this many calls (default: never).",
+            _positive(int, "max-tasks-per-child"),
+        ],
+        [
+            "max-memory",
+            None,
+            None,
+            "Replace a worker whose resident memory passes this many MiB.",
+            _positive(float, "max-memory"),
+        ],
+        [
+            "max-result",
+            None,
+            DEFAULT_MAX_RESULT,
+            "Largest task result in bytes (as JSON); larger is 'too large'.",
+            _positive(int, "max-result"),
+        ],
+        [
             "smtp",
             None,
             None,
@@ -147,7 +193,16 @@ def makeService(options: Options) -> IService:
             options["tasks"],
             size=options["workers"],
             defaultTimeout=options["timeout"],
+            maxTimeout=options["max-timeout"],
             maxQueue=options["max-queue"],
+            concurrency=options["worker-concurrency"],
+            maxTasksPerChild=options["max-tasks-per-child"],
+            maxMemory=(
+                None
+                if options["max-memory"] is None
+                else int(options["max-memory"] * 1024 * 1024)
+            ),
+            maxResult=options["max-result"],
             shutdownTimeout=options["shutdown-timeout"],
             includeTracebacks=bool(options["tracebacks"]),
             env=env,
@@ -156,6 +211,8 @@ def makeService(options: Options) -> IService:
     except (ImportError, ValueError) as e:
         raise usage.UsageError(f"cannot load the tasks: {e}") from e
     root = MultiService()
-    factory = TaskServerFactory(pool, maxLineLength=options["max-line"])
+    factory = TaskServerFactory(
+        pool, maxLineLength=options["max-line"], maxInFlight=options["max-in-flight"]
+    )
     TaskServerService(reactor, options["listen"], pool, factory).setServiceParent(root)
     return root

@@ -7,6 +7,7 @@ and inspected, never started: nothing listens and no worker is spawned).
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 import pytest
 from twisted.application.internet import StreamServerEndpointService
@@ -23,6 +24,8 @@ from taskservice.pool import (
     ProcessPool,
 )
 from taskservice.server import TaskServerFactory
+
+T = TypeVar("T")
 
 
 def parse(*argv: str) -> tap.Options:
@@ -142,7 +145,19 @@ def test_tasksIsRepeatable() -> None:
 
 # -- bad values ----------------------------------------------------------------
 
-_NUMERIC = ["workers", "timeout", "max-line", "max-queue", "shutdown-timeout"]
+_NUMERIC = [
+    "workers",
+    "timeout",
+    "max-line",
+    "max-queue",
+    "shutdown-timeout",
+    "max-timeout",
+    "max-in-flight",
+    "worker-concurrency",
+    "max-tasks-per-child",
+    "max-memory",
+    "max-result",
+]
 _BAD_NUMBERS = ["abc", "", "0", "-1", "0.0", "1e"]
 
 
@@ -218,11 +233,32 @@ def test_missingTaskModuleRejected() -> None:
 # -- makeService ---------------------------------------------------------------
 
 
+def descendants(service: IService) -> list[IService]:
+    """
+    Every service below C{service} in its tree, depth first.
+    """
+    found: list[IService] = []
+    for child in service if isinstance(service, MultiService) else ():
+        found.append(child)
+        found.extend(descendants(child))
+    return found
+
+
+def only(kind: type[T], root: IService) -> T:
+    """
+    The one service of type C{kind} in C{root}'s tree.
+    """
+    matches = [s for s in descendants(root) if isinstance(s, kind)]
+    assert len(matches) == 1, (kind, descendants(root))
+    return matches[0]
+
+
 def test_makeServiceTree() -> None:
     """
-    makeService builds, without starting anything, a MultiService holding
-    the process pool configured from the options and a strports listener
-    serving the task protocol on the --listen endpoint.
+    makeService builds, without starting anything, a MultiService tree
+    holding the process pool configured from the options and a strports
+    listener serving the task protocol on the --listen endpoint (however
+    they are grouped below the root).
     """
     options = parse(
         "--workers",
@@ -243,15 +279,9 @@ def test_makeServiceTree() -> None:
     assert IService.providedBy(root)
     assert isinstance(root, MultiService)
     assert not root.running
-    children = list(root)
-    assert len(children) == 2
-    pools = [child for child in children if isinstance(child, ProcessPool)]
-    listeners = [
-        child for child in children if isinstance(child, StreamServerEndpointService)
-    ]
-    assert len(pools) == 1
-    assert len(listeners) == 1
-    pool, listener = pools[0], listeners[0]
+    assert not any(service.running for service in descendants(root))
+    pool = only(ProcessPool, root)
+    listener = only(StreamServerEndpointService, root)
 
     assert not pool.running
     assert pool.size == 2
@@ -276,7 +306,7 @@ def test_makeServiceDefaultWorkersOnePerCPU() -> None:
     Without --workers the pool gets one worker per CPU (at least one).
     """
     root = tap.makeService(parse("--listen", "tcp:0:interface=127.0.0.1"))
-    (pool,) = [child for child in root if isinstance(child, ProcessPool)]
+    pool = only(ProcessPool, root)
     assert pool.size == (os.cpu_count() or 1)
 
 
@@ -289,7 +319,7 @@ def test_makeServiceTaskModules() -> None:
             "--listen", "tcp:0:interface=127.0.0.1", "--tasks", "taskservice.examples"
         )
     )
-    (pool,) = [child for child in root if isinstance(child, ProcessPool)]
+    pool = only(ProcessPool, root)
     assert pool.registry.modules == ("taskservice.examples",)
     assert {"echo", "sleep", "fib", "fail", "send_mail"} <= set(pool.registry)
 
@@ -304,7 +334,7 @@ def test_makeServicePassesSMTPToWorkers() -> None:
     root = tap.makeService(
         parse("--listen", "tcp:0:interface=127.0.0.1", "--smtp", "localhost:2525")
     )
-    (pool,) = [child for child in root if isinstance(child, ProcessPool)]
+    pool = only(ProcessPool, root)
     # No public accessor for the workers' environment: read the private one.
     assert pool._env[SMTP_ENVIRONMENT] == "localhost:2525"
 
@@ -316,5 +346,52 @@ def test_makeServiceTracebacks() -> None:
     root = tap.makeService(
         parse("--listen", "tcp:0:interface=127.0.0.1", "--tracebacks")
     )
-    (pool,) = [child for child in root if isinstance(child, ProcessPool)]
+    pool = only(ProcessPool, root)
     assert pool.includeTracebacks
+
+
+def test_makeServicePoolLimits() -> None:
+    """
+    The pool and connection limits reach the pool and the factory: deadline
+    cap, coroutine concurrency, recycling by count and by memory (MiB), the
+    result cap and the per-connection in-flight cap.
+    """
+    options = parse(
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--max-timeout",
+        "60",
+        "--worker-concurrency",
+        "7",
+        "--max-tasks-per-child",
+        "500",
+        "--max-memory",
+        "256",
+        "--max-result",
+        "1000",
+        "--max-in-flight",
+        "9",
+    )
+    root = tap.makeService(options)
+    pool = only(ProcessPool, root)
+    assert pool.maxTimeout == 300.0, "never below the default timeout"
+    assert pool.concurrency == 7
+    assert pool.maxTasksPerChild == 500
+    assert pool.maxMemory == 256 * 1024 * 1024
+    assert pool.maxResult == 1000
+    listener = only(StreamServerEndpointService, root)
+    assert listener.factory.maxInFlight == 9
+
+
+def test_poolLimitDefaults() -> None:
+    """
+    Without options: no recycling, 100 coroutine calls per worker, an hour's
+    deadline cap, 1,000 calls in flight per connection, 64 MiB results.
+    """
+    options = parse()
+    assert options["max-tasks-per-child"] is None
+    assert options["max-memory"] is None
+    assert options["worker-concurrency"] == 100
+    assert options["max-timeout"] == 3600.0
+    assert options["max-in-flight"] == 1000
+    assert options["max-result"] == 64 * 1024 * 1024
