@@ -108,9 +108,11 @@ class TaskServerProtocol(LineProtocol):
             if resume:
                 self._readingPaused = False
                 transport.resumeProducing()
+                self.releaseLines()
         elif self._replyBacklog or self._outstanding >= self.maxInFlight:
             self._readingPaused = True
             transport.pauseProducing()
+            self.holdLines()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._connected = False
