@@ -66,7 +66,7 @@ def getenv(name: str) -> str | None:
     return os.environ.get(name)
 
 
-_inFlight = 0
+_naps = {"inFlight": 0}
 
 
 @task
@@ -77,13 +77,12 @@ async def nap(seconds: float) -> int:
     """
     import asyncio
 
-    global _inFlight
-    _inFlight += 1
-    seen = _inFlight
+    _naps["inFlight"] += 1
+    seen = _naps["inFlight"]
     try:
         await asyncio.sleep(seconds)
     finally:
-        _inFlight -= 1
+        _naps["inFlight"] -= 1
     return seen
 
 

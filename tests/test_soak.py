@@ -6,6 +6,7 @@ one reply; no process or file descriptor leaks; the pool ends whole.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -66,10 +67,9 @@ def _children() -> set[int]:
 def _fds() -> set[str]:
     found = set()
     for fd in os.listdir("/proc/self/fd"):
-        try:
+        # (The descriptor listdir itself used is gone by now.)
+        with contextlib.suppress(OSError):
             found.add(f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}")
-        except OSError:
-            pass  # the descriptor listdir itself used
     return found
 
 
