@@ -6,8 +6,6 @@ together with every line buffered after it and, by default, disconnects; its
 buffer is re-split per line. This protocol discards only the overlong line,
 reports it once through L{LineProtocol.lineTooLong}, and keeps going with the
 next line; it buffers in a C{bytearray} so a 10 MB line costs linear time.
-L{LineProtocol.holdLines} stops delivery at once (lines already received
-wait in the buffer) until L{LineProtocol.releaseLines}.
 """
 
 from __future__ import annotations
@@ -28,22 +26,6 @@ class LineProtocol(Protocol):
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._discarding = False
-        self._held = False
-        self._delivering = False
-
-    def holdLines(self) -> None:
-        """
-        Deliver no more lines until L{releaseLines}; data keeps buffering.
-        """
-        self._held = True
-
-    def releaseLines(self) -> None:
-        """
-        Resume delivering lines, starting with those already buffered.
-        """
-        self._held = False
-        if not self._delivering:
-            self.dataReceived(b"")
 
     def dataReceived(self, data: bytes) -> None:
         if self._discarding:
@@ -53,27 +35,26 @@ class LineProtocol(Protocol):
             self._discarding = False
             data = data[end + 1 :]
         buffer = self._buffer
-        searchFrom = 0 if not data else len(buffer)
+        searchFrom = len(buffer)
         buffer += data
         start = 0
         limit = self.maxLineLength
-        self._delivering = True
         try:
-            while not self._held:
+            while True:
                 end = buffer.find(b"\n", searchFrom)
                 if end < 0:
                     break
                 line = bytes(buffer[start:end])
                 start = searchFrom = end + 1
-                if len(line) > limit:
+                # A \r before the \n does not count against the limit.
+                if len(line) - line.endswith(b"\r") > limit:
                     self.lineTooLong()
                 else:
                     self.lineReceived(line)
         finally:
-            self._delivering = False
             if start:
                 del buffer[:start]
-        if not self._held and len(buffer) > limit and buffer.find(b"\n") < 0:
+        if len(buffer) > limit:
             buffer.clear()
             self._discarding = True
             self.lineTooLong()

@@ -27,6 +27,7 @@ from taskservice import _jsonrpc
 from taskservice._jsonrpc import Batch, Invalid, Request
 from taskservice._lines import DEFAULT_MAX_LINE, LineProtocol
 from taskservice.errors import (
+    Cancelled,
     InternalError,
     InvalidParams,
     InvalidRequest,
@@ -42,6 +43,9 @@ CANCEL = "$/cancelRequest"
 STATS = "$/stats"
 
 DEFAULT_MAX_IN_FLIGHT = 1000
+HOLD_LIMIT = 1024 * 1024
+"""Bytes of request lines a connection may have waiting before the server
+stops reading from it."""
 
 Response = dict[str, Any] | None
 
@@ -54,11 +58,13 @@ class TaskServerProtocol(LineProtocol):
     A client may half-close (C{printf ... | nc}): every call it sent is
     still answered, then the connection is closed.
 
-    Backpressure: the server stops reading from a client that has
-    C{maxInFlight} calls unanswered, or that does not read its replies (the
-    protocol is a streaming producer for its own transport), and resumes
-    when it catches up. A flood cannot grow the server's memory without
-    bound; TCP slows the client down.
+    Backpressure: a connection has at most C{maxInFlight} calls running or
+    queued in the pool; further calls wait, parsed, on the connection (in
+    order), and past L{HOLD_LIMIT} bytes of those the server stops reading
+    from the client, so TCP slows it down. It also stops reading from a
+    client that does not read its replies (the protocol is a streaming
+    producer for its own transport). C{$/cancelRequest} never waits: a
+    client at its limit can always cancel.
     """
 
     log = Logger()
@@ -71,6 +77,8 @@ class TaskServerProtocol(LineProtocol):
         self.maxInFlight = factory.maxInFlight
         self._readingPaused = False
         self._replyBacklog = False
+        self._waiting: deque[tuple[Request | Batch, int]] = deque()
+        self._waitingBytes = 0
         self._inFlight: dict[Any, Deferred[Any]] = {}
         self._seedReplies: deque[list[bytes | None]] = deque()
         self._connected = False
@@ -102,27 +110,24 @@ class TaskServerProtocol(LineProtocol):
             return
         assert IPushProducer.providedBy(transport)
         if self._readingPaused:
-            resume = (
-                not self._replyBacklog and self._outstanding <= self.maxInFlight // 2
-            )
-            if resume:
+            if not self._replyBacklog and self._waitingBytes <= HOLD_LIMIT // 2:
                 self._readingPaused = False
                 transport.resumeProducing()
-                self.releaseLines()
-        elif self._replyBacklog or self._outstanding >= self.maxInFlight:
+        elif self._replyBacklog or self._waitingBytes > HOLD_LIMIT:
             self._readingPaused = True
             transport.pauseProducing()
-            self.holdLines()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._connected = False
         self.factory.protocols.discard(self)
+        # Queued calls of this client will never be answered: drop them.
+        # Running ones finish and their results are discarded.
+        self._waiting.clear()
+        self._waitingBytes = 0
+        self.pool.dropQueued(owner=self)
         waiters, self._closedWaiters = self._closedWaiters, []
         for d in waiters:
             d.callback(None)
-        # Queued calls of this client will never be answered: drop them.
-        # Running ones finish and their results are discarded.
-        self.pool.dropQueued(owner=self)
 
     def whenClosed(self) -> Deferred[None]:
         """
@@ -143,7 +148,12 @@ class TaskServerProtocol(LineProtocol):
         pass
 
     def _closeIfDone(self) -> None:
-        if self._readClosed and not self._outstanding and self.transport is not None:
+        if (
+            self._readClosed
+            and not self._outstanding
+            and not self._waiting
+            and self.transport is not None
+        ):
             self.transport.loseConnection()
 
     # -- input -------------------------------------------------------------
@@ -154,7 +164,16 @@ class TaskServerProtocol(LineProtocol):
         message = _jsonrpc.parseLine(line)
         if isinstance(message, Invalid):
             self._write(_jsonrpc.errorObject(message.id, message.error))
-            return
+        elif isinstance(message, Request) and message.method == CANCEL:
+            self._start(message)
+        elif self._waiting or self._outstanding >= self.maxInFlight:
+            self._waiting.append((message, len(line)))
+            self._waitingBytes += len(line)
+            self._updateReading()
+        else:
+            self._start(message)
+
+    def _start(self, message: Request | Batch) -> None:
         if isinstance(message, Batch):
             answered = self._batch(message)
         elif message.seed:
@@ -163,11 +182,13 @@ class TaskServerProtocol(LineProtocol):
             answered = self._single(message)
         self._outstanding += 1
         answered.addBoth(self._answered)
-        if self._outstanding >= self.maxInFlight:
-            self._updateReading()
 
     def _answered(self, result: object) -> None:
         self._outstanding -= 1
+        while self._waiting and self._outstanding < self.maxInFlight:
+            message, size = self._waiting.popleft()
+            self._waitingBytes -= size
+            self._start(message)
         if self._readingPaused:
             self._updateReading()
         self._closeIfDone()
@@ -297,6 +318,20 @@ class TaskServerProtocol(LineProtocol):
         d = self._inFlight.get(target)
         if d is not None:
             d.cancel()
+            return
+        for entry in self._waiting:
+            waiting = entry[0]
+            if (
+                isinstance(waiting, Request)
+                and not waiting.notification
+                and not waiting.seed
+                and waiting.id == target
+            ):
+                self._waiting.remove(entry)
+                self._waitingBytes -= entry[1]
+                self._write(_jsonrpc.errorObject(target, Cancelled()))
+                self._closeIfDone()
+                return
 
     # -- output --------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 
 from taskservice.pool import ProcessPool
-from taskservice.server import TaskServerFactory, TaskServerProtocol
+from taskservice.server import HOLD_LIMIT, TaskServerFactory, TaskServerProtocol
 from taskservice.testing import FakeProcessReactor
 
 
@@ -58,39 +58,44 @@ def test_registersAsStreamingProducer() -> None:
     assert transport.producerState == "producing"
 
 
-def test_tooManyInFlightPausesReading() -> None:
+def test_callsPastTheLimitWaitInOrder() -> None:
     """
-    At maxInFlight unanswered calls the server stops reading; it resumes
-    when half of them have been answered; every call is answered.
-    """
-    reactor, pool, protocol, transport = connect(maxInFlight=4)
-    for i in range(3):
-        protocol.dataReceived(request(i))
-    assert transport.producerState == "producing"
-    protocol.dataReceived(request(3))
-    assert transport.producerState == "paused"
-    worker = reactor.workers[0]
-    worker.reply(2)
-    assert transport.producerState == "paused", "3 still in flight"
-    worker.reply(2)
-    assert transport.producerState == "producing", "down to half"
-    reactor.runAllCalls(pool.registry)
-    replies = [json.loads(line) for line in transport.value().splitlines()]
-    assert sorted(r["id"] for r in replies) == [0, 1, 2, 3]
-
-
-def test_replyBacklogAndInFlightTogether() -> None:
-    """
-    Reading resumes only when both the write buffer has drained and the
-    in-flight calls are down.
+    At maxInFlight calls in the pool, further calls wait on the connection,
+    unparsed by the pool, and start in arrival order as earlier ones finish;
+    every call is answered.
     """
     reactor, pool, protocol, transport = connect(maxInFlight=2)
-    protocol.dataReceived(request(0) + request(1))
-    protocol.pauseProducing()
+    for i in range(5):
+        protocol.dataReceived(request(i, "add", (i, 0)))
+    worker = reactor.workers[0]
+    assert pool.stats()["running"] + pool.stats()["queued"] == 2
+    assert transport.producerState == "producing", "a few waiting lines are fine"
+    worker.reply(0)
+    assert [c["args"] for c in worker.calls] == [[1, 0]]
     reactor.runAllCalls(pool.registry)
-    assert transport.producerState == "paused", "the client is not reading"
-    protocol.resumeProducing()
+    replies = [json.loads(line) for line in transport.value().splitlines()]
+    assert [r["id"] for r in replies] == [0, 1, 2, 3, 4]
+    assert [r["result"] for r in replies] == [0, 1, 2, 3, 4]
+
+
+def test_tooMuchWaitingPausesReading() -> None:
+    """
+    Past HOLD_LIMIT bytes of waiting lines the server stops reading from the
+    client; it resumes when half of that has started.
+    """
+    reactor, pool, protocol, transport = connect(maxInFlight=1)
+    line = request(0, "echo", ["x" * 100_000])
+    protocol.dataReceived(request(99, "add", (1, 1)))
+    sent = 0
+    while transport.producerState == "producing":
+        protocol.dataReceived(line.replace(b'"id": 0', b'"id": %d' % sent))
+        sent += 1
+    assert sent * len(line) > HOLD_LIMIT
+    assert sent * len(line) <= HOLD_LIMIT + len(line)
+    reactor.runAllCalls(pool.registry)
     assert transport.producerState == "producing"
+    replies = [json.loads(line) for line in transport.value().splitlines()]
+    assert len(replies) == sent + 1
 
 
 @pytest.mark.integration
@@ -98,10 +103,10 @@ def test_replyBacklogAndInFlightTogether() -> None:
 async def test_floodingClientIsThrottled() -> None:
     """
     A real client that pours 3,000 slow calls onto one connection gets
-    exactly maxInFlight of them accepted: the server stops reading, the rest
-    waits in the kernel's socket buffers, and another client is served at
-    once. When the flooder goes away, its queued calls are dropped unrun
-    (while reading is paused the server notices the close on its next write,
+    exactly maxInFlight of them into the pool (the rest wait on its own
+    connection, and past HOLD_LIMIT bytes in its socket), and another client
+    is served at once. When the flooder goes away, its queued calls are dropped unrun
+    (the close is noticed when the server next writes to the connection,
     when a running call answers).
     """
     pool = ProcessPool(reactor, ["taskservice.examples"], size=2)

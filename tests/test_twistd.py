@@ -1,0 +1,321 @@
+"""
+C{twistd taskservice} as an operator runs it: a real C{twistd} subprocess
+(the test environment's own script, from a directory that is not the source
+tree), real worker processes, a real loopback socket.
+
+These tests block on subprocesses and sockets, so they are plain (not
+reactor-driven) test functions. Each C{twistd} gets a unique marker in its
+environment, which its workers inherit (they run in sessions of their own, so
+neither their parent nor their process group finds them once twistd is
+gone): whatever a test leaves behind is found by that marker and killed in a
+C{finally}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+TWISTD = Path(sys.executable).parent / "twistd"
+HOST = "127.0.0.1"
+# Generous: other people's tests share this 2-core machine.
+DEADLINE = 60.0
+POLL = 0.05
+
+T = TypeVar("T")
+
+
+def waitFor(what: str, check: Callable[[], T | None], deadline: float = DEADLINE) -> T:
+    """
+    Call C{check} until it returns something other than None (returned), or
+    fail after C{deadline} seconds.
+    """
+    end = time.monotonic() + deadline
+    while True:
+        result = check()
+        if result is not None:
+            return result
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {deadline}s waiting for {what}")
+        time.sleep(POLL)
+
+
+def freePort() -> int:
+    """
+    A loopback TCP port that was free a moment ago.
+    """
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    state: str
+    ppid: int
+    startTime: int
+
+
+def _readStat(pid: int) -> ProcessInfo | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) is in parentheses and may hold anything.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return ProcessInfo(
+        pid=pid,
+        state=fields[0],
+        ppid=int(fields[1]),
+        startTime=int(fields[19]),
+    )
+
+
+def processes() -> list[ProcessInfo]:
+    """
+    Every live (not zombie) process on the machine.
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            info = _readStat(int(entry))
+            if info is not None and info.state != "Z":
+                found.append(info)
+    return found
+
+
+def isAlive(process: ProcessInfo) -> bool:
+    """
+    The same process (not a recycled pid) still exists and is no zombie.
+    """
+    now = _readStat(process.pid)
+    return now is not None and now.startTime == process.startTime and now.state != "Z"
+
+
+def marked(marker: bytes) -> list[ProcessInfo]:
+    """
+    The live processes whose environment holds C{marker}.
+    """
+    found = []
+    for process in processes():
+        try:
+            environ = Path(f"/proc/{process.pid}/environ").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if marker in environ.split(b"\0"):
+            found.append(process)
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return raw.decode(errors="replace").split("\0")
+
+
+@dataclass
+class Twistd:
+    process: subprocess.Popen[bytes]
+    log: Path
+    marker: bytes
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def family(self) -> list[ProcessInfo]:
+        """
+        The live processes this twistd started, itself included: those
+        that inherited its environment marker.
+        """
+        return marked(self.marker)
+
+    def exited(self) -> int | None:
+        return self.process.poll()
+
+
+@contextmanager
+def twistd(cwd: Path, *args: str) -> Iterator[Twistd]:
+    """
+    Run C{twistd -n --pidfile= taskservice ARGS} in C{cwd}, output to a file;
+    on the way out, kill whatever is left of it and of its workers.
+    """
+    log = cwd / "twistd.out"
+    marker = f"TASKSERVICE_TEST_TWISTD={uuid.uuid4().hex}"
+    name, _, value = marker.partition("=")
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(TWISTD), "-n", "--pidfile=", "taskservice", *args],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, name: value},
+        )
+    running = Twistd(process, log, marker.encode())
+    try:
+        yield running
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=DEADLINE)
+        for leftover in running.family():
+            if isAlive(leftover):
+                with suppress(ProcessLookupError):
+                    os.kill(leftover.pid, signal.SIGKILL)
+
+
+def connectWhenListening(server: Twistd, port: int) -> socket.socket:
+    """
+    Poll until C{server} accepts a connection on C{port}; fail at once with
+    its output if it exits first.
+    """
+
+    def attempt() -> socket.socket | None:
+        if server.exited() is not None:
+            pytest.fail(
+                f"twistd exited {server.exited()} before listening:\n{server.output()}"
+            )
+        try:
+            return socket.create_connection((HOST, port), timeout=DEADLINE)
+        except OSError:
+            return None
+
+    return waitFor(f"twistd to listen on {HOST}:{port}", attempt)
+
+
+def call(connection: socket.socket, reader: Any, request: bytes) -> Any:
+    """
+    Send one request line; read and decode one reply line.
+    """
+    connection.sendall(request)
+    line: bytes = reader.readline()
+    assert line.endswith(b"\n"), line
+    return json.loads(line)
+
+
+def test_serveThenStopOnSIGTERM(tmp_path: Path) -> None:
+    """
+    twistd taskservice with 2 workers answers JSON-RPC and the Workerman
+    FAQ dialect on loopback, reports its 2 workers in $/stats; on SIGTERM
+    it shuts down in order (exit status: killed by the re-raised SIGTERM,
+    which a shell shows as 143) and leaves no worker process behind.
+    """
+    port = freePort()
+    with twistd(
+        tmp_path, "--workers", "2", "--listen", f"tcp:{port}:interface={HOST}"
+    ) as server:
+        connection = connectWhenListening(server, port)
+        with connection, connection.makefile("rb") as reader:
+            assert call(
+                connection,
+                reader,
+                b'{"jsonrpc":"2.0","id":1,"method":"echo","params":["hi"]}\n',
+            ) == {"jsonrpc": "2.0", "id": 1, "result": "hi"}
+            assert (
+                call(
+                    connection, reader, b'{"function":"echo","args":{"value":"seed"}}\n'
+                )
+                == "seed"
+            )
+            stats = call(
+                connection, reader, b'{"jsonrpc":"2.0","id":2,"method":"$/stats"}\n'
+            )
+        assert stats["id"] == 2, stats
+        assert stats["result"]["workers"]["size"] == 2, stats
+
+        def twoWorkers() -> list[ProcessInfo] | None:
+            children = [
+                p
+                for p in processes()
+                if p.ppid == server.process.pid
+                and "taskservice.worker" in cmdline(p.pid)
+            ]
+            return children if len(children) == 2 else None
+
+        workers = waitFor("two worker processes", twoWorkers)
+        # The marker finds exactly twistd and its workers, so the check
+        # after the stop (nothing marked is left) means something.
+        assert {p.pid for p in server.family()} == {
+            server.process.pid,
+            *(w.pid for w in workers),
+        }
+
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            returncode = server.process.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"twistd still running after SIGTERM:\n{server.output()}")
+        output = server.output()
+        # twistd re-raises the SIGTERM after its orderly shutdown: the
+        # process dies of the signal (Popen reports -15; a shell, 143).
+        assert returncode == -signal.SIGTERM, output
+        assert "Server Shut Down." in output, output
+        assert "Traceback" not in output, output
+        waitFor(
+            "the workers to exit",
+            lambda: True if not any(isAlive(w) for w in workers) else None,
+        )
+        assert server.family() == []
+
+
+def test_portInUse(tmp_path: Path) -> None:
+    """
+    When the listening port is taken, twistd does not run half-up: it
+    exits non-zero, promptly, naming the address that is in use, and
+    starts no worker (the listener binds before the pool starts).
+    """
+    with socket.socket() as squatter:
+        squatter.bind((HOST, 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with twistd(
+            tmp_path, "--workers", "2", "--listen", f"tcp:{port}:interface={HOST}"
+        ) as server:
+            returncode = waitFor("twistd to exit", server.exited)
+            output = server.output()
+            assert returncode == 1, output
+            assert f"{HOST}:{port}" in output, output
+            assert "Address already in use" in output, output
+            waitFor(
+                "no process of it to be left", lambda: server.family() == [] or None
+            )
+
+
+def test_missingTaskModule(tmp_path: Path) -> None:
+    """
+    --tasks naming a module that does not exist makes twistd exit non-zero
+    with a message naming that module (as given, not just its missing
+    top-level package), without listening or starting workers.
+    """
+    port = freePort()
+    with twistd(
+        tmp_path,
+        "--tasks",
+        "no.such.module",
+        "--listen",
+        f"tcp:{port}:interface={HOST}",
+    ) as server:
+        returncode = waitFor("twistd to exit", server.exited)
+        output = server.output()
+        assert returncode == 1, output
+        assert "no.such.module" in output, output
+        waitFor("no process of it to be left", lambda: server.family() == [] or None)
