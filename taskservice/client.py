@@ -115,6 +115,28 @@ class TaskClientProtocol(LineProtocol):
         if self._onMade is not None:
             self._onMade(self)
 
+    def abandon(self, d: Deferred[Any]) -> None:
+        """
+        Give up on the call behind C{d} without stopping it if it already
+        runs: the server drops it if it is still queued, otherwise lets it
+        finish. C{d} fails at once with C{CancelledError}; a late answer is
+        ignored.
+        """
+        for requestId, pending in self._pending.items():
+            if pending.deferred is d:
+                del self._pending[requestId]
+                if self.transport is not None:
+                    self.transport.write(
+                        _jsonrpc.line(
+                            _jsonrpc.notificationObject(
+                                "$/cancelRequest",
+                                {"id": requestId, "onlyIfQueued": True},
+                            )
+                        )
+                    )
+                d.errback(Failure(CancelledError()))
+                return
+
     def lineReceived(self, line: bytes) -> None:
         try:
             message = _json.loads(line)
@@ -266,6 +288,16 @@ class TaskClient(Service):
                 "use positional or keyword arguments only"
             )
         return self.request(method, kwargs if kwargs else list(args))
+
+    def abandon(self, d: Deferred[Any]) -> None:
+        """
+        Give up on a call without stopping it if it already runs (see
+        L{TaskClientProtocol.abandon}): for callers that are going away.
+        """
+        if self._protocol is not None:
+            self._protocol.abandon(d)
+        if not d.called:
+            d.cancel()
 
     def request(
         self,

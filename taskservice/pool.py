@@ -403,6 +403,17 @@ class ProcessPool(Service):
         self._checkDrained()
         return len(mine)
 
+    def cancelIfQueued(self, deferred: Deferred[Any]) -> bool:
+        """
+        Cancel the call behind C{deferred} if it has not started; a running
+        call is left alone. Returns whether it was cancelled.
+        """
+        for call in self._queue:
+            if call.deferred is deferred:
+                deferred.cancel()
+                return True
+        return False
+
     def _retryAfter(self) -> float:
         """
         A hint for callers refused as overloaded: roughly how long the queue

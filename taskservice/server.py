@@ -307,9 +307,15 @@ class TaskServerProtocol(LineProtocol):
             return fail(e)
 
     def _cancel(self, request: Request) -> None:
+        """
+        C{$/cancelRequest}: C{{"id": X}} cancels call X whether it waits or
+        runs; with C{"onlyIfQueued": true}, a running call is left to finish
+        (what a client that is going away wants).
+        """
         target = request.kwargs.get("id") if request.kwargs else None
         if target is None and request.args:
             target = request.args[0]
+        onlyIfQueued = bool(request.kwargs.get("onlyIfQueued", False))
         if target is None or not _jsonrpc.validId(target):
             raise InvalidParams(
                 "invalid params",
@@ -317,7 +323,10 @@ class TaskServerProtocol(LineProtocol):
             )
         d = self._inFlight.get(target)
         if d is not None:
-            d.cancel()
+            if not onlyIfQueued:
+                d.cancel()
+            else:
+                self.pool.cancelIfQueued(d)
             return
         for entry in self._waiting:
             waiting = entry[0]

@@ -161,3 +161,30 @@ async def _recvLine(sock: socket.socket, seconds: float = 10.0) -> bytes:
         except BlockingIOError:
             await deferLater(reactor, 0.01, lambda: None)
     return data
+
+
+def test_cancelOnlyIfQueued() -> None:
+    """
+    C{$/cancelRequest} with C{onlyIfQueued} drops a call that has not
+    started (answered -32800) and leaves a running one to finish normally.
+    """
+    reactor, pool, protocol, transport = connect(maxInFlight=10, size=1)
+    protocol.dataReceived(request(1, "add", (1, 1)) + request(2, "add", (2, 2)))
+    for i in (1, 2):
+        protocol.dataReceived(
+            json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "$/cancelRequest",
+                    "params": {"id": i, "onlyIfQueued": True},
+                }
+            ).encode()
+            + b"\n"
+        )
+    worker = reactor.workers[0]
+    assert not worker.killed
+    reactor.runAllCalls(pool.registry)
+    replies = {r["id"]: r for r in map(json.loads, transport.value().splitlines())}
+    assert replies[1]["result"] == 2
+    assert replies[2]["error"]["code"] == -32800
+    assert [c["args"] for c in worker.messages if c.get("op") == "call"] == [[1, 1]]

@@ -270,3 +270,26 @@ async def test_unreachableAtStart() -> None:
 
 def _serverConnections(server: Server) -> list[Any]:
     return list(server.factory.protocols)
+
+
+def test_abandonSendsCancelOnlyIfQueued() -> None:
+    """
+    Abandoning a call asks the server to drop it only if it has not started,
+    fails it at once with CancelledError, and ignores the late answer.
+    """
+    protocol, transport = connected()
+    d = protocol.request("sleep", [10])
+    other = protocol.request("echo", [1])
+    sent(transport)
+    protocol.abandon(d)
+    _case.failureResultOf(d, CancelledError)
+    assert sent(transport) == [
+        {
+            "jsonrpc": "2.0",
+            "method": "$/cancelRequest",
+            "params": {"id": 1, "onlyIfQueued": True},
+        }
+    ]
+    protocol.dataReceived(b'{"jsonrpc":"2.0","id":1,"result":10}\n')
+    protocol.dataReceived(b'{"jsonrpc":"2.0","id":2,"result":1}\n')
+    assert _case.successResultOf(other) == 1
