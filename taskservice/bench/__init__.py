@@ -1,0 +1,3 @@
+"""
+Benchmarks: ``python -m taskservice.bench`` (see docs/benchmarks).
+"""
