@@ -57,6 +57,8 @@ class WorkerProcess(ProcessProtocol):
     @ivar blocking: whether it is running a plain (blocking) call; such a
         worker takes no other call until it is done.
     @ivar completed: calls it has answered, for recycling.
+    @ivar retireCause: why it is due for replacement ("recycled", "memory"),
+        once it is; it serves on until its C{successor} is ready.
     @ivar killedByPool: the pool killed it (deadline, cancel, stop); its
         death is not a crash.
     """
@@ -71,6 +73,8 @@ class WorkerProcess(ProcessProtocol):
         self.blocking = False
         self.completed = 0
         self.successor: WorkerProcess | None = None
+        self.predecessor: WorkerProcess | None = None
+        self.retireCause: str | None = None
         self.killedByPool = False
         self.pid: int | None = None
         self.ended: Deferred[None] = Deferred()

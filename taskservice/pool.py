@@ -596,32 +596,52 @@ class ProcessPool(Service):
             self._maybeRecycle(worker)
 
     def _maybeRecycle(self, worker: WorkerProcess) -> None:
+        """
+        Recycling never stalls callers: a worker due for replacement keeps
+        serving until its successor is ready, and the successor is started
+        ahead of time (at 90% of C{maxTasksPerChild}).
+        """
         limit = self.maxTasksPerChild
         if limit is not None:
             if worker.completed >= limit:
-                self._retire(worker, "recycled")
+                self._dueForRetirement(worker, "recycled")
                 return
-            if worker.completed >= limit - max(1, limit // 10) and (
-                worker.successor is None
-            ):
-                # Start the successor now, so it is ready when this one
-                # retires and callers see no stall.
-                worker.successor = self._spawn()
+            if worker.completed >= limit - max(1, limit // 10):
+                self._ensureSuccessor(worker)
         if self.maxMemory is not None and worker.pid is not None:
             rss = self._memoryOf(worker.pid)
             if rss is not None and rss > self.maxMemory:
-                self.log.info(
-                    "worker {workerID} uses {rss} bytes, over {limit}: recycling it",
-                    workerID=worker.workerID,
-                    rss=rss,
-                    limit=self.maxMemory,
-                )
-                self._retire(worker, "memory")
+                if worker.retireCause is None:
+                    self.log.info(
+                        "worker {workerID} uses {rss} bytes, over {limit}:"
+                        " replacing it",
+                        workerID=worker.workerID,
+                        rss=rss,
+                        limit=self.maxMemory,
+                    )
+                self._dueForRetirement(worker, "memory")
 
-    def _retire(self, worker: WorkerProcess, cause: str) -> None:
-        self.workerExits[cause] += 1
-        if worker.successor is None or worker.successor.state is WorkerState.DEAD:
-            worker.successor = self._spawn()
+    def _ensureSuccessor(self, worker: WorkerProcess) -> None:
+        successor = worker.successor
+        if successor is not None and successor.state is not WorkerState.DEAD:
+            return
+        if self._startFailures or self._closing:
+            return  # workers cannot start now: keep this one
+        worker.successor = self._spawn()
+        worker.successor.predecessor = worker
+
+    def _dueForRetirement(self, worker: WorkerProcess, cause: str) -> None:
+        worker.retireCause = worker.retireCause or cause
+        self._ensureSuccessor(worker)
+        successor = worker.successor
+        if successor is not None and successor.state in (
+            WorkerState.IDLE,
+            WorkerState.BUSY,
+        ):
+            self._retire(worker)
+
+    def _retire(self, worker: WorkerProcess) -> None:
+        self.workerExits[worker.retireCause or "recycled"] += 1
         if worker in self._idle:
             self._idle.remove(worker)
         worker.setState(WorkerState.RETIRING)
@@ -664,6 +684,13 @@ class ProcessPool(Service):
                 worker.setState(WorkerState.IDLE)
                 self._startFailures = 0
                 self._idle.append(worker)
+                predecessor = worker.predecessor
+                if (
+                    predecessor is not None
+                    and predecessor.retireCause is not None
+                    and predecessor.state in (WorkerState.IDLE, WorkerState.BUSY)
+                ):
+                    self._retire(predecessor)
                 self._dispatch()
                 self._checkReady()
             return

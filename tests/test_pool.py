@@ -608,6 +608,30 @@ def test_recyclingStartsTheSuccessorEarly() -> None:
     assert pool.stats()["restartsByCause"] == {"recycled": 1}
 
 
+def test_recyclingNeverStalls() -> None:
+    """
+    A worker past maxTasksPerChild whose successor is still starting serves
+    on (no call waits for a worker to boot) and retires the moment the
+    successor is ready.
+    """
+    reactor, pool = makePool(size=1, maxTasksPerChild=2)
+    reactor.readyAll()
+    old = reactor.workers[0]
+    for i in range(5):
+        d = pool.submit("add", [i, 0])
+        assert old.calls, f"call {i} went to the old worker at once"
+        reactor.runAllCalls(pool.registry)
+        assert result(d) == i
+    assert len(reactor.workers) == 2, "one successor, not one per call"
+    assert not old.closed
+    reactor.workers[1].ready()
+    assert old.closed
+    d = pool.submit("add", [1, 1])
+    assert reactor.workers[1].calls
+    reactor.runAllCalls(pool.registry)
+    assert result(d) == 2
+
+
 def test_memoryCapRecycles() -> None:
     """
     A worker whose memory passes maxMemory after a call is retired and
@@ -632,8 +656,14 @@ def test_memoryCapRecycles() -> None:
     d = pool.submit("add", [2, 2])
     reactor.runAllCalls(pool.registry)
     assert result(d) == 4
-    assert reactor.workers[0].closed
-    assert len(reactor.workers) == 2
+    assert len(reactor.workers) == 2, "a successor is starting"
+    old, successor = reactor.workers
+    d = pool.submit("add", [3, 3])
+    assert old.calls, "the old worker serves on until its successor is ready"
+    reactor.runAllCalls(pool.registry)
+    assert result(d) == 6
+    successor.ready()
+    assert old.closed and not old.killed
     assert pool.stats()["restartsByCause"] == {"memory": 1}
 
 

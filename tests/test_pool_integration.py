@@ -244,13 +244,17 @@ async def test_coroutineTimeoutSparesTheWorker(pool: ProcessPool) -> None:
 async def test_recyclingLosesNothing() -> None:
     """
     Workers recycled every 5 calls serve 40 calls without a failure, from
-    several successive processes.
+    several successive processes (a worker due for replacement serves on
+    until its successor is ready: whenReady waits for that).
     """
     pool = ProcessPool(reactor, ["tests.pooltasks"], size=2, maxTasksPerChild=5)
     pool.startService()
     try:
         await pool.whenReady()
-        pids = [await pool.submit("pid") for _ in range(40)]
+        pids = []
+        for _ in range(8):
+            pids += [await pool.submit("pid") for _ in range(5)]
+            await pool.whenReady()
         assert len(set(pids)) >= 8
         assert pool.stats()["restartsByCause"]["recycled"] >= 6
     finally:
