@@ -1,0 +1,835 @@
+"""
+The JavaScript client (C{taskservice/web/taskservice.js}) and the demo page,
+in real headless Chromium.
+
+The gateway is not under test here: a small stand-in written below speaks
+the gateway's websocket protocol (JSON-RPC 2.0 with C{$/progress} and
+C{$/cancelRequest}) with Autobahn on a twisted.web C{Site} that also serves
+the files of C{taskservice/web/} and a C{/stats} resource. Its methods:
+C{echo}, C{fail}, C{count} (progress, then the count), C{hang} (answers only
+when cancelled or past its C{timeout}), C{deaf} (never answers), C{drop}
+(aborts the TCP connection) and a fake C{send_mail} for the demo page.
+
+Sync Playwright cannot share a thread with the running reactor, so every
+browser action runs in one dedicated thread (Playwright objects belong to
+the thread that made them) while the reactor serves in the main thread.
+Debian's C{/usr/bin/chromium} is driven through PyPI C{playwright} (never
+C{playwright install}).
+
+Set C{TASKSERVICE_SCREENSHOT=path.png} to save the demo page's screenshot
+there (the one in docs/_static/ was made that way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import pytest_twisted
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"{CHROMIUM} is missing (apt-get install -y chromium)",
+    ),
+]
+syncAPI = pytest.importorskip(
+    "playwright.sync_api",
+    reason="PyPI playwright is not installed (pip install -e '.[test]')",
+)
+
+WEB = Path(__file__).resolve().parent.parent / "taskservice" / "web"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SAFETY = 15.0
+"""Seconds before any wait fails the test (only ever reached on a bug)."""
+CONTENT_TYPES = {
+    ".html": b"text/html; charset=utf-8",
+    ".js": b"text/javascript; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+}
+T = TypeVar("T")
+
+
+# -- the stand-in gateway ------------------------------------------------------
+
+
+class FakeGatewayProtocol(WebSocketServerProtocol):
+    """
+    One browser connection to the stand-in gateway.
+    """
+
+    factory: Any
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: dict[Any, list[IDelayedCall]] = {}
+
+    def onOpen(self) -> None:
+        self.factory.opened += 1
+        self.factory.connections.add(self)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.connections.discard(self)
+        for timers in self.jobs.values():
+            for timer in timers:
+                if timer.active():
+                    timer.cancel()
+        self.jobs.clear()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sendMessage(json.dumps(message).encode("utf-8"))
+
+    def answer(self, requestId: Any, result: Any) -> None:
+        self.send({"jsonrpc": "2.0", "id": requestId, "result": result})
+
+    def error(self, requestId: Any, code: int, message: str, data: Any = None) -> None:
+        error: dict[str, Any] = {"code": code, "message": message}
+        if data is not None:
+            error["data"] = data
+        self.send({"jsonrpc": "2.0", "id": requestId, "error": error})
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        message = json.loads(payload)
+        self.factory.received.append(message)
+        method = message.get("method")
+        params = message.get("params")
+        requestId = message.get("id")
+        if method == "$/cancelRequest":
+            if self.finish(params["id"]):
+                self.error(params["id"], -32800, "cancelled")
+        elif method == "drop":
+            self.transport.abortConnection()
+        elif method == "echo":
+            self.answer(requestId, params[0])
+        elif method == "fail":
+            self.error(
+                requestId,
+                -32000,
+                "task raised an exception",
+                {"type": "ValueError", "message": params[0]},
+            )
+        elif method == "count":
+            self.count(requestId, params["n"], params["delay"])
+        elif method == "send_mail":
+            self.sendMail(requestId, params["to"])
+        elif method == "hang":
+            self.jobs[requestId] = []
+        elif method == "deaf":
+            pass
+        else:
+            self.error(requestId, -32601, "method not found", method)
+        timeout = message.get("timeout")
+        if timeout is not None and method != "deaf" and requestId in self.jobs:
+            self.jobs[requestId].append(
+                self.factory.reactor.callLater(
+                    timeout, self.timedOut, requestId, timeout
+                )
+            )
+
+    def finish(self, requestId: Any) -> bool:
+        """
+        Stop the job C{requestId}; whether it was running.
+        """
+        timers = self.jobs.pop(requestId, None)
+        for timer in timers or ():
+            if timer.active():
+                timer.cancel()
+        return timers is not None
+
+    def timedOut(self, requestId: Any, timeout: float) -> None:
+        self.finish(requestId)
+        self.error(requestId, -32001, "timed out", {"timeout": timeout})
+
+    def count(self, requestId: Any, n: int, delay: float) -> None:
+        """
+        Report progress n times, C{delay} seconds apart, then answer n.
+        """
+        done = 0
+
+        def step() -> None:
+            nonlocal done
+            done += 1
+            progress = {"id": requestId, "done": done, "total": n}
+            self.send({"jsonrpc": "2.0", "method": "$/progress", "params": progress})
+            if done < n:
+                timers[:] = [self.factory.reactor.callLater(delay, step)]
+            else:
+                self.finish(requestId)
+                self.answer(requestId, n)
+
+        timers = [self.factory.reactor.callLater(delay, step)]
+        self.jobs[requestId] = timers
+
+    def sendMail(self, requestId: Any, to: list[str]) -> None:
+        """
+        Pretend to send one message per address, 10 every 10 ms, with
+        progress after each, counting them in the fake sink.
+        """
+        done = 0
+        total = len(to)
+
+        def step() -> None:
+            nonlocal done
+            for _ in range(min(10, total - done)):
+                done += 1
+                self.factory.sinkReceived += 1
+                progress = {"id": requestId, "done": done, "total": total}
+                self.send(
+                    {"jsonrpc": "2.0", "method": "$/progress", "params": progress}
+                )
+            if done < total:
+                timers[:] = [self.factory.reactor.callLater(0.01, step)]
+            else:
+                self.finish(requestId)
+                self.answer(requestId, {"sent": total})
+
+        timers = [self.factory.reactor.callLater(0, step)]
+        self.jobs[requestId] = timers
+
+
+class FakeGatewayFactory(WebSocketServerFactory):
+    """
+    The stand-in gateway: records every message received.
+    """
+
+    protocol = FakeGatewayProtocol
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.received: list[dict[str, Any]] = []
+        self.connections: set[FakeGatewayProtocol] = set()
+        self.opened = 0
+        self.sinkReceived = 0
+
+    def requests(self, method: str) -> list[dict[str, Any]]:
+        """
+        The messages received for C{method}.
+        """
+        return [m for m in self.received if m.get("method") == method]
+
+
+class StaticFile(Resource):
+    isLeaf = True
+
+    def __init__(self, body: bytes, contentType: bytes) -> None:
+        super().__init__()
+        self.body = body
+        self.contentType = contentType
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", self.contentType)
+        request.setHeader(b"cache-control", b"no-store")
+        return self.body
+
+
+class Stats(Resource):
+    isLeaf = True
+
+    def __init__(self, gateway: FakeGatewayFactory) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        stats = {
+            "gateway": {"connections": len(self.gateway.connections)},
+            "taskServer": {},
+            "smtpSink": {"received": self.gateway.sinkReceived},
+        }
+        return json.dumps(stats).encode()
+
+
+class Root(Resource):
+    """
+    Like the gateway: the files of taskservice/web/ by name, index.html at
+    C{/}, the websocket at C{/ws}, C{/stats}; and an empty page to run
+    scripts in.
+    """
+
+    def __init__(self, gateway: FakeGatewayFactory) -> None:
+        super().__init__()
+        self.putChild(b"ws", WebSocketResource(gateway))
+        self.putChild(b"stats", Stats(gateway))
+        self.putChild(
+            b"blank.html",
+            StaticFile(b"<!doctype html><title>blank</title>", CONTENT_TYPES[".html"]),
+        )
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        name = path.decode("utf-8", "replace") or "index.html"
+        file = WEB / name
+        if "/" in name or name.startswith(".") or not file.is_file():
+            return notFound()
+        contentType = CONTENT_TYPES.get(file.suffix, b"application/octet-stream")
+        return StaticFile(file.read_bytes(), contentType)
+
+
+class Server:
+    """
+    The stand-in gateway listening on 127.0.0.1.
+    """
+
+    def __init__(self, gateway: FakeGatewayFactory, port: Any) -> None:
+        self.gateway = gateway
+        self.port = port
+        self.origin = f"http://127.0.0.1:{port.getHost().port}"
+
+
+@pytest_twisted.async_yield_fixture
+async def server() -> AsyncIterator[Server]:
+    gateway = FakeGatewayFactory()
+    site = Site(Root(gateway))
+    site.noisy = False
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    try:
+        yield Server(gateway, port)
+    finally:
+        await port.stopListening()
+        for connection in list(gateway.connections):
+            connection.transport.abortConnection()
+        await until(lambda: not gateway.connections, "connections to close")
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    """
+    Let the reactor run until C{predicate()} holds.
+    """
+    waited = 0.0
+    while not predicate():
+        assert waited < SAFETY, f"timed out waiting for {what}"
+        await deferLater(reactor, 0.01, lambda: None)
+        waited += 0.01
+
+
+# -- the browser, in its own thread ---------------------------------------------
+
+
+class BrowserThread:
+    """
+    Chromium driven by sync Playwright from one dedicated thread.
+    """
+
+    def __init__(self) -> None:
+        self.pool = ThreadPool(minthreads=1, maxthreads=1, name="playwright")
+        self.pool.start()
+        self.playwright: Any = None
+        self.browser: Any = None
+
+    def run(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
+        """
+        Run C{function(*args)} in the browser's thread.
+        """
+        return deferToThreadPool(reactor, self.pool, function, *args)
+
+    def launch(self) -> None:
+        self.playwright = syncAPI.sync_playwright().start()
+        self.browser = self.playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+
+    def shutdown(self) -> None:
+        if self.browser is not None:
+            self.browser.close()
+        if self.playwright is not None:
+            self.playwright.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[BrowserThread]:
+    thread = BrowserThread()
+    try:
+        pytest_twisted.blockon(thread.run(thread.launch))
+        yield thread
+    finally:
+        pytest_twisted.blockon(thread.run(thread.shutdown))
+        thread.pool.stop()
+
+
+PRELUDE = """
+const { TaskService, TaskServiceError, ErrorCode } =
+  await import("/taskservice.js");
+const settle = (promise) => promise.then(
+  (value) => ({ value }),
+  (e) => ({ error: {
+    isTaskServiceError: e instanceof TaskServiceError,
+    isError: e instanceof Error,
+    name: e.name, code: e.code, message: e.message, data: e.data ?? null,
+    causeName: e.cause?.name ?? null,
+  } }),
+);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+"""
+
+
+async def runScript(browser: BrowserThread, server: Server, body: str) -> Any:
+    """
+    Run the JavaScript C{body} (an async function body that may use
+    C{TaskService}, C{TaskServiceError}, C{ErrorCode}, C{settle} and
+    C{sleep}) in a page of C{server}; return what it returns.
+    """
+    script = (
+        "async () => {\n"
+        + PRELUDE
+        + "const body = async () => {\n"
+        + body
+        + "\n};\n"
+        + "return await Promise.race([body(), new Promise((_, reject) =>\n"
+        + "  setTimeout(() => reject(new Error('script timed out')),"
+        + f" {SAFETY * 1000}))]);"
+        + "\n}"
+    )
+
+    def inBrowser() -> Any:
+        page = browser.browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            page.set_default_timeout(SAFETY * 1000)
+            page.goto(server.origin + "/blank.html")
+            result = page.evaluate(script)
+        finally:
+            page.close()
+        assert errors == [], errors
+        return result
+
+    return await browser.run(inBrowser)
+
+
+# -- the client ----------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_callResult(browser: BrowserThread, server: Server) -> None:
+    """
+    C{TaskService.connect()} with no URL opens C{/ws} on the page's origin;
+    calls resolve with their results, with ids allocated by the client, one
+    per call, params sent as given.
+    """
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect();
+        const state = service.state;
+        const replies = await Promise.all([
+          service.call("echo", ["one"]),
+          service.call("echo", [{ nested: [1, 2, 3] }]),
+        ]);
+        service.close();
+        return { url: service.url, state, replies, closed: service.state };
+        """,
+    )
+    port = server.port.getHost().port
+    assert result == {
+        "url": f"ws://127.0.0.1:{port}/ws",
+        "state": "open",
+        "replies": ["one", {"nested": [1, 2, 3]}],
+        "closed": "closed",
+    }
+    assert server.gateway.requests("echo") == [
+        {"jsonrpc": "2.0", "id": 1, "method": "echo", "params": ["one"]},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "echo",
+            "params": [{"nested": [1, 2, 3]}],
+        },
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_errors(browser: BrowserThread, server: Server) -> None:
+    """
+    An error reply rejects with a C{TaskServiceError} (an C{Error}) carrying
+    the code, message and data; params that are not JSON reject locally with
+    INVALID_PARAMS; the error codes are exported, frozen.
+    """
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect();
+        const failed = await settle(service.call("fail", ["boom"]));
+        const missing = await settle(service.call("nosuchtask"));
+        const unsendable = await settle(service.call("echo", [10n]));
+        service.close();
+        return {
+          failed, missing, unsendable,
+          codes: ErrorCode, frozen: Object.isFrozen(ErrorCode),
+        };
+        """,
+    )
+    assert result["failed"] == {
+        "error": {
+            "isTaskServiceError": True,
+            "isError": True,
+            "name": "TaskServiceError",
+            "code": -32000,
+            "message": "task raised an exception",
+            "data": {"type": "ValueError", "message": "boom"},
+            "causeName": None,
+        }
+    }
+    assert result["missing"]["error"]["code"] == -32601
+    assert result["missing"]["error"]["data"] == "nosuchtask"
+    assert result["unsendable"]["error"]["code"] == -32602
+    assert result["frozen"] is True
+    assert result["codes"] == {
+        "PARSE_ERROR": -32700,
+        "INVALID_REQUEST": -32600,
+        "METHOD_NOT_FOUND": -32601,
+        "INVALID_PARAMS": -32602,
+        "INTERNAL_ERROR": -32603,
+        "TASK_FAILED": -32000,
+        "TIMED_OUT": -32001,
+        "WORKER_LOST": -32002,
+        "OVERLOADED": -32003,
+        "TOO_LARGE": -32004,
+        "UNAUTHORISED": -32005,
+        "UNAVAILABLE": -32006,
+        "CANCELLED": -32800,
+    }
+    assert len(server.gateway.requests("echo")) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_progress(browser: BrowserThread, server: Server) -> None:
+    """
+    C{onProgress} receives each C{$/progress} notification's params, in
+    order, all before the call resolves.
+    """
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect();
+        const seen = [];
+        const value = await service.call("count", { n: 5, delay: 0.01 }, {
+          onProgress: (update) => seen.push(update),
+        });
+        seen.push({ result: value });
+        service.close();
+        return seen;
+        """,
+    )
+    assert result == [
+        *({"id": 1, "done": done, "total": 5} for done in range(1, 6)),
+        {"result": 5},
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_abortSignal(browser: BrowserThread, server: Server) -> None:
+    """
+    Aborting the C{signal} sends C{$/cancelRequest} naming the call and
+    rejects it at once with CANCELLED, named C{AbortError}, its cause the
+    signal's reason; later progress is ignored. An already aborted signal
+    rejects without sending anything. The connection carries on.
+    """
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect();
+        const controller = new AbortController();
+        let updates = 0;
+        const outcome = await settle(service.call(
+          "count", { n: 1000, delay: 0.01 }, {
+            signal: controller.signal,
+            onProgress: () => { if (++updates === 3) controller.abort(); },
+          }));
+        const inFlightAfterAbort = service.inFlight;
+        const early = await settle(
+          service.call("echo", ["never sent"], { signal: controller.signal }));
+        const after = await service.call("echo", ["after"]);
+        await sleep(50);
+        service.close();
+        return { outcome, updates, inFlightAfterAbort, early, after };
+        """,
+    )
+    cancelledError = {
+        "isTaskServiceError": True,
+        "isError": True,
+        "name": "AbortError",
+        "code": -32800,
+        "message": "cancelled",
+        "data": None,
+        "causeName": "AbortError",
+    }
+    assert result == {
+        "outcome": {"error": cancelledError},
+        "updates": 3,
+        "inFlightAfterAbort": 0,
+        "early": {"error": cancelledError},
+        "after": "after",
+    }
+    assert server.gateway.requests("$/cancelRequest") == [
+        {"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 1}}
+    ]
+    assert [m["params"] for m in server.gateway.requests("echo")] == [["after"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_timeout(browser: BrowserThread, server: Server) -> None:
+    """
+    The C{timeout} option becomes the request's C{timeout} member and the
+    server's TIMED_OUT reply rejects the call; a server that never answers
+    is given up on 1 s after the deadline, with TIMED_OUT and a
+    C{$/cancelRequest}. A bad timeout is refused locally.
+    """
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect();
+        const byServer = await settle(service.call("hang", [], { timeout: 0.2 }));
+        const started = performance.now();
+        const byClient = await settle(service.call("deaf", [], { timeout: 0.1 }));
+        const waited = performance.now() - started;
+        const bad = await settle(service.call("echo", [1], { timeout: -1 }));
+        service.close();
+        return { byServer, byClient, waited, bad };
+        """,
+    )
+    assert result["byServer"]["error"]["code"] == -32001
+    assert result["byClient"]["error"]["code"] == -32001
+    assert result["byClient"]["error"]["data"] == {"timeout": 0.1}
+    assert 1000 <= result["waited"] < 5000
+    assert result["bad"]["error"]["code"] == -32600
+    assert [m.get("timeout") for m in server.gateway.requests("hang")] == [0.2]
+    assert [m["params"] for m in server.gateway.requests("$/cancelRequest")] == [
+        {"id": 2}
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconnectAfterDrop(browser: BrowserThread, server: Server) -> None:
+    """
+    When the connection drops, the call in flight rejects at once with
+    UNAVAILABLE, a call made while disconnected rejects at once with
+    UNAVAILABLE, the client reconnects by itself ("close", then "open" and
+    "reconnect" events) and the next call works.
+    """
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect(undefined, { minDelay: 50 });
+        const events = [];
+        for (const type of ["open", "close", "reconnect"]) {
+          service.addEventListener(type, (e) => events.push(
+            [type, type === "close" ? e.detail.reconnectIn !== null : null]));
+        }
+        const reconnected = new Promise((resolve) => service.addEventListener(
+          "reconnect", (e) => resolve(e.detail), { once: true }));
+        const before = await service.call("echo", ["before"]);
+        const inFlight = settle(service.call("hang"));
+        service.notify("drop");
+        const lost = await inFlight;
+        const stateWhileDown = service.state;
+        const whileDown = await settle(service.call("echo", ["too early"]));
+        const detail = await reconnected;
+        const after = await service.call("echo", ["after"]);
+        service.close();
+        return { before, lost, stateWhileDown, whileDown, detail, after, events };
+        """,
+    )
+    assert result["before"] == "before"
+    assert result["lost"]["error"]["code"] == -32006
+    assert result["lost"]["error"]["name"] == "TaskServiceError"
+    assert result["stateWhileDown"] == "reconnecting"
+    assert result["whileDown"]["error"]["code"] == -32006
+    assert result["detail"] == {"attempts": 1}
+    assert result["after"] == "after"
+    assert result["events"] == [
+        ["close", True],
+        ["open", None],
+        ["reconnect", None],
+        ["close", False],
+    ]
+    assert server.gateway.opened == 2
+    assert [m["params"] for m in server.gateway.requests("echo")] == [
+        ["before"],
+        ["after"],
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_notifyAndClose(browser: BrowserThread, server: Server) -> None:
+    """
+    C{notify} sends a message without an id; C{close()} rejects calls in
+    flight with UNAVAILABLE and stops for good: calls reject, C{notify}
+    throws, and the client does not reconnect.
+    """
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect(undefined, { minDelay: 10 });
+        service.notify("hello", { who: "gateway" });
+        const inFlight = settle(service.call("hang"));
+        service.close();
+        const lost = await inFlight;
+        const afterClose = await settle(service.call("echo", ["x"]));
+        let thrown = null;
+        try { service.notify("hello"); } catch (e) { thrown = e.code; }
+        await sleep(200);
+        return { lost, afterClose, thrown, state: service.state };
+        """,
+    )
+    assert result["lost"]["error"]["code"] == -32006
+    assert result["afterClose"]["error"]["code"] == -32006
+    assert result["thrown"] == -32006
+    assert result["state"] == "closed"
+    assert server.gateway.requests("hello") == [
+        {"jsonrpc": "2.0", "method": "hello", "params": {"who": "gateway"}}
+    ]
+    assert server.gateway.opened == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_connectFailure(browser: BrowserThread, server: Server) -> None:
+    """
+    C{TaskService.connect} rejects with UNAVAILABLE when the first attempt
+    fails (nothing listens there), and gives up.
+    """
+    probe = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        Factory.forProtocol(Protocol)
+    )
+    closedPort = probe.getHost().port
+    await probe.stopListening()
+    result = await runScript(
+        browser,
+        server,
+        f"""
+        return await settle(TaskService.connect("ws://127.0.0.1:{closedPort}/ws"));
+        """,
+    )
+    assert result["error"]["code"] == -32006
+    assert result["error"]["data"]["url"] == f"ws://127.0.0.1:{closedPort}/ws"
+
+
+# -- the demo page -----------------------------------------------------------
+
+
+def _demo(browser: BrowserThread, origin: str, screenshot: Path) -> dict[str, Any]:
+    """
+    In the browser's thread: load the demo page, send to 1,000 users while
+    echoing, then cancel a second send; take a screenshot in between.
+    """
+    page = browser.browser.new_page(viewport={"width": 1000, "height": 720})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on(
+        "console",
+        lambda message: (
+            errors.append(message.text) if message.type == "error" else None
+        ),
+    )
+    seen: dict[str, Any] = {}
+    try:
+        page.set_default_timeout(SAFETY * 1000)
+        page.goto(origin + "/")
+        status = page.locator("#status")
+        syncAPI.expect(status).to_have_text("Connected")
+        seen["status"] = status.get_attribute("data-state")
+
+        page.click("#send")
+        page.wait_for_function(
+            "document.querySelector('#progress').value > 0"
+            " && document.querySelector('#result').dataset.outcome === 'running'"
+        )
+        seen["cancelEnabled"] = page.is_enabled("#cancel")
+        page.fill("#echo-input", "still responsive")
+        page.click("#echo-send")
+        page.wait_for_function("document.querySelector('#echo-output').dataset.outcome")
+        seen["echo"] = page.text_content("#echo-output")
+        seen["outcomeAtEcho"] = page.get_attribute("#result", "data-outcome")
+
+        page.wait_for_function(
+            "document.querySelector('#result').dataset.outcome === 'ok'"
+        )
+        seen["result"] = page.text_content("#result")
+        seen["progress"] = page.eval_on_selector("#progress", "p => [p.value, p.max]")
+        seen["progressText"] = page.text_content("#progress-text")
+        syncAPI.expect(page.locator("#sink-received")).to_have_text("1,000")
+        seen["sendEnabled"] = page.is_enabled("#send")
+        seen["cancelEnabledAfter"] = page.is_enabled("#cancel")
+        page.screenshot(path=str(screenshot), full_page=True)
+
+        page.click("#send")
+        page.wait_for_function("document.querySelector('#progress').value >= 50")
+        page.click("#cancel")
+        page.wait_for_function(
+            "document.querySelector('#result').dataset.outcome === 'cancelled'"
+        )
+        seen["cancelled"] = page.text_content("#result")
+    finally:
+        page.close()
+    seen["errors"] = errors
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_demoPage(browser: BrowserThread, server: Server, tmp_path: Path) -> None:
+    """
+    The demo page, against the stand-in gateway: it connects; "Send an
+    e-mail to 1,000 users" calls send_mail with user0001..user1000, moves
+    the progress bar to 1,000 and reports the count and time; the echo box
+    answers during the send; the sink panel shows 1,000 from /stats;
+    Cancel aborts a second send (with C{$/cancelRequest}). No errors in the
+    page's console.
+    """
+    screenshot = Path(os.environ.get("TASKSERVICE_SCREENSHOT") or tmp_path / "demo.png")
+    seen = await browser.run(_demo, browser, server.origin, screenshot)
+    assert seen["errors"] == []
+    assert seen["status"] == "open"
+    assert seen["cancelEnabled"] is True
+    assert seen["echo"].startswith('"still responsive" in ')
+    assert seen["echo"].endswith(" ms")
+    assert seen["outcomeAtEcho"] == "running"
+    assert seen["result"].startswith("Sent 1,000 e-mails in ")
+    assert seen["progress"] == [1000, 1000]
+    assert seen["progressText"] == "1,000 / 1,000"
+    assert seen["sendEnabled"] is True
+    assert seen["cancelEnabledAfter"] is False
+    assert seen["cancelled"].startswith("Cancelled after ")
+    assert screenshot.stat().st_size > 10_000
+
+    sends = server.gateway.requests("send_mail")
+    assert len(sends) == 2
+    to = sends[0]["params"]["to"]
+    assert len(to) == 1000
+    assert to[0] == "user0001@example.com"
+    assert to[-1] == "user1000@example.com"
+    assert [m["params"] for m in server.gateway.requests("$/cancelRequest")] == [
+        {"id": sends[1]["id"]}
+    ]
