@@ -625,7 +625,7 @@ def test_recyclingNeverStalls() -> None:
     assert len(reactor.workers) == 2, "one successor, not one per call"
     assert not old.closed
     reactor.workers[1].ready()
-    assert old.closed
+    assert reactor.workers[0].closed, "retired once its successor is ready"
     d = pool.submit("add", [1, 1])
     assert reactor.workers[1].calls
     reactor.runAllCalls(pool.registry)
