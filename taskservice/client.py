@@ -73,6 +73,7 @@ class TaskClientProtocol(LineProtocol):
         params: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         onProgress: ProgressCallback | None = None,
+        timeout: float | None = None,
     ) -> Deferred[Any]:
         """
         Call C{method} with C{params} (a list, a dict, or L{None}).
@@ -80,19 +81,21 @@ class TaskClientProtocol(LineProtocol):
         Cancelling the returned Deferred sends C{$/cancelRequest}: the
         server removes the call from its queue, or kills the worker running
         it. The Deferred then fails with C{CancelledError}.
+
+        @param timeout: the caller's own deadline in seconds (the request's
+            C{"timeout"} member), or L{None} for the task's default.
         """
         if self._lost is not None or self.transport is None:
             return fail(Unavailable("not connected to the task server"))
         requestId = self._nextId
         self._nextId += 1
+        message = _jsonrpc.requestObject(
+            requestId, method, list(params) if isinstance(params, tuple) else params
+        )
+        if timeout is not None:
+            message["timeout"] = timeout
         try:
-            data = _jsonrpc.line(
-                _jsonrpc.requestObject(
-                    requestId,
-                    method,
-                    list(params) if isinstance(params, tuple) else params,
-                )
-            )
+            data = _jsonrpc.line(message)
         except (TypeError, ValueError) as e:
             raise TypeError(f"params are not JSON-serialisable: {e}") from None
 
@@ -226,6 +229,8 @@ class TaskClient(Service):
     @param reactor: the reactor (for time and connections).
     @param endpoint: an L{IStreamClientEndpoint} or an endpoint string such
         as C{"tcp:127.0.0.1:12345"} or C{"unix:/run/tasks.sock"}.
+
+    @ivar endpoint: the endpoint it connects with.
     """
 
     log = Logger()
@@ -240,6 +245,7 @@ class TaskClient(Service):
         if isinstance(endpoint, str):
             endpoint = clientFromString(reactor, endpoint)
         assert IStreamClientEndpoint.providedBy(endpoint)
+        self.endpoint = endpoint
         self._reactor = reactor
         self._protocol: TaskClientProtocol | None = None
         self._unreachable = False
@@ -305,16 +311,20 @@ class TaskClient(Service):
         params: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         onProgress: ProgressCallback | None = None,
+        timeout: float | None = None,
     ) -> Deferred[Any]:
         """
         Call C{method} with C{params} as they go on the wire; C{onProgress}
         receives each progress update (a dict such as C{{"done": 3,
-        "total": 10}}). Cancelling the Deferred cancels the task.
+        "total": 10}}); C{timeout} is the caller's own deadline in seconds.
+        Cancelling the Deferred cancels the task.
         """
         if not self.running:
             return fail(Unavailable("the client is not started"))
         if self._protocol is not None:
-            return self._protocol.request(method, params, onProgress=onProgress)
+            return self._protocol.request(
+                method, params, onProgress=onProgress, timeout=timeout
+            )
         if self._unreachable:
             return fail(Unavailable("the task server is unreachable"))
         # The first connection is being made: wait for it (or its failure).
@@ -323,7 +333,9 @@ class TaskClient(Service):
 
         def send(protocol: IProtocol) -> Deferred[Any]:
             assert isinstance(protocol, TaskClientProtocol)
-            return protocol.request(method, params, onProgress=onProgress)
+            return protocol.request(
+                method, params, onProgress=onProgress, timeout=timeout
+            )
 
         waiting.addCallback(send)
         result: Deferred[Any] = Deferred(lambda d: waiting.cancel())

@@ -1,6 +1,7 @@
 """
 The task server as one service: listener, connections and pool, stopped in
-the right order so that no reply is lost.
+the right order so that no reply is lost; and the websocket gateway as one
+service, in front of it (L{GatewayService}).
 
 L{MultiService} stops its children concurrently; a clean stop needs an order:
 stop accepting connections, let the pool drain (running and queued calls
@@ -10,12 +11,22 @@ finish and their replies are written), then close each connection gracefully
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+)
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from taskservice.pool import ProcessPool
 from taskservice.server import TaskServerFactory
@@ -75,3 +86,125 @@ class TaskServerService(MultiService):
         for protocol in protocols:
             if protocol.transport is not None:
                 protocol.transport.abortConnection()
+
+
+class GatewayService(MultiService):
+    """
+    The websocket gateway as one service: its listener, its upstream
+    L{TaskClient} and, optionally, the local task server it fronts
+    (a L{TaskServerService}), stopped in order so that calls in flight are
+    answered: stop accepting browsers, let the task server drain (its
+    replies still reach the browsers), stop the client, then close every
+    browser's websocket (1001, going away).
+
+    @param endpoint: a server endpoint string for the gateway's site.
+    @param site: the gateway's L{Site} (see L{taskservice.gateway.GatewaySite}).
+    @param factory: the site's L{taskservice.gateway.GatewayFactory}.
+    @param client: the factory's upstream client service.
+    @param taskServer: the local task server, or L{None} for a remote one.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: str,
+        site: Any,
+        factory: Any,
+        client: Service,
+        taskServer: Service | None = None,
+    ) -> None:
+        super().__init__()
+        self.factory = factory
+        self.client = client
+        self.taskServer = taskServer
+        if taskServer is not None:
+            taskServer.setServiceParent(self)
+        client.setServiceParent(self)
+        self.listener: Service = strports.service(endpoint, site, reactor=reactor)
+        self.listener.setServiceParent(self)
+
+    log = Logger()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("websocket listener", self.listener.stopService)
+        ]
+        if self.taskServer is not None:
+            steps.append(("task server", self.taskServer.stopService))
+        steps += [
+            ("gateway client", self.client.stopService),
+            ("websockets", self.factory.closeAll),
+        ]
+        d: Deferred[Any] = Deferred()
+        d.callback(None)
+        for name, step in steps:
+            # Each step runs even if the one before it failed.
+            d.addCallback(_run, step)
+            d.addErrback(self._stepFailed, name)
+        return d
+
+    def _stepFailed(self, failure: Any, name: str) -> None:
+        self.log.failure("stopping the {name} failed", failure, name=name)
+
+
+def _run(ignored: object, step: Callable[[], object]) -> object:
+    return step()
+
+
+def listeningAddress(listener: Service) -> Deferred[Any]:
+    """
+    The address a strports listener (a C{StreamServerEndpointService})
+    listens on, once it does: for a task server on port 0, found only once
+    bound. Fails with L{ConnectError} if it is not listening.
+    """
+    # The listen() Deferred is StreamServerEndpointService's documented
+    # ivar _waitingForPort (Twisted >= 10.2); its result is the port, or
+    # None once listening failed or stopped.
+    waiting: Deferred[Any] | None = getattr(listener, "_waitingForPort", None)
+    if waiting is None:
+        return fail(ConnectError(string="the task server is not listening"))
+    d: Deferred[Any] = Deferred()
+
+    def found(port: Any) -> Any:
+        if port is None:
+            d.errback(ConnectError(string="the task server is not listening"))
+        else:
+            d.callback(port.getHost())
+        return port
+
+    waiting.addCallback(found)
+    return d
+
+
+@implementer(IStreamClientEndpoint)
+class ListenerEndpoint:
+    """
+    A client endpoint to a TCP or UNIX listener of this same process,
+    wherever it turned out to listen (C{--listen tcp:0} included); a
+    wildcard interface is reached on loopback.
+    """
+
+    def __init__(self, reactor: Any, listener: Service) -> None:
+        self._reactor = reactor
+        self._listener = listener
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        def connect(address: Any) -> Deferred[Any]:
+            endpoint: IStreamClientEndpoint
+            if isinstance(address, UNIXAddress):
+                endpoint = UNIXClientEndpoint(self._reactor, address.name)
+            elif isinstance(address, IPv4Address):
+                host = _LOOPBACK.get(address.host, address.host)
+                endpoint = TCP4ClientEndpoint(self._reactor, host, address.port)
+            elif isinstance(address, IPv6Address):
+                host = _LOOPBACK.get(address.host, address.host)
+                endpoint = TCP6ClientEndpoint(self._reactor, host, address.port)
+            else:
+                raise ConnectError(string=f"cannot connect to {address!r}")
+            return endpoint.connect(protocolFactory)
+
+        return listeningAddress(self._listener).addCallback(connect)
+
+
+_LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}

@@ -8,12 +8,13 @@ import importlib
 import math
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from taskservice._lines import DEFAULT_MAX_LINE
+from taskservice._origins import parseOrigin
 from taskservice.pool import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_QUEUE,
@@ -25,7 +26,15 @@ from taskservice.pool import (
 from taskservice.server import DEFAULT_MAX_IN_FLIGHT
 from taskservice.worker import DEFAULT_MAX_RESULT
 
+if TYPE_CHECKING:
+    from taskservice.service import TaskServerService
+
 DEFAULT_LISTEN = "tcp:12345:interface=127.0.0.1"
+DEFAULT_SMTP_SINK = "tcp:2525:interface=127.0.0.1"
+DEFAULT_WEBSOCKET = "tcp:8080:interface=127.0.0.1"
+# As in taskservice.gateway, which is not imported here (keep the plugin light).
+DEFAULT_MAX_MESSAGE = 1024 * 1024
+DEFAULT_MAX_BROWSER_CALLS = 100
 
 
 def _positive(kind: type[int] | type[float], name: str) -> Any:
@@ -49,8 +58,10 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve registered tasks over JSON-RPC 2.0 lines (and the Workerman FAQ"
-        " dialect), running them in a pool of worker processes. With no options:"
-        f" the example tasks on {DEFAULT_LISTEN}, one worker per CPU."
+        " dialect), running them in a pool of worker processes, and to browsers"
+        " through a websocket gateway with its web page. With no options: the"
+        f" example tasks on {DEFAULT_LISTEN}, one worker per CPU, the gateway"
+        f" on {DEFAULT_WEBSOCKET}."
     )
 
     optParameters = [
@@ -136,16 +147,67 @@ class Options(usage.Options):
             "smtp",
             None,
             None,
-            "SMTP server (host:port) for the send_mail example task.",
+            "SMTP relay (host:port) for the send_mail example task; replaces"
+            " the local SMTP sink.",
+        ],
+        [
+            "smtp-sink",
+            None,
+            DEFAULT_SMTP_SINK,
+            "Endpoint of the demo's SMTP sink, which counts and discards mail"
+            " (tcp: with a fixed port).",
+        ],
+        [
+            "websocket",
+            None,
+            DEFAULT_WEBSOCKET,
+            "Endpoint to serve the websocket gateway (/ws), its page and /stats on.",
+        ],
+        [
+            "task-server",
+            None,
+            None,
+            "Client endpoint of the task server the gateway calls (e.g."
+            " tcp:tasks.example.com:12345); then no local task server or pool runs.",
+        ],
+        [
+            "max-message",
+            None,
+            DEFAULT_MAX_MESSAGE,
+            "Largest websocket message a browser may send, in bytes (close 1009).",
+            _positive(int, "max-message"),
+        ],
+        [
+            "max-browser-calls",
+            None,
+            DEFAULT_MAX_BROWSER_CALLS,
+            "Calls one browser may have in flight; past this, 'overloaded'.",
+            _positive(int, "max-browser-calls"),
         ],
     ]
     optFlags = [
         ["tracebacks", None, "Include task tracebacks in error replies."],
+        ["no-websocket", None, "Serve the task protocol only, without the gateway."],
+        ["no-smtp-sink", None, "Do not run the demo's SMTP sink."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["tasks"] = []
+        self["allowed-origins"] = []
+
+    def opt_allowed_origin(self, origin: str) -> None:
+        """
+        An origin (http(s)://host[:port]) whose pages may open the gateway's
+        websocket besides the gateway's own; null (sandboxed and file: pages)
+        or * (any) only if you mean it (repeatable).
+        """
+        if origin not in ("*", "null") and parseOrigin(origin) is None:
+            raise usage.UsageError(
+                "--allowed-origin must be http(s)://host[:port], null or *,"
+                f" not {origin!r}"
+            )
+        self["allowed-origins"].append(origin)
 
     def opt_tasks(self, module: str) -> None:
         """
@@ -171,14 +233,167 @@ class Options(usage.Options):
                 host and port.isascii() and port.isdigit() and 0 < int(port) < 65536
             ):
                 raise usage.UsageError(f"--smtp must be host:port, not {smtp!r}")
+        if self["no-websocket"]:
+            if self["task-server"] is not None:
+                raise usage.UsageError(
+                    "--task-server is for the gateway: not with --no-websocket"
+                )
+        elif self["task-server"] is None:
+            localTaskServer(self["listen"])  # a usage error if it cannot be reached
+        if self.runsSink():
+            host, port = _tcpAddress("--smtp-sink", self["smtp-sink"])
+            if port == 0:
+                raise usage.UsageError("--smtp-sink needs a fixed port")
+            self["sink-address"] = f"{host}:{port}"
+
+    def runsSink(self) -> bool:
+        """
+        The SMTP sink runs beside local workers, unless a relay is given
+        with --smtp or it is turned off.
+        """
+        return (
+            self["task-server"] is None
+            and self["smtp"] is None
+            and not self["no-smtp-sink"]
+        )
+
+
+def _splitDescription(description: str) -> tuple[list[str], dict[str, str]]:
+    """
+    An endpoint description's positional and keyword arguments, unescaped
+    (C{\\:} is a colon, C{\\\\} a backslash), its type first.
+    """
+    positional: list[str] = []
+    keywords: dict[str, str] = {}
+    current: list[str] = []
+    key: str | None = None
+    chars = iter(description)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == "=" and key is None and positional:
+            key, current = "".join(current), []
+        elif char == ":":
+            value = "".join(current)
+            if key is None:
+                positional.append(value)
+            else:
+                keywords[key] = value
+            current, key = [], None
+        else:
+            current.append(char)
+    value = "".join(current)
+    if key is None:
+        positional.append(value)
+    else:
+        keywords[key] = value
+    return positional, keywords
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _tcpAddress(option: str, description: str) -> tuple[str, int]:
+    """
+    The address a client uses to reach the TCP server endpoint
+    C{description} (a wildcard interface becomes loopback).
+    """
+    positional, keywords = _splitDescription(description)
+    if positional[0] != "tcp":
+        raise usage.UsageError(f"{option} {description!r} must be a tcp: endpoint")
+    port = keywords.get("port", positional[1] if len(positional) > 1 else "")
+    host = keywords.get("interface", positional[2] if len(positional) > 2 else "")
+    if not (port.isascii() and port.isdigit() and int(port) < 65536):
+        raise usage.UsageError(f"{option} {description!r}: no valid TCP port")
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return host, int(port)
+
+
+def localTaskServer(listen: str) -> str | None:
+    """
+    The client endpoint (string) of the task server that C{--listen}
+    describes: C{tcp:PORT:interface=H} is reached at C{tcp:H:PORT} (H
+    defaults to, and a wildcard becomes, 127.0.0.1), C{unix:PATH} at
+    C{unix:PATH}. L{None} for port 0: the gateway then finds the port once
+    bound. Any other endpoint type is a usage error: give --task-server.
+    """
+    positional, keywords = _splitDescription(listen)
+    kind = positional[0]
+    if kind == "tcp":
+        host, port = _tcpAddress("--listen", listen)
+        if port == 0:
+            return None
+        return f"tcp:host={_quote(host)}:port={port}"
+    if kind == "unix":
+        path = keywords.get("address", positional[1] if len(positional) > 1 else "")
+        if not path:
+            raise usage.UsageError(f"--listen {listen!r}: no UNIX socket path")
+        return f"unix:path={_quote(path)}"
+    raise usage.UsageError(
+        f"the gateway cannot derive how to reach --listen {listen!r}:"
+        " give --task-server (or --no-websocket)"
+    )
 
 
 def makeService(options: Options) -> IService:
     """
-    The service tree: the process pool and the task-protocol listener.
+    The service tree: the task server (process pool and task-protocol
+    listener) and the websocket gateway in front of it, either alone with
+    --no-websocket or --task-server.
     """
     from twisted.internet import reactor
 
+    from taskservice.client import TaskClient
+    from taskservice.gateway import GatewayFactory, GatewaySite
+    from taskservice.service import GatewayService, ListenerEndpoint
+
+    root = MultiService()
+    sink = None
+    if options.runsSink():
+        from taskservice.smtpsink import SMTPSink, sinkService
+
+        sink = SMTPSink()
+        sinkService(reactor, options["smtp-sink"], sink).setServiceParent(root)
+    if options["no-websocket"]:
+        _makeTaskServer(options, reactor).setServiceParent(root)
+        return root
+    taskServer = None
+    upstream: Any = options["task-server"]
+    if upstream is None:
+        taskServer = _makeTaskServer(options, reactor)
+        upstream = localTaskServer(options["listen"])
+        if upstream is None:
+            upstream = ListenerEndpoint(reactor, taskServer.listener)
+    try:
+        client = TaskClient(reactor, upstream)
+    except (ValueError, TypeError, KeyError) as e:
+        raise usage.UsageError(f"--task-server {upstream!r}: {e}") from e
+    factory = GatewayFactory(
+        reactor,
+        client,
+        allowedOrigins=options["allowed-origins"],
+        maxMessageSize=options["max-message"],
+        maxBrowserCalls=options["max-browser-calls"],
+    )
+    if sink is not None:
+        factory.addStatsProvider(lambda: {"smtpSink": sink.stats()})
+    try:
+        gateway = GatewayService(
+            reactor,
+            options["websocket"],
+            GatewaySite(factory),
+            factory,
+            client,
+            taskServer,
+        )
+    except (ValueError, TypeError, KeyError) as e:
+        raise usage.UsageError(f"--websocket {options['websocket']!r}: {e}") from e
+    gateway.setServiceParent(root)
+    return root
+
+
+def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
     from taskservice.examples import SMTP_ENVIRONMENT
     from taskservice.pool import ProcessPool
     from taskservice.server import TaskServerFactory
@@ -187,6 +402,8 @@ def makeService(options: Options) -> IService:
     env = dict(os.environ)
     if options["smtp"] is not None:
         env[SMTP_ENVIRONMENT] = options["smtp"]
+    elif options.runsSink():
+        env[SMTP_ENVIRONMENT] = options["sink-address"]
     try:
         pool = ProcessPool(
             reactor,
@@ -210,9 +427,7 @@ def makeService(options: Options) -> IService:
         )
     except (ImportError, ValueError) as e:
         raise usage.UsageError(f"cannot load the tasks: {e}") from e
-    root = MultiService()
     factory = TaskServerFactory(
         pool, maxLineLength=options["max-line"], maxInFlight=options["max-in-flight"]
     )
-    TaskServerService(reactor, options["listen"], pool, factory).setServiceParent(root)
-    return root
+    return TaskServerService(reactor, options["listen"], pool, factory)

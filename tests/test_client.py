@@ -293,3 +293,17 @@ def test_abandonSendsCancelOnlyIfQueued() -> None:
     protocol.dataReceived(b'{"jsonrpc":"2.0","id":1,"result":10}\n')
     protocol.dataReceived(b'{"jsonrpc":"2.0","id":2,"result":1}\n')
     assert _case.successResultOf(other) == 1
+
+
+def test_timeoutMember() -> None:
+    """
+    A call's own deadline goes on the wire as the request's "timeout"
+    member; without one, no member is sent.
+    """
+    protocol, transport = connected()
+    protocol.request("sleep", [1], timeout=2.5)
+    protocol.request("sleep", [1])
+    assert sent(transport) == [
+        {"jsonrpc": "2.0", "id": 1, "method": "sleep", "params": [1], "timeout": 2.5},
+        {"jsonrpc": "2.0", "id": 2, "method": "sleep", "params": [1]},
+    ]

@@ -253,6 +253,21 @@ def only(kind: type[T], root: IService) -> T:
     return matches[0]
 
 
+def taskListener(root: IService) -> StreamServerEndpointService:
+    """
+    The one listener serving the task protocol in C{root}'s tree (the
+    gateway has a listener of its own).
+    """
+    matches = [
+        s
+        for s in descendants(root)
+        if isinstance(s, StreamServerEndpointService)
+        and isinstance(s.factory, TaskServerFactory)
+    ]
+    assert len(matches) == 1, descendants(root)
+    return matches[0]
+
+
 def test_makeServiceTree() -> None:
     """
     makeService builds, without starting anything, a MultiService tree
@@ -281,7 +296,7 @@ def test_makeServiceTree() -> None:
     assert not root.running
     assert not any(service.running for service in descendants(root))
     pool = only(ProcessPool, root)
-    listener = only(StreamServerEndpointService, root)
+    listener = taskListener(root)
 
     assert not pool.running
     assert pool.size == 2
@@ -379,7 +394,7 @@ def test_makeServicePoolLimits() -> None:
     assert pool.maxTasksPerChild == 500
     assert pool.maxMemory == 256 * 1024 * 1024
     assert pool.maxResult == 1000
-    listener = only(StreamServerEndpointService, root)
+    listener = taskListener(root)
     assert listener.factory.maxInFlight == 9
 
 
@@ -395,3 +410,310 @@ def test_poolLimitDefaults() -> None:
     assert options["max-timeout"] == 3600.0
     assert options["max-in-flight"] == 1000
     assert options["max-result"] == 64 * 1024 * 1024
+
+
+# -- the websocket gateway -------------------------------------------------------
+
+
+def test_gatewayDefaults() -> None:
+    """
+    With no options the gateway is on, on port 8080 of loopback, in front of
+    the local task server, with a 1 MiB message limit, 100 calls in flight
+    per browser and only the page's own origin.
+    """
+    options = parse()
+    assert options["websocket"] == "tcp:8080:interface=127.0.0.1"
+    assert tap.DEFAULT_WEBSOCKET == "tcp:8080:interface=127.0.0.1"
+    assert options["task-server"] is None
+    assert not options["no-websocket"]
+    assert options["max-message"] == 1024 * 1024
+    assert options["max-browser-calls"] == 100
+    assert options["allowed-origins"] == []
+
+
+def test_gatewayDefaultsMatchTheLibrary() -> None:
+    """
+    The command line's gateway defaults are the library's (tap keeps copies
+    so that the plugin does not import autobahn).
+    """
+    from taskservice import gateway
+
+    assert tap.DEFAULT_MAX_MESSAGE == gateway.DEFAULT_MAX_MESSAGE
+    assert tap.DEFAULT_MAX_BROWSER_CALLS == gateway.DEFAULT_MAX_BROWSER_CALLS
+
+
+def test_gatewayOptionValues() -> None:
+    """
+    The gateway's options are converted; --allowed-origin is repeatable.
+    """
+    options = parse(
+        "--websocket",
+        "tcp:0:interface=127.0.0.1",
+        "--task-server",
+        "tcp:tasks.example.com:12345",
+        "--max-message",
+        "4096",
+        "--max-browser-calls",
+        "7",
+        "--allowed-origin",
+        "https://app.example.com",
+        "--allowed-origin",
+        "http://localhost:3000",
+    )
+    assert options["websocket"] == "tcp:0:interface=127.0.0.1"
+    assert options["task-server"] == "tcp:tasks.example.com:12345"
+    assert (options["max-message"], options["max-browser-calls"]) == (4096, 7)
+    assert type(options["max-message"]) is int
+    assert options["allowed-origins"] == [
+        "https://app.example.com",
+        "http://localhost:3000",
+    ]
+    assert parse("--allowed-origin", "*")["allowed-origins"] == ["*"]
+
+
+@pytest.mark.parametrize("value", [*_BAD_NUMBERS, "2.5"])
+@pytest.mark.parametrize("name", ["max-message", "max-browser-calls"])
+def test_badGatewayNumberRejected(name: str, value: str) -> None:
+    """
+    The gateway's limits must be positive whole numbers.
+    """
+    with pytest.raises(usage.UsageError) as raised:
+        parse(f"--{name}", value)
+    assert f"--{name}" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "origin", ["example.com", "ws://example.com", "https://", "http://h:99999", ""]
+)
+def test_badAllowedOriginRejected(origin: str) -> None:
+    """
+    --allowed-origin takes http(s)://host[:port] (or null, or *).
+    """
+    with pytest.raises(usage.UsageError) as raised:
+        parse("--allowed-origin", origin)
+    assert "--allowed-origin" in str(raised.value)
+
+
+def test_taskServerNeedsTheGateway() -> None:
+    """
+    --task-server says where the gateway calls: it makes no sense without
+    the gateway.
+    """
+    with pytest.raises(usage.UsageError) as raised:
+        parse("--no-websocket", "--task-server", "tcp:localhost:12345")
+    assert "--task-server" in str(raised.value)
+
+
+def test_underivableListenNeedsTaskServer() -> None:
+    """
+    When the gateway cannot tell how to reach --listen (not tcp or unix),
+    --task-server is required; --no-websocket or --task-server make it fine.
+    """
+    listen = "ssl:12345:privateKey=key.pem"
+    with pytest.raises(usage.UsageError) as raised:
+        parse("--listen", listen)
+    assert "--task-server" in str(raised.value)
+    parse("--listen", listen, "--no-websocket")
+    parse("--listen", listen, "--task-server", "tls:localhost:12345")
+
+
+@pytest.mark.parametrize(
+    ("listen", "client"),
+    [
+        ("tcp:12345:interface=127.0.0.1", "tcp:host=127.0.0.1:port=12345"),
+        ("tcp:12345", "tcp:host=127.0.0.1:port=12345"),
+        ("tcp:port=2000:interface=0.0.0.0", "tcp:host=127.0.0.1:port=2000"),
+        ("tcp:2000:interface=192.0.2.7:backlog=5", "tcp:host=192.0.2.7:port=2000"),
+        ("tcp:2000:interface=\\:\\:", "tcp:host=\\:\\:1:port=2000"),
+        ("tcp:2000:interface=\\:\\:1", "tcp:host=\\:\\:1:port=2000"),
+        ("unix:/run/tasks.sock", "unix:path=/run/tasks.sock"),
+        ("unix:address=/run/a\\:b.sock:mode=660", "unix:path=/run/a\\:b.sock"),
+        ("tcp:0:interface=127.0.0.1", None),
+    ],
+)
+def test_localTaskServer(listen: str, client: str | None) -> None:
+    """
+    The gateway reaches the local task server at the client endpoint
+    derived from --listen (for port 0: wherever it was bound, found later).
+    """
+    assert tap.localTaskServer(listen) == client
+
+
+@pytest.mark.parametrize("listen", ["tcp:http", "tcp:", "tcp:99999", "unix:"])
+def test_badListenForTheGateway(listen: str) -> None:
+    """
+    A --listen the gateway cannot reach is a usage error naming it.
+    """
+    with pytest.raises(usage.UsageError) as raised:
+        tap.localTaskServer(listen)
+    assert listen in str(raised.value)
+
+
+def test_makeServiceWithGateway() -> None:
+    """
+    By default the tree holds the task server and, in a GatewayService,
+    the gateway's site on --websocket and its TaskClient to the --listen
+    address; the limits reach the gateway's factory; nothing is started.
+    """
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+
+    from taskservice.client import TaskClient
+    from taskservice.gateway import GatewayFactory, GatewaySite
+    from taskservice.service import GatewayService, TaskServerService
+
+    root = tap.makeService(
+        parse(
+            "--listen",
+            "tcp:23456:interface=127.0.0.1",
+            "--websocket",
+            "tcp:0:interface=127.0.0.1",
+            "--max-message",
+            "5000",
+            "--max-browser-calls",
+            "3",
+            "--allowed-origin",
+            "https://app.example.com",
+        )
+    )
+    assert not any(service.running for service in descendants(root))
+    gateway = only(GatewayService, root)
+    assert isinstance(gateway.taskServer, TaskServerService)
+    only(ProcessPool, root)
+    client = only(TaskClient, root)
+    assert gateway.client is client
+    assert isinstance(client.endpoint, TCP4ClientEndpoint)
+    assert (client.endpoint._host, client.endpoint._port) == ("127.0.0.1", 23456)
+    listener = gateway.listener
+    assert isinstance(listener, StreamServerEndpointService)
+    assert isinstance(listener.factory, GatewaySite)
+    assert isinstance(listener.endpoint, TCP4ServerEndpoint)
+    assert (listener.endpoint._port, listener.endpoint._interface) == (0, "127.0.0.1")
+    factory = listener.factory.gateway
+    assert isinstance(factory, GatewayFactory)
+    assert factory is gateway.factory
+    assert factory.client is client
+    assert (factory.maxMessageSize, factory.maxBrowserCalls) == (5000, 3)
+    assert factory.maxMessagePayloadSize == factory.maxFramePayloadSize == 5000
+    assert not factory.failByDrop
+    assert ("https", "app.example.com", 443) in factory.extraOrigins
+
+
+def test_makeServiceTaskServerOnPortZero() -> None:
+    """
+    With --listen on port 0 the gateway's client connects wherever the
+    task listener turns out to listen.
+    """
+    from taskservice.client import TaskClient
+    from taskservice.service import ListenerEndpoint
+
+    root = tap.makeService(parse("--listen", "tcp:0:interface=127.0.0.1"))
+    client = only(TaskClient, root)
+    assert isinstance(client.endpoint, ListenerEndpoint)
+    assert client.endpoint._listener is taskListener(root)
+
+
+def test_makeServiceGatewayAlone() -> None:
+    """
+    With --task-server the gateway runs alone: no pool, no task listener.
+    """
+    from taskservice.client import TaskClient
+    from taskservice.service import GatewayService
+
+    root = tap.makeService(
+        parse("--task-server", "unix:/run/tasks.sock", "--websocket", "tcp:0")
+    )
+    assert not [s for s in descendants(root) if isinstance(s, ProcessPool)]
+    gateway = only(GatewayService, root)
+    assert gateway.taskServer is None
+    assert only(TaskClient, root).endpoint._path == "/run/tasks.sock"
+    assert only(StreamServerEndpointService, root) is gateway.listener
+
+
+def test_makeServiceTaskServerAlone() -> None:
+    """
+    With --no-websocket (and no demo SMTP sink) only the task server runs.
+    """
+    from taskservice.client import TaskClient
+    from taskservice.service import GatewayService
+
+    root = tap.makeService(
+        parse("--no-websocket", "--no-smtp-sink", "--listen", "tcp:0")
+    )
+    assert not [
+        s for s in descendants(root) if isinstance(s, GatewayService | TaskClient)
+    ]
+    assert taskListener(root) is only(StreamServerEndpointService, root)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--websocket", "nonsense:1"),
+        ("--task-server", "nonsense:1"),
+        ("--task-server", "tcp:"),
+    ],
+)
+def test_makeServiceBadEndpoint(option: str, value: str) -> None:
+    """
+    A --websocket or --task-server endpoint that cannot be parsed is a usage
+    error naming the option, not a traceback.
+    """
+    with pytest.raises(usage.UsageError) as raised:
+        tap.makeService(parse(option, value))
+    assert option in str(raised.value)
+
+
+def sinkListeners(root: IService) -> list[StreamServerEndpointService]:
+    from taskservice._smtpserver import SinkSMTPFactory
+
+    return [
+        s
+        for s in descendants(root)
+        if isinstance(s, StreamServerEndpointService)
+        and isinstance(s.factory, SinkSMTPFactory)
+    ]
+
+
+def test_makeServiceRunsTheSMTPSink() -> None:
+    """
+    By default the demo's SMTP sink listens on 127.0.0.1:2525, the workers'
+    send_mail is pointed at it, and the gateway's /stats reports its count.
+    """
+    from taskservice.service import GatewayService
+
+    root = tap.makeService(parse("--listen", "tcp:0"))
+    (sink,) = sinkListeners(root)
+    assert sink.endpoint._port == 2525
+    assert sink.endpoint._interface == "127.0.0.1"
+    pool = only(ProcessPool, root)
+    assert pool._env["TASKSERVICE_SMTP"] == "127.0.0.1:2525"
+    (provider,) = only(GatewayService, root).factory._statsProviders
+    assert provider() == {"smtpSink": {"received": 0}}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--smtp", "mail.example.com:25"],
+        ["--no-smtp-sink"],
+        ["--task-server", "tcp:127.0.0.1:12345"],
+    ],
+    ids=["relay", "off", "gateway-alone"],
+)
+def test_makeServiceWithoutSink(argv: list[str]) -> None:
+    """
+    A real relay (--smtp), --no-smtp-sink, or a gateway whose tasks run
+    elsewhere: no sink is started.
+    """
+    root = tap.makeService(parse("--listen", "tcp:0", "--websocket", "tcp:0", *argv))
+    assert sinkListeners(root) == []
+
+
+@pytest.mark.parametrize("value", ["unix:/tmp/sink", "tcp:0", "tcp:nope"])
+def test_badSinkEndpoint(value: str) -> None:
+    """
+    The sink's address must be a TCP endpoint with a fixed port (the
+    workers are told where it is).
+    """
+    with pytest.raises(usage.UsageError, match="--smtp-sink"):
+        parse("--smtp-sink", value)

@@ -156,8 +156,11 @@ class Twistd:
 def twistd(cwd: Path, *args: str) -> Iterator[Twistd]:
     """
     Run C{twistd -n --pidfile= taskservice ARGS} in C{cwd}, output to a file;
-    on the way out, kill whatever is left of it and of its workers.
+    on the way out, kill whatever is left of it and of its workers. Unless
+    ARGS place it, the demo's SMTP sink listens on a free port, not 2525.
     """
+    if not any(a.startswith("--smtp") or a == "--no-smtp-sink" for a in args):
+        args = (*args, "--smtp-sink", f"tcp:{freePort()}:interface=127.0.0.1")
     log = cwd / "twistd.out"
     marker = f"TASKSERVICE_TEST_TWISTD={uuid.uuid4().hex}"
     name, _, value = marker.partition("=")
@@ -221,7 +224,12 @@ def test_serveThenStopOnSIGTERM(tmp_path: Path) -> None:
     """
     port = freePort()
     with twistd(
-        tmp_path, "--workers", "2", "--listen", f"tcp:{port}:interface={HOST}"
+        tmp_path,
+        "--workers",
+        "2",
+        "--listen",
+        f"tcp:{port}:interface={HOST}",
+        "--no-websocket",
     ) as server:
         connection = connectWhenListening(server, port)
         with connection, connection.makefile("rb") as reader:
@@ -288,7 +296,12 @@ def test_portInUse(tmp_path: Path) -> None:
         squatter.listen()
         port = squatter.getsockname()[1]
         with twistd(
-            tmp_path, "--workers", "2", "--listen", f"tcp:{port}:interface={HOST}"
+            tmp_path,
+            "--workers",
+            "2",
+            "--listen",
+            f"tcp:{port}:interface={HOST}",
+            "--no-websocket",
         ) as server:
             returncode = waitFor("twistd to exit", server.exited)
             output = server.output()
@@ -313,6 +326,7 @@ def test_missingTaskModule(tmp_path: Path) -> None:
         "no.such.module",
         "--listen",
         f"tcp:{port}:interface={HOST}",
+        "--no-websocket",
     ) as server:
         returncode = waitFor("twistd to exit", server.exited)
         output = server.output()
