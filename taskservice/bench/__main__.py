@@ -4,7 +4,7 @@
 Runs each scenario and its in-run baseline interleaved, several times, and
 prints medians with their spread (min-max) and the ratio to the baseline:
 these machines are shared and noisy, so only same-run ratios mean much.
-With ``--write`` the table goes to a Markdown file (docs/benchmarks.md).
+With ``--write`` the table goes into a reStructuredText page (docs/benchmarks.rst).
 """
 
 from __future__ import annotations
@@ -371,8 +371,12 @@ def _document(machine: str, report: str, notes: list[str]) -> str:
 
     return (
         "Benchmarks\n==========\n\n"
-        "Latest results of ``python -m taskservice.bench --write docs/benchmarks.md``"
-        " (generated; do not edit by hand).\n\n"
+        "Latest results of ``python -m taskservice.bench --write"
+        " docs/benchmarks.rst`` (generated: do not edit by hand). Each"
+        " scenario runs beside its baseline in the same run, interleaved;"
+        " throughput is the median of the runs with their min-max, latencies"
+        " are percentiles over all samples. Compare ratios, not absolute"
+        " figures: the machine is shared and noisy.\n\n"
         f"Machine: {machine}, Twisted {twisted}.\n\n"
         ".. code-block:: text\n\n"
         + "\n".join("   " + line for line in report.splitlines())
