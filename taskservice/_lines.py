@@ -10,6 +10,7 @@ next line; it buffers in a C{bytearray} so a 10 MB line costs linear time.
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import ITCPTransport, ITransport
 from twisted.internet.protocol import Protocol
 
 DEFAULT_MAX_LINE = 16 * 1024 * 1024
@@ -22,6 +23,14 @@ class LineProtocol(Protocol):
     """
 
     maxLineLength: int = DEFAULT_MAX_LINE
+
+    def makeConnection(self, transport: ITransport) -> None:
+        # Replies and progress are small writes that must not wait for the
+        # peer's delayed ACK (Nagle's algorithm costs 40 ms a round trip on
+        # a connection that also carries other traffic).
+        if ITCPTransport.providedBy(transport):
+            transport.setTcpNoDelay(True)
+        super().makeConnection(transport)
 
     def __init__(self) -> None:
         self._buffer = bytearray()

@@ -313,6 +313,36 @@ async def payloadScenario(reactor: Any, client: Any, rows: Rows) -> None:
     )
 
 
+async def websocketScenario(reactor: Any, runs: int, rows: Rows) -> None:
+    """
+    A second browser's websocket round trip while 1,000 e-mails go out,
+    through twistd taskservice and through a naive inline server.
+    """
+    from taskservice.bench._websocket import USERS, scenario
+
+    results = await scenario(reactor, runs)
+    oursSend = Summary.of([send for send, _ in results["ours"]])
+    naiveSend = Summary.of([send for send, _ in results["naive"]])
+    oursPings = [p for _, pings in results["ours"] for p in pings]
+    naivePings = [p for _, pings in results["naive"] for p in pings]
+    rows.append(
+        [
+            f"{USERS:,} e-mails through the gateway to the SMTP sink",
+            oursSend.show("s", 2),
+            f"inline in the websocket handler {naiveSend.show('s', 2)}",
+            ratio(naiveSend.median, oursSend.median),
+        ]
+    )
+    rows.append(
+        [
+            "websocket ping on a second connection meanwhile",
+            latency(oursPings, withMax=True) + f" ({len(oursPings)} pings)",
+            f"inline: {latency(naivePings, withMax=True)} ({len(naivePings)} pings)",
+            ratio(percentile(naivePings, 0.99), percentile(oursPings, 0.99), "p99"),
+        ]
+    )
+
+
 async def main(reactor: Any, options: argparse.Namespace) -> None:
     from twisted.internet.endpoints import TCP4ServerEndpoint
 
@@ -341,6 +371,7 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
         await failureScenario(reactor, pool, rows)
         await recyclingScenario(reactor, pool, runs, count // 2, rows, notes)
         await payloadScenario(reactor, client, rows)
+        await websocketScenario(reactor, min(runs, 3), rows)
     finally:
         await client.stopService()
         await port.stopListening()
