@@ -285,6 +285,54 @@ def test_serveThenStopOnSIGTERM(tmp_path: Path) -> None:
         assert server.family() == []
 
 
+def test_sigtermDrainsCallsInFlight(tmp_path: Path) -> None:
+    """
+    SIGTERM while calls are running and queued: twistd stops accepting
+    connections, every call already sent is run and answered (including the
+    queued one), the connection is then closed, and twistd exits with no
+    worker left.
+    """
+    port = freePort()
+    with twistd(
+        tmp_path,
+        "--workers",
+        "2",
+        "--listen",
+        f"tcp:{port}:interface={HOST}",
+        "--no-websocket",
+    ) as server:
+        connection = connectWhenListening(server, port)
+        with connection, connection.makefile("rb") as reader:
+            for i, seconds in enumerate([1.0, 1.0, 0.2], 1):
+                connection.sendall(
+                    b'{"jsonrpc":"2.0","id":%d,"method":"sleep","params":[%g]}\n'
+                    % (i, seconds)
+                )
+            probe = connectWhenListening(server, port)
+            with probe, probe.makefile("rb") as probeReader:
+
+                def runningAndQueued() -> bool | None:
+                    stats = call(
+                        probe,
+                        probeReader,
+                        b'{"jsonrpc":"2.0","id":0,"method":"$/stats"}\n',
+                    )["result"]
+                    return (
+                        True if (stats["running"], stats["queued"]) == (2, 1) else None
+                    )
+
+                waitFor("two calls running and one queued", runningAndQueued)
+            server.process.send_signal(signal.SIGTERM)
+            replies = [json.loads(reader.readline()) for _ in range(3)]
+            assert reader.readline() == b"", "closed after the last reply"
+        assert sorted(r["id"] for r in replies) == [1, 2, 3]
+        assert all("result" in r for r in replies), replies
+        with pytest.raises(OSError):
+            socket.create_connection((HOST, port), timeout=1).close()
+        assert server.process.wait(timeout=DEADLINE) == -signal.SIGTERM
+        waitFor("no process left", lambda: True if not server.family() else None)
+
+
 def test_portInUse(tmp_path: Path) -> None:
     """
     When the listening port is taken, twistd does not run half-up: it
