@@ -18,6 +18,7 @@ from taskservice import progress, task
 SMTP_ENVIRONMENT = "TASKSERVICE_SMTP"
 DEFAULT_SMTP = "127.0.0.1:25"
 DEFAULT_SENDER = "taskservice@localhost"
+DEFAULT_BODY = "This message was sent by a taskservice worker."
 MAX_SLEEP = 3600.0
 MAX_FIB = 40
 
@@ -78,13 +79,25 @@ def smtpServer() -> tuple[str, int]:
 def send_mail(
     to: str | list[str],
     subject: str = "Hello from taskservice",
-    body: str = "This message was sent by a taskservice worker.",
+    body: str = DEFAULT_BODY,
     sender: str = DEFAULT_SENDER,
+    contents: str | None = None,
+    **faq: str,
 ) -> dict[str, int]:
     """
     Send one message to each address in C{to} over one SMTP connection,
     reporting progress after each. Returns C{{"sent": n}}.
+
+    The Workerman FAQ's caller names its arguments C{from}, C{to} and
+    C{contents}; those are accepted too (C{from} cannot be a Python
+    parameter name, hence C{**faq}).
     """
+    unexpected = sorted(set(faq) - {"from"})
+    if unexpected:
+        raise TypeError(f"send_mail() got unexpected arguments {unexpected}")
+    sender = faq.get("from", sender)
+    if contents is not None:
+        body = contents
     recipients = [to] if isinstance(to, str) else to
     if not isinstance(recipients, list) or not recipients:
         raise ValueError("to must be an address or a non-empty list of addresses")

@@ -90,6 +90,7 @@ class Worker:
         self.registry = registry
         self.channel = channel
         self.maxResult = maxResult
+        self._finishing: set[Any] = set()
 
     def _reporter(self, cid: int) -> Callable[[dict[str, Any]], None]:
         def report(update: dict[str, Any]) -> None:
@@ -121,15 +122,35 @@ class Worker:
         try:
             result = spec.function(*message["args"], **message["kwargs"])
             if hasattr(result, "__await__"):
+                _refuseDeferred(result)
                 import asyncio
 
-                result = asyncio.run(_awaited(result))
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    result = asyncio.run(_awaited(result))
+                else:
+                    # A plain function that returned a coroutine, in a worker
+                    # whose event loop runs: finish it on the loop (the
+                    # parent sends nothing else meanwhile).
+                    finishing = loop.create_task(self._finish(cid, result, message))
+                    self._finishing.add(finishing)
+                    finishing.add_done_callback(self._finishing.discard)
+                    return
         except BaseException as e:
             self.fail(cid, e, message)
         else:
             self.succeed(cid, result)
         finally:
             _progressHook.reset(token)
+
+    async def _finish(self, cid: int, awaitable: Any, message: dict[str, Any]) -> None:
+        try:
+            result = await awaitable
+        except BaseException as e:
+            self.fail(cid, e, message)
+        else:
+            self.succeed(cid, result)
 
     async def runAsync(self, message: dict[str, Any]) -> None:
         """
@@ -174,19 +195,23 @@ class Worker:
             )
             return
         if len(payload) > self.maxResult:
-            self.channel.send(
-                {
-                    "op": "error",
-                    "cid": cid,
-                    "code": "too_large",
-                    "error": {
-                        "type": "TooLarge",
-                        "message": f"the result is {len(payload)} bytes,"
-                        f" over the limit of {self.maxResult}",
-                    },
-                }
-            )
-            return
+            # The limit is on the result's JSON, not on our frame around it.
+            envelope = len(_json.dumps({"op": "result", "cid": cid, "result": 0})) - 1
+            size = len(payload) - envelope
+            if size > self.maxResult:
+                self.channel.send(
+                    {
+                        "op": "error",
+                        "cid": cid,
+                        "code": "too_large",
+                        "error": {
+                            "type": "TooLarge",
+                            "message": f"the result is {size} bytes of JSON,"
+                            f" over the limit of {self.maxResult}",
+                        },
+                    }
+                )
+                return
         self.channel.sendEncoded(payload)
 
     def fail(self, cid: int, error: BaseException, message: dict[str, Any]) -> None:
@@ -201,6 +226,14 @@ class Worker:
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _refuseDeferred(result: Any) -> None:
+    if type(result).__module__.startswith("twisted."):
+        raise TypeError(
+            "the task returned a Deferred; workers run no Twisted reactor:"
+            " write the task as async def"
+        )
 
 
 def _serveBlocking(worker: Worker) -> None:

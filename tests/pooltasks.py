@@ -101,3 +101,23 @@ def hoard(megabytes: int) -> int:
 @task
 def big(n: int) -> str:
     return "x" * n
+
+
+@task
+def plainReturningCoroutine(value: int) -> object:
+    """
+    A plain function that returns a coroutine (in a module that also has
+    async def tasks, so the worker runs an event loop).
+    """
+
+    async def later() -> int:
+        return value + 1
+
+    return later()
+
+
+@task
+def returnsDeferred() -> object:
+    from twisted.internet.defer import succeed
+
+    return succeed(1)

@@ -305,3 +305,16 @@ async def test_largePayloads() -> None:
         assert await pool.submit("add", [1, 2]) == 3
     finally:
         await pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_awaitablesFromPlainTasks(pool: ProcessPool) -> None:
+    """
+    A plain task returning a coroutine works in a worker running an event
+    loop; one returning a Deferred is refused with a clear message (workers
+    run no reactor).
+    """
+    assert await pool.submit("plainReturningCoroutine", [5]) == 6
+    with pytest.raises(TaskFailed) as raised:
+        await pool.submit("returnsDeferred")
+    assert "returned a Deferred" in raised.value.remoteMessage

@@ -428,3 +428,29 @@ def test_importLeavesReactorAlone() -> None:
         "assert 'twisted.internet.reactor' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", check], check=True, timeout=60)
+
+
+@pytest_twisted.ensureDeferred
+async def test_faqCallerSendMail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The Workerman FAQ's own call, {"function": "send_mail", "args": {"from":
+    ..., "to": ..., "contents": ...}}, is understood by the send_mail
+    example: the message reaches the sink with that sender; an argument the
+    FAQ does not use either is refused by name.
+    """
+    from taskservice.examples import send_mail
+
+    sink = SMTPSink()
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        sink.factory(reactor)
+    )
+    monkeypatch.setenv("TASKSERVICE_SMTP", f"127.0.0.1:{port.getHost().port}")
+    try:
+        args = {"from": "faq@example.com", "to": "a@example.com", "contents": "hi"}
+        assert await deferToThread(lambda: send_mail(**args)) == {"sent": 1}
+        assert sink.received == 1
+        assert sink.recent[-1].sender == "faq@example.com"
+        with pytest.raises(TypeError, match="unexpected arguments"):
+            send_mail(to="a@example.com", colour="red")
+    finally:
+        await port.stopListening()
