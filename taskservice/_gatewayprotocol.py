@@ -228,11 +228,13 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def _finished(self, outcome: Any, requestId: Any, reply: bool) -> Response:
         self.factory.inFlight -= 1
+        error = self._wireError(outcome) if isinstance(outcome, Failure) else None
+        self.factory._callEnded(error)
         if self._calls.pop(requestId, None) is None:
             # The browser has gone: nobody to answer.
             return None
-        if isinstance(outcome, Failure):
-            response = self._error(requestId, self._wireError(outcome))
+        if error is not None:
+            response = self._error(requestId, error)
         else:
             response = _jsonrpc.resultObject(requestId, outcome)
         if reply:
@@ -243,8 +245,9 @@ class GatewayProtocol(WebSocketServerProtocol):
     def _notificationDone(self, outcome: Any, method: str) -> None:
         self.factory.inFlight -= 1
         self._notifications -= 1
-        if isinstance(outcome, Failure):
-            error = self._wireError(outcome)
+        error = self._wireError(outcome) if isinstance(outcome, Failure) else None
+        self.factory._callEnded(error)
+        if error is not None:
             _log.info(
                 "notification {method} failed: {code} {message}",
                 method=method,

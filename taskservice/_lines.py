@@ -47,7 +47,6 @@ class LineProtocol(Protocol):
         searchFrom = len(buffer)
         buffer += data
         start = 0
-        limit = self.maxLineLength
         try:
             while True:
                 end = buffer.find(b"\n", searchFrom)
@@ -55,15 +54,16 @@ class LineProtocol(Protocol):
                     break
                 line = bytes(buffer[start:end])
                 start = searchFrom = end + 1
-                # A \r before the \n does not count against the limit.
-                if len(line) - line.endswith(b"\r") > limit:
+                # A \r before the \n does not count against the limit,
+                # which a line may change (read each time).
+                if len(line) - line.endswith(b"\r") > self.maxLineLength:
                     self.lineTooLong()
                 else:
                     self.lineReceived(line)
         finally:
             if start:
                 del buffer[:start]
-        if len(buffer) > limit:
+        if len(buffer) > self.maxLineLength:
             buffer.clear()
             self._discarding = True
             self.lineTooLong()

@@ -11,6 +11,12 @@ and multiplexes any number of calls over it::
 Connections are opened with an endpoint (string or object) through
 L{ClientService}, rather than C{ClientCreator}: the same code then speaks TCP,
 TLS or UNIX sockets, and reconnection with backoff comes with it.
+
+Every connection L{TaskClient} makes starts with C{$/auth} (with the token,
+when it has one); calls are sent right behind it. Its answer tells that the
+connection works end to end: a connection lost before it (a refused token, a
+TLS failure that TLS 1.3 reports only after the handshake) counts as a failed
+attempt, so reconnection keeps backing off instead of spinning.
 """
 
 from __future__ import annotations
@@ -28,8 +34,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskservice import _json, _jsonrpc
+from taskservice._auth import AUTH, Token
 from taskservice._lines import LineProtocol
-from taskservice.errors import Unavailable, fromWireError
+from taskservice._tls import describeTLSFailure
+from taskservice.errors import (
+    ErrorCode,
+    TaskServiceError,
+    Unauthorised,
+    Unavailable,
+    fromWireError,
+)
 
 ProgressCallback = Callable[[dict[str, Any]], object]
 CLIENT_MAX_LINE = 1 << 30
@@ -46,6 +60,19 @@ class _Pending:
 class TaskClientProtocol(LineProtocol):
     """
     One connection to a task server; calls are matched to responses by id.
+
+    @param authenticate: send C{$/auth} first (always so with a C{token});
+        calls may be sent right behind it. If the server refuses it, every
+        call in flight and every later call fails with L{Unauthorised}, and
+        the connection is closed.
+    @param token: the server's shared secret, or L{None}.
+    @param onReady: called with this protocol once C{$/auth} succeeded.
+
+    @ivar ready: C{True} once the server accepted C{$/auth} (at once when
+        not authenticating).
+    @ivar refusal: the L{Unauthorised} error the server refused with, or
+        L{None}.
+    @ivar lostReason: why the connection was lost, in words, once it is.
     """
 
     log = Logger()
@@ -55,10 +82,21 @@ class TaskClientProtocol(LineProtocol):
         self,
         onMade: Callable[[TaskClientProtocol], object] | None = None,
         onLost: Callable[[TaskClientProtocol], object] | None = None,
+        *,
+        authenticate: bool = False,
+        token: Token | str | None = None,
+        onReady: Callable[[TaskClientProtocol], object] | None = None,
     ) -> None:
         super().__init__()
         self._onMade = onMade
         self._onLost = onLost
+        self._onReady = onReady
+        self._token = Token(token) if isinstance(token, str) else token
+        self._authenticate = authenticate or self._token is not None
+        self._authId: int | None = None
+        self.ready = not self._authenticate
+        self.refusal: TaskServiceError | None = None
+        self.lostReason: str | None = None
         self._pending: dict[int, _Pending] = {}
         self._nextId = 1
         self._lost: Failure | None = None
@@ -85,6 +123,8 @@ class TaskClientProtocol(LineProtocol):
         @param timeout: the caller's own deadline in seconds (the request's
             C{"timeout"} member), or L{None} for the task's default.
         """
+        if self.refusal is not None:
+            return fail(_copy(self.refusal))
         if self._lost is not None or self.transport is None:
             return fail(Unavailable("not connected to the task server"))
         requestId = self._nextId
@@ -115,8 +155,57 @@ class TaskClientProtocol(LineProtocol):
         return d
 
     def connectionMade(self) -> None:
+        if self._authenticate:
+            assert self.transport is not None
+            self._authId = self._nextId
+            self._nextId += 1
+            params = None if self._token is None else {"token": self._token.reveal()}
+            self.transport.write(
+                _jsonrpc.line(_jsonrpc.requestObject(self._authId, AUTH, params))
+            )
         if self._onMade is not None:
             self._onMade(self)
+
+    def _authAnswered(self, message: dict[str, Any]) -> None:
+        """
+        The server's answer to our C{$/auth}: C{true} opens the connection;
+        anything else refuses it (a server of a version without C{$/auth},
+        -32601, is fine when we have no token to prove).
+        """
+        self._authId = None
+        error = message.get("error")
+        if error is None and message.get("result") is True:
+            self._becomeReady()
+            return
+        refusal = fromWireError(error) if error is not None else None
+        if (
+            self._token is None
+            and refusal is not None
+            and refusal.code == ErrorCode.METHOD_NOT_FOUND
+        ):
+            self._becomeReady()
+            return
+        if not isinstance(refusal, Unauthorised):
+            refusal = Unauthorised(
+                "unauthorised", {"reason": "the task server did not accept $/auth"}
+            )
+        self.refusal = refusal
+        self.log.error(
+            "the task server refused this client: {code} {message} ({detail})",
+            code=int(refusal.code),
+            message=refusal.message,
+            detail=refusal.data,
+        )
+        pending, self._pending = self._pending, {}
+        for call in pending.values():
+            call.deferred.errback(Failure(_copy(refusal)))
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def _becomeReady(self) -> None:
+        self.ready = True
+        if self._onReady is not None:
+            self._onReady(self)
 
     def abandon(self, d: Deferred[Any]) -> None:
         """
@@ -162,6 +251,14 @@ class TaskClientProtocol(LineProtocol):
                     pending.onProgress(update)
             return
         requestId = message.get("id")
+        if self._authId is not None and (
+            requestId == self._authId
+            or (requestId is None and _errorCode(message) == ErrorCode.UNAUTHORISED)
+        ):
+            self._authAnswered(message)
+            return
+        if self.refusal is not None:
+            return
         pending = (
             self._pending.pop(requestId, None) if isinstance(requestId, int) else None
         )
@@ -189,7 +286,16 @@ class TaskClientProtocol(LineProtocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._lost = reason or Failure(Unavailable())
         pending, self._pending = self._pending, {}
-        why = reason.getErrorMessage() if reason is not None else "closed"
+        why = "closed"
+        if reason is not None:
+            tls = describeTLSFailure(reason)
+            why = tls or reason.getErrorMessage()
+            if tls is None and self._authId is not None:
+                why += (
+                    " (before the server answered $/auth: a TLS port, which needs"
+                    " tls:, or not a task server?)"
+                )
+        self.lostReason = why
         for call in pending.values():
             call.deferred.errback(
                 Failure(
@@ -211,7 +317,11 @@ class _ClientFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> TaskClientProtocol:
         protocol = TaskClientProtocol(
-            onMade=self.client._connected, onLost=self.client._disconnected
+            onMade=self.client._connected,
+            onLost=self.client._disconnected,
+            authenticate=True,
+            token=self.client._token,
+            onReady=self.client._ready,
         )
         protocol.factory = self
         return protocol
@@ -228,7 +338,15 @@ class TaskClient(Service):
 
     @param reactor: the reactor (for time and connections).
     @param endpoint: an L{IStreamClientEndpoint} or an endpoint string such
-        as C{"tcp:127.0.0.1:12345"} or C{"unix:/run/tasks.sock"}.
+        as C{"tcp:127.0.0.1:12345"}, C{"unix:/run/tasks.sock"} or, for mutual
+        TLS, C{"tls:tasks.example.com:12345:trustRoots=/etc/tasks/ca:"
+        "certificate=/etc/tasks/client.pem:privateKey=/etc/tasks/client.key"}.
+    @param token: the task server's shared secret, sent with C{$/auth} first
+        on every connection; L{None} for none.
+
+    Each connection starts with C{$/auth}. If the server refuses it, the
+    calls in flight fail with L{Unauthorised}, and so does every call made
+    until a connection is accepted; reconnection goes on, backing off.
 
     @ivar endpoint: the endpoint it connects with.
     """
@@ -241,18 +359,27 @@ class TaskClient(Service):
         endpoint: IStreamClientEndpoint | str,
         *,
         maxRetryDelay: float = 5.0,
+        token: Token | str | None = None,
     ) -> None:
         if isinstance(endpoint, str):
             endpoint = clientFromString(reactor, endpoint)
         assert IStreamClientEndpoint.providedBy(endpoint)
         self.endpoint = endpoint
         self._reactor = reactor
+        self._token = Token(token) if isinstance(token, str) else token
         self._protocol: TaskClientProtocol | None = None
         self._unreachable = False
+        self._refusal: TaskServiceError | None = None
+        self._lastReason: str | None = None
+        # Connections lost before the server accepted their $/auth, in a
+        # row: ClientService counts them as successes (TCP connected), so
+        # the retry policy adds them to its own count of failed attempts.
+        self._unprovenLosses = 0
+        policy = backoffPolicy(initialDelay=0.1, maxDelay=maxRetryDelay)
         self._service = ClientService(
             endpoint,
             _ClientFactory(self),
-            retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=maxRetryDelay),
+            retryPolicy=lambda attempt: policy(attempt + self._unprovenLosses),
             clock=reactor,
         )
 
@@ -260,7 +387,17 @@ class TaskClient(Service):
         self._protocol = protocol
         self._unreachable = False
 
+    def _ready(self, protocol: TaskClientProtocol) -> None:
+        self._unprovenLosses = 0
+        self._refusal = None
+        self._lastReason = None
+
     def _disconnected(self, protocol: TaskClientProtocol) -> None:
+        if not protocol.ready:
+            self._unprovenLosses += 1
+        if protocol.refusal is not None:
+            self._refusal = protocol.refusal
+        self._lastReason = protocol.lostReason
         if self._protocol is protocol:
             self._protocol = None
             self._unreachable = True
@@ -269,6 +406,7 @@ class TaskClient(Service):
         self._unreachable = True
         if failure.check(CancelledError):
             return failure
+        self._lastReason = failure.getErrorMessage()
         return Failure(
             Unavailable(
                 "the task server is unreachable", {"reason": failure.getErrorMessage()}
@@ -326,7 +464,14 @@ class TaskClient(Service):
                 method, params, onProgress=onProgress, timeout=timeout
             )
         if self._unreachable:
-            return fail(Unavailable("the task server is unreachable"))
+            if self._refusal is not None:
+                return fail(_copy(self._refusal))
+            return fail(
+                Unavailable(
+                    "the task server is unreachable",
+                    None if self._lastReason is None else {"reason": self._lastReason},
+                )
+            )
         # The first connection is being made: wait for it (or its failure).
         waiting = self._service.whenConnected(failAfterFailures=1)
         waiting.addErrback(self._attemptFailed)
@@ -349,6 +494,20 @@ class TaskClient(Service):
 
         waiting.addBoth(relay)
         return result
+
+
+def _errorCode(message: dict[str, Any]) -> object:
+    error = message.get("error")
+    return error.get("code") if isinstance(error, dict) else None
+
+
+def _copy(error: TaskServiceError) -> TaskServiceError:
+    """
+    A fresh exception like C{error}, for one more caller.
+    """
+    copy = type(error)(error.message, error.data)
+    copy.code = error.code
+    return copy
 
 
 def _fire(d: Deferred[Any], outcome: Any) -> None:

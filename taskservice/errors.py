@@ -198,3 +198,44 @@ def toWireError(reason: BaseException) -> TaskServiceError:
     if isinstance(reason, CancelledError):
         return Cancelled()
     return InternalError()
+
+
+OUTCOMES = (
+    "ok",
+    "task_error",
+    "timeout",
+    "worker_lost",
+    "cancelled",
+    "overloaded",
+    "invalid",
+    "too_large",
+    "unavailable",
+    "unauthorised",
+    "internal_error",
+)
+"""Every outcome a call can have, as the metrics label it (see
+L{outcomeOf}); C{"ok"} is a result."""
+
+_OUTCOME_BY_CODE: dict[int, str] = {
+    ErrorCode.PARSE_ERROR: "invalid",
+    ErrorCode.INVALID_REQUEST: "invalid",
+    ErrorCode.METHOD_NOT_FOUND: "invalid",
+    ErrorCode.INVALID_PARAMS: "invalid",
+    ErrorCode.INTERNAL_ERROR: "internal_error",
+    ErrorCode.TASK_FAILED: "task_error",
+    ErrorCode.TIMED_OUT: "timeout",
+    ErrorCode.WORKER_LOST: "worker_lost",
+    ErrorCode.OVERLOADED: "overloaded",
+    ErrorCode.TOO_LARGE: "too_large",
+    ErrorCode.UNAUTHORISED: "unauthorised",
+    ErrorCode.UNAVAILABLE: "unavailable",
+    ErrorCode.CANCELLED: "cancelled",
+}
+
+
+def outcomeOf(error: TaskServiceError) -> str:
+    """
+    The outcome label (one of L{OUTCOMES}) of a call that failed with
+    C{error}; an unknown code is C{"internal_error"}.
+    """
+    return _OUTCOME_BY_CODE.get(error.code, "internal_error")

@@ -15,12 +15,13 @@ browser's call, and a browser that goes away abandons its calls (queued ones
 are dropped, running ones finish unheard).
 
 L{GatewaySite} (or L{makeGatewayResource}, to mount it in a site of your
-own) serves the websocket at C{/ws}, C{/stats} as JSON, and the page and its
-JavaScript client from C{taskservice/web/}.
+own) serves the websocket at C{/ws}, C{/stats} as JSON, C{/metrics} for
+Prometheus, and the page and its JavaScript client from C{taskservice/web/}.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from importlib.abc import Traversable
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from prometheus_client.registry import CollectorRegistry
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -37,7 +39,14 @@ from twisted.web.server import Site
 from taskservice._gatewayprotocol import RETRY_AFTER, GatewayProtocol
 from taskservice._origins import parseOrigin, sameOrigin
 from taskservice._web import FilesResource, StatsResource, defaultWebRoot, loadFiles
-from taskservice.errors import InternalError, Unavailable, toWireError
+from taskservice.errors import (
+    InternalError,
+    TaskServiceError,
+    Unavailable,
+    outcomeOf,
+    toWireError,
+)
+from taskservice.metrics import MetricsResource, makeRegistry
 from taskservice.server import STATS
 
 __all__ = [
@@ -159,6 +168,7 @@ class GatewayFactory(WebSocketServerFactory):
             ),
             0,
         )
+        self.callOutcomes: Counter[str] = Counter()
         self._statsProviders: list[StatsProvider] = []
         self._emptyWaiters: list[Deferred[None]] = []
 
@@ -232,6 +242,12 @@ class GatewayFactory(WebSocketServerFactory):
             browser.sendCloseFrame(code=GOING_AWAY, reasonUtf8=b"server shutting down")
         return d
 
+    def _callEnded(self, error: TaskServiceError | None) -> None:
+        """
+        A call sent upstream was answered: count its outcome.
+        """
+        self.callOutcomes["ok" if error is None else outcomeOf(error)] += 1
+
     # -- stats ---------------------------------------------------------------
 
     def addStatsProvider(self, provider: StatsProvider) -> None:
@@ -285,16 +301,23 @@ class GatewayFactory(WebSocketServerFactory):
 
 
 def makeGatewayResource(
-    factory: GatewayFactory, web: Traversable | None = None
+    factory: GatewayFactory,
+    web: Traversable | None = None,
+    metrics: CollectorRegistry | None = None,
 ) -> Resource:
     """
     The gateway's root resource: C{/ws} (the websocket), C{/stats} (JSON),
-    and the files of C{web} (default: C{taskservice/web/}), C{/} being its
-    C{index.html}. The files are read once, here.
+    C{/metrics} (Prometheus text: C{metrics}, by default a registry of the
+    gateway's and this process's metrics), and the files of C{web}
+    (default: C{taskservice/web/}), C{/} being its C{index.html}. The files
+    are read once, here.
     """
     root = FilesResource(loadFiles(defaultWebRoot() if web is None else web))
     root.putChild(b"ws", WebSocketResource(factory))
     root.putChild(b"stats", StatsResource(factory.statsDocument))
+    if metrics is None:
+        metrics = makeRegistry(gateway=factory)
+    root.putChild(b"metrics", MetricsResource(metrics))
     return root
 
 
@@ -304,6 +327,13 @@ class GatewaySite(Site):
     endpoint, e.g. C{strports.service("tcp:8080", GatewaySite(factory))}.
     """
 
-    def __init__(self, factory: GatewayFactory, web: Traversable | None = None) -> None:
-        super().__init__(makeGatewayResource(factory, web), reactor=factory.reactor)
+    def __init__(
+        self,
+        factory: GatewayFactory,
+        web: Traversable | None = None,
+        metrics: CollectorRegistry | None = None,
+    ) -> None:
+        super().__init__(
+            makeGatewayResource(factory, web, metrics), reactor=factory.reactor
+        )
         self.gateway = factory

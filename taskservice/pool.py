@@ -15,7 +15,7 @@ import os
 import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
@@ -32,10 +32,12 @@ from taskservice.errors import (
     MethodNotFound,
     Overloaded,
     TaskFailed,
+    TaskServiceError,
     TimedOut,
     TooLarge,
     Unavailable,
     WorkerLost,
+    outcomeOf,
 )
 from taskservice.worker import DEFAULT_MAX_RESULT
 
@@ -55,10 +57,40 @@ ProgressCallback = Callable[[dict[str, Any]], object]
 
 __all__ = [
     "EXAMPLE_TASKS",
+    "CallObserver",
     "ProcessPool",
     "WorkerProcess",
     "WorkerState",
 ]
+
+
+class CallObserver(Protocol):
+    """
+    What a pool tells about each call it answers (see
+    L{taskservice.metrics.PoolMetrics}); set it as C{pool.observer}.
+    """
+
+    def callFinished(
+        self,
+        task: str,
+        outcome: str,
+        queuedSeconds: float | None,
+        runSeconds: float | None,
+    ) -> None:
+        """
+        A call got its one outcome. Called in the reactor thread, once per
+        call, on the pool's hot path: keep it cheap and never raise.
+
+        @param task: the registered task name; C{""} for a call naming no
+            registered task (never a name taken from the network).
+        @param outcome: C{"ok"}, or the error's outcome (see
+            L{taskservice.errors.OUTCOMES}).
+        @param queuedSeconds: from submission until a worker took the call
+            (or, for a call that never ran, until its outcome); L{None} for
+            a call refused at submission.
+        @param runSeconds: from dispatch to a worker until the outcome;
+            L{None} for a call that never ran.
+        """
 
 
 class _Call:
@@ -78,7 +110,9 @@ class _Call:
         "kwargs",
         "onProgress",
         "owner",
+        "queuedAt",
         "spec",
+        "startedAt",
         "timeout",
         "timer",
         "worker",
@@ -93,6 +127,7 @@ class _Call:
         timeout: float,
         onProgress: ProgressCallback | None,
         owner: object = None,
+        queuedAt: float = 0.0,
     ) -> None:
         self.cid = cid
         self.spec = spec
@@ -105,6 +140,8 @@ class _Call:
         self.worker: WorkerProcess | None = None
         self.timer: IDelayedCall | None = None
         self.abandoned = False
+        self.queuedAt = queuedAt
+        self.startedAt: float | None = None
 
     def stopTimer(self) -> None:
         if self.timer is not None:
@@ -158,6 +195,9 @@ class ProcessPool(Service):
     @param env: the workers' environment (default: this process's).
     @param includeTracebacks: put task tracebacks in L{TaskFailed} errors.
     @param memoryOf: how to read a worker's memory (for tests).
+
+    @ivar observer: a L{CallObserver} told of every call's outcome and
+        timings (L{None}: nobody is told; see L{taskservice.metrics}).
     """
 
     log = Logger()
@@ -222,6 +262,7 @@ class ProcessPool(Service):
         self.completed = 0
         self.failed = 0
         self.workerExits: Counter[str] = Counter()
+        self.observer: CallObserver | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -261,6 +302,7 @@ class ProcessPool(Service):
                 self._respawn.cancel()
             self._respawn = None
             for call in list(self._queue):
+                self._observe(call, "unavailable")
                 call.finish(Unavailable("the pool stopped before this call ran"))
             self._queue.clear()
             ended = [worker.ended for worker in self._workers]
@@ -319,12 +361,16 @@ class ProcessPool(Service):
         try:
             call = self._accept(name, args, kwargs or {}, timeout, onProgress, owner)
         except Exception as e:
+            if self.observer is not None:
+                self._refused(name, e)
             return fail(e)
         self._queue.append(call)
         self._dispatch()
         if len(self._queue) > self.maxQueue and self._queue[-1] is call:
             # It would have to wait, and the waiting room is full.
             self._queue.pop()
+            if self.observer is not None:
+                self.observer.callFinished(call.spec.name, "overloaded", None, None)
             return fail(
                 Overloaded(
                     "overloaded",
@@ -383,7 +429,16 @@ class ProcessPool(Service):
                 "invalid request",
                 f"timeout must be more than 0 and at most {self.maxTimeout:g} seconds",
             )
-        call = _Call(self._nextCallID, spec, args, kwargs, timeout, onProgress, owner)
+        call = _Call(
+            self._nextCallID,
+            spec,
+            args,
+            kwargs,
+            timeout,
+            onProgress,
+            owner,
+            self.reactor.seconds(),
+        )
         self._nextCallID += 1
         call.deferred = Deferred(lambda d: self._cancel(call))
         return call
@@ -467,8 +522,10 @@ class ProcessPool(Service):
         except (TypeError, ValueError) as e:
             del worker.calls[call.cid]
             self._afterCall(worker, countIt=False)
+            self._observe(call, "invalid")
             call.finish(InvalidParams("invalid params", f"not JSON: {e}"))
             return
+        call.startedAt = self.reactor.seconds()
         call.timer = self.reactor.callLater(call.timeout, self._timedOut, call)
 
     def _timedOut(self, call: _Call) -> None:
@@ -481,8 +538,10 @@ class ProcessPool(Service):
             cid=call.cid,
             timeout=call.timeout,
             workerID=worker.workerID if worker else None,
+            pid=worker.pid if worker else None,
         )
         self.failed += 1
+        self._observe(call, "timeout")
         call.finish(TimedOut("timed out", {"timeout": call.timeout}))
         self._stop(call, "timeout")
 
@@ -491,6 +550,7 @@ class ProcessPool(Service):
         The canceller of a call's Deferred (which then fails with
         C{CancelledError}, shown on the wire as "cancelled").
         """
+        self._observe(call, "cancelled")
         call.stopTimer()
         if call.worker is None:
             if call in self._queue:
@@ -502,6 +562,7 @@ class ProcessPool(Service):
             cid=call.cid,
             task=call.spec.name,
             workerID=call.worker.workerID,
+            pid=call.worker.pid,
         )
         self._stop(call, "cancel")
 
@@ -528,14 +589,47 @@ class ProcessPool(Service):
         call.timer = None
         if worker.calls.get(call.cid) is call and worker.state is not WorkerState.DEAD:
             self.log.warn(
-                "worker {workerID} did not cancel call {cid} within {grace}s;"
-                " killing it",
+                "worker {workerID} did not cancel call {cid} ({task}) within"
+                " {grace}s; killing it",
                 workerID=worker.workerID,
+                pid=worker.pid,
                 cid=call.cid,
+                task=call.spec.name,
                 grace=_CANCEL_GRACE,
             )
             self.workerExits["unresponsive"] += 1
             worker.kill()
+
+    # -- observation of calls -----------------------------------------------
+
+    def _observe(self, call: _Call, outcome: str) -> None:
+        """
+        Tell the observer, if any, that C{call} got its C{outcome}.
+        """
+        observer = self.observer
+        if observer is None:
+            return
+        now = self.reactor.seconds()
+        startedAt = call.startedAt
+        if startedAt is None:
+            observer.callFinished(call.spec.name, outcome, now - call.queuedAt, None)
+        else:
+            observer.callFinished(
+                call.spec.name, outcome, startedAt - call.queuedAt, now - startedAt
+            )
+
+    def _refused(self, name: str, error: Exception) -> None:
+        """
+        Tell the observer of a call refused at submission, labelled with
+        its task only if C{name} is registered.
+        """
+        assert self.observer is not None
+        task = name if isinstance(name, str) and name in self.registry else ""
+        if isinstance(error, TaskServiceError):
+            outcome = outcomeOf(error)
+        else:
+            outcome = "internal_error"
+        self.observer.callFinished(task, outcome, None, None)
 
     # -- workers -----------------------------------------------------------
 
@@ -641,7 +735,15 @@ class ProcessPool(Service):
             self._retire(worker)
 
     def _retire(self, worker: WorkerProcess) -> None:
-        self.workerExits[worker.retireCause or "recycled"] += 1
+        cause = worker.retireCause or "recycled"
+        self.workerExits[cause] += 1
+        self.log.info(
+            "replacing worker {workerID} (pid {pid}) after {completed} calls: {cause}",
+            workerID=worker.workerID,
+            pid=worker.pid,
+            completed=worker.completed,
+            cause=cause,
+        )
         if worker in self._idle:
             self._idle.remove(worker)
         worker.setState(WorkerState.RETIRING)
@@ -672,10 +774,14 @@ class ProcessPool(Service):
                 call.stopTimer()
             elif op == "result":
                 self.completed += 1
+                if self.observer is not None:
+                    self._observe(call, "ok")
                 call.finish(message["result"])
             else:
                 self.failed += 1
-                call.finish(self._taskError(message))
+                error = self._taskError(message)
+                self._observe(call, outcomeOf(error))
+                call.finish(error)
             self._dispatch()
             self._checkDrained()
             return
@@ -705,7 +811,7 @@ class ProcessPool(Service):
                 traceback=error.get("traceback", ""),
             )
 
-    def _taskError(self, message: dict[str, Any]) -> Exception:
+    def _taskError(self, message: dict[str, Any]) -> TaskServiceError:
         error = message.get("error", {})
         if message.get("code") == "too_large":
             return TooLarge(
@@ -724,6 +830,13 @@ class ProcessPool(Service):
         description = exitDescription(reason)
         if crashed:
             self.workerExits["crash"] += 1
+            if not calls:
+                self.log.warn(
+                    "worker {workerID} (pid {pid}) exited unexpectedly: {how}",
+                    workerID=worker.workerID,
+                    pid=worker.pid,
+                    how=description,
+                )
         # Replace the worker before telling anyone: a caller reacting to the
         # error below must find the pool whole again. While draining, dead
         # workers are still replaced: queued calls must get to run.
@@ -742,6 +855,7 @@ class ProcessPool(Service):
                 cid=call.cid,
                 how=description,
             )
+            self._observe(call, "worker_lost")
             call.finish(WorkerLost("worker lost", description))
         self._checkReady()
         self._checkDrained()

@@ -4,12 +4,17 @@ calls handed to a L{taskservice.pool.ProcessPool}.
 
 Many calls may be in flight on one connection; responses are written as each
 call finishes, matched by id. Protocol methods live in the reserved C{$/}
-namespace: C{$/stats}, C{$/cancelRequest}.
+namespace: C{$/stats}, C{$/cancelRequest}, C{$/auth}.
+
+With a token (L{TaskServerFactory}'s C{token}), a connection must first send
+C{$/auth} with it; anything else first, or a wrong token, is answered -32005
+(unauthorised) and the connection is closed once the reply is written.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from enum import Enum
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -24,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from taskservice import _jsonrpc
+from taskservice._auth import AUTH, PRE_AUTH_MAX_LINE, Token
 from taskservice._jsonrpc import Batch, Invalid, Request
 from taskservice._lines import DEFAULT_MAX_LINE, LineProtocol
 from taskservice.errors import (
@@ -34,6 +40,7 @@ from taskservice.errors import (
     MethodNotFound,
     TaskServiceError,
     TooLarge,
+    Unauthorised,
     toWireError,
 )
 from taskservice.pool import ProcessPool
@@ -48,6 +55,17 @@ HOLD_LIMIT = 1024 * 1024
 stops reading from it."""
 
 Response = dict[str, Any] | None
+
+
+class _Access(Enum):
+    """
+    A connection's standing: it must authenticate first (C{NEEDS_AUTH}),
+    may call (C{OPEN}), or was refused and is closing (C{REFUSED}).
+    """
+
+    NEEDS_AUTH = "needs auth"
+    OPEN = "open"
+    REFUSED = "refused"
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
@@ -73,8 +91,14 @@ class TaskServerProtocol(LineProtocol):
         super().__init__()
         self.factory = factory
         self.pool = factory.pool
-        self.maxLineLength = factory.maxLineLength
         self.maxInFlight = factory.maxInFlight
+        if factory.token is None:
+            self._access = _Access.OPEN
+            self.maxLineLength = factory.maxLineLength
+        else:
+            # Not a byte more than $/auth needs until it has been sent.
+            self._access = _Access.NEEDS_AUTH
+            self.maxLineLength = min(factory.maxLineLength, PRE_AUTH_MAX_LINE)
         self._readingPaused = False
         self._replyBacklog = False
         self._waiting: deque[tuple[Request | Batch, int]] = deque()
@@ -82,6 +106,7 @@ class TaskServerProtocol(LineProtocol):
         self._inFlight: dict[Any, Deferred[Any]] = {}
         self._seedReplies: deque[list[bytes | None]] = deque()
         self._connected = False
+        self._producing = False
         self._readClosed = False
         self._outstanding = 0
         self._closedWaiters: list[Deferred[None]] = []
@@ -90,6 +115,7 @@ class TaskServerProtocol(LineProtocol):
         self._connected = True
         self.factory.protocols.add(self)
         cast(IConsumer, self.transport).registerProducer(self, True)
+        self._producing = True
 
     # IPushProducer, for our transport: it calls these when its write
     # buffer fills up and drains.
@@ -118,6 +144,13 @@ class TaskServerProtocol(LineProtocol):
             transport.pauseProducing()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if reason is not None and reason.check("OpenSSL.SSL.Error"):
+            # A client without an acceptable certificate, mostly.
+            self.log.info(
+                "task connection from {peer} failed TLS: {error}",
+                peer=_peerName(self.transport),
+                error=reason.getErrorMessage(),
+            )
         self._connected = False
         self.factory.protocols.discard(self)
         # Queued calls of this client will never be answered: drop them.
@@ -154,12 +187,29 @@ class TaskServerProtocol(LineProtocol):
             and not self._waiting
             and self.transport is not None
         ):
-            self.transport.loseConnection()
+            self.close()
+
+    def close(self) -> None:
+        """
+        Close the connection once what was written has been sent.
+
+        The protocol is its transport's producer, and a TLS transport does
+        not close while it has one: stop being it first.
+        """
+        if self.transport is None or not self._connected:
+            return
+        if self._producing:
+            self._producing = False
+            cast(IConsumer, self.transport).unregisterProducer()
+        self.transport.loseConnection()
 
     # -- input -------------------------------------------------------------
 
     def lineReceived(self, line: bytes) -> None:
         if not line.strip():
+            return
+        if self._access is not _Access.OPEN:
+            self._authenticate(line)
             return
         message = _jsonrpc.parseLine(line)
         if isinstance(message, Invalid):
@@ -194,6 +244,9 @@ class TaskServerProtocol(LineProtocol):
         self._closeIfDone()
 
     def lineTooLong(self) -> None:
+        if self._access is not _Access.OPEN:
+            self._refuse(None, "authenticate first: send $/auth with the token")
+            return
         limit = self.maxLineLength
         self._write(
             _jsonrpc.errorObject(
@@ -201,6 +254,56 @@ class TaskServerProtocol(LineProtocol):
                 TooLarge(f"line longer than {limit} bytes discarded", {"limit": limit}),
             )
         )
+
+    # -- authentication ------------------------------------------------------
+
+    def _authenticate(self, line: bytes) -> None:
+        """
+        A line before the connection has authenticated: only C{$/auth} with
+        the right token (alone, not in a batch) opens it; anything else
+        refuses it.
+        """
+        if self._access is _Access.REFUSED:
+            return
+        message = _jsonrpc.parseLine(line)
+        if isinstance(message, Request) and message.method == AUTH:
+            assert self.factory.token is not None
+            if self.factory.token.matches(_authToken(message)):
+                self._access = _Access.OPEN
+                self.maxLineLength = self.factory.maxLineLength
+                if message.seed:
+                    self._send(_jsonrpc.line(True))
+                elif not message.notification:
+                    self._write(_jsonrpc.resultObject(message.id, True))
+                return
+            self._refuse(message, "wrong or missing token")
+        else:
+            self._refuse(message, "authenticate first: send $/auth with the token")
+
+    def _refuse(self, message: Request | Invalid | Batch | None, why: str) -> None:
+        """
+        Answer -32005 (in the dialect of C{message}, with its id if it had
+        one) and close the connection once the reply is written.
+        """
+        self._access = _Access.REFUSED
+        error = Unauthorised("unauthorised", why)
+        if isinstance(message, Request) and message.seed:
+            self._send(_jsonrpc.line({"error": error.toWire()}))
+        else:
+            requestId = (
+                message.id
+                if isinstance(message, Request | Invalid)
+                and not (isinstance(message, Request) and message.notification)
+                else None
+            )
+            self._write(_jsonrpc.errorObject(requestId, error))
+        assert self.transport is not None
+        self.log.info(
+            "task connection from {peer} refused: {why}",
+            peer=_peerName(self.transport),
+            why=why,
+        )
+        self.close()
 
     def _single(self, request: Request) -> Deferred[None]:
         return self._respond(request).addCallback(self._writeIfAny)
@@ -302,6 +405,12 @@ class TaskServerProtocol(LineProtocol):
             if request.method == CANCEL:
                 self._cancel(request)
                 return succeed(None)
+            if request.method == AUTH:
+                # Already open: a token check that changes nothing.
+                token = self.factory.token
+                if token is None or token.matches(_authToken(request)):
+                    return succeed(True)
+                raise Unauthorised("unauthorised", "wrong or missing token")
             raise MethodNotFound("method not found", request.method)
         except TaskServiceError as e:
             return fail(e)
@@ -388,6 +497,10 @@ class TaskServerProtocol(LineProtocol):
 class TaskServerFactory(Factory):
     """
     Builds L{TaskServerProtocol}s that run calls in C{pool}.
+
+    @param token: the shared secret every connection must send with
+        C{$/auth} before anything else, or L{None} for none (C{$/auth} is
+        then answered C{true}).
     """
 
     protocol = TaskServerProtocol
@@ -399,10 +512,12 @@ class TaskServerFactory(Factory):
         *,
         maxLineLength: int = DEFAULT_MAX_LINE,
         maxInFlight: int = DEFAULT_MAX_IN_FLIGHT,
+        token: Token | str | None = None,
     ) -> None:
         self.pool = pool
         self.maxLineLength = maxLineLength
         self.maxInFlight = maxInFlight
+        self.token = Token(token) if isinstance(token, str) else token
         self.protocols: set[TaskServerProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> TaskServerProtocol:
@@ -412,6 +527,24 @@ class TaskServerFactory(Factory):
         stats = self.pool.stats()
         stats["connections"] = len(self.protocols)
         return stats
+
+
+def _authToken(request: Request) -> object:
+    """
+    The token a C{$/auth} request carries: C{{"token": "..."}}.
+    """
+    return request.kwargs.get("token") if request.kwargs else None
+
+
+def _peerName(transport: Any) -> str:
+    if transport is None:
+        return "?"
+    peer = transport.getPeer()
+    host = getattr(peer, "host", None)
+    port = getattr(peer, "port", None)
+    if host is not None and port is not None:
+        return f"{host}:{port}"
+    return getattr(peer, "name", None) or type(peer).__name__
 
 
 def _encodable(value: Any) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, DeferredList, fail
@@ -24,7 +25,7 @@ from twisted.internet.endpoints import (
     UNIXClientEndpoint,
 )
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -40,19 +41,32 @@ class TaskServerService(MultiService):
 
     @param reactor: for the close timeout.
     @param endpoint: a server endpoint string, e.g.
-        C{"tcp:12345:interface=127.0.0.1"}.
+        C{"tcp:12345:interface=127.0.0.1"}, or a server endpoint (the
+        mutual-TLS listener of C{--tls-cert}, which no string describes).
     """
 
     log = Logger()
 
     def __init__(
-        self, reactor: Any, endpoint: str, pool: ProcessPool, factory: TaskServerFactory
+        self,
+        reactor: Any,
+        endpoint: str | IStreamServerEndpoint,
+        pool: ProcessPool,
+        factory: TaskServerFactory,
     ) -> None:
         super().__init__()
         self.reactor = reactor
         self.pool = pool
         self.factory = factory
-        self.listener: Service = strports.service(endpoint, factory, reactor=reactor)
+        self.listener: Service
+        if isinstance(endpoint, str):
+            self.listener = strports.service(endpoint, factory, reactor=reactor)
+        else:
+            listener = StreamServerEndpointService(endpoint, factory)
+            # As strports.service does: a bind error fails startService (and
+            # twistd) instead of being logged while the rest runs.
+            listener._raiseSynchronously = True
+            self.listener = listener
         pool.setServiceParent(self)
         self.listener.setServiceParent(self)
 
@@ -72,8 +86,7 @@ class TaskServerService(MultiService):
         self.log.info("closing {count} client connections", count=len(protocols))
         closed = DeferredList([p.whenClosed() for p in protocols])
         for protocol in protocols:
-            assert protocol.transport is not None
-            protocol.transport.loseConnection()
+            protocol.close()
         timer = self.reactor.callLater(_CLOSE_GRACE, self._abortAll, protocols)
 
         def done(result: object) -> None:

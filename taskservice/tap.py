@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from taskservice._auth import Token, readTokenFile
 from taskservice._lines import DEFAULT_MAX_LINE
 from taskservice._origins import parseOrigin
 from taskservice.pool import (
@@ -66,6 +67,34 @@ class Options(usage.Options):
 
     optParameters = [
         ["listen", "l", DEFAULT_LISTEN, "Endpoint to serve the task protocol on."],
+        [
+            "token-file",
+            None,
+            None,
+            "File holding a shared secret that every task-protocol connection"
+            " must send first ($/auth); default: no token.",
+        ],
+        [
+            "tls-cert",
+            None,
+            None,
+            "PEM certificate (then any intermediates) of the task server: serve"
+            " --listen (a tcp: endpoint) over TLS, requiring client certificates"
+            " signed by --tls-ca.",
+        ],
+        [
+            "tls-key",
+            None,
+            None,
+            "PEM private key of --tls-cert (default: read from the --tls-cert file).",
+        ],
+        [
+            "tls-ca",
+            None,
+            None,
+            "PEM file of the CA certificate(s) a client certificate must chain to"
+            " (with --tls-cert).",
+        ],
         [
             "workers",
             "w",
@@ -171,6 +200,12 @@ class Options(usage.Options):
             " tcp:tasks.example.com:12345); then no local task server or pool runs.",
         ],
         [
+            "task-server-token-file",
+            None,
+            None,
+            "File holding the token the gateway sends to --task-server ($/auth).",
+        ],
+        [
             "max-message",
             None,
             DEFAULT_MAX_MESSAGE,
@@ -183,6 +218,13 @@ class Options(usage.Options):
             DEFAULT_MAX_BROWSER_CALLS,
             "Calls one browser may have in flight; past this, 'overloaded'.",
             _positive(int, "max-browser-calls"),
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Endpoint to serve Prometheus metrics (/metrics) on, e.g."
+            " tcp:9100:interface=127.0.0.1 (the gateway serves them too).",
         ],
     ]
     optFlags = [
@@ -240,11 +282,69 @@ class Options(usage.Options):
                 )
         elif self["task-server"] is None:
             localTaskServer(self["listen"])  # a usage error if it cannot be reached
+        self._checkSecurity()
         if self.runsSink():
             host, port = _tcpAddress("--smtp-sink", self["smtp-sink"])
             if port == 0:
                 raise usage.UsageError("--smtp-sink needs a fixed port")
             self["sink-address"] = f"{host}:{port}"
+
+    def _checkSecurity(self) -> None:
+        """
+        Read the token files and the TLS files now, so that a bad one is a
+        usage error: C{token} (the task server's), C{upstream-token} (the
+        gateway's) and C{tls} (the task server's TLS options), each L{None}
+        when not used.
+        """
+        localServer = self["no-websocket"] or self["task-server"] is None
+        self["token"] = self["upstream-token"] = self["tls"] = None
+        if self["token-file"] is not None:
+            if not localServer:
+                raise usage.UsageError(
+                    "--token-file is for the task server run here; the token the"
+                    " gateway sends to --task-server is --task-server-token-file"
+                )
+            self["token"] = _readToken("--token-file", self["token-file"])
+        if self["task-server-token-file"] is not None:
+            if self["task-server"] is None:
+                raise usage.UsageError(
+                    "--task-server-token-file goes with --task-server (the gateway"
+                    " of a local task server sends its --token-file)"
+                )
+            self["upstream-token"] = _readToken(
+                "--task-server-token-file", self["task-server-token-file"]
+            )
+        elif self["task-server"] is None and not self["no-websocket"]:
+            self["upstream-token"] = self["token"]
+        if all(self[o] is None for o in ("tls-cert", "tls-key", "tls-ca")):
+            return
+        if not localServer:
+            raise usage.UsageError(
+                "--tls-cert, --tls-key and --tls-ca are for the task server run"
+                " here; the gateway's TLS to --task-server is its tls: endpoint"
+                " string (trustRoots=, certificate=, privateKey=)"
+            )
+        if self["tls-cert"] is None or self["tls-ca"] is None:
+            raise usage.UsageError(
+                "--tls-cert and --tls-ca go together: the task server's TLS"
+                " always requires client certificates (for TLS without them,"
+                " --listen ssl:...)"
+            )
+        if not self["no-websocket"]:
+            raise usage.UsageError(
+                "with --tls-cert the gateway cannot reach the task server in this"
+                " process: run the task server with --no-websocket, and the"
+                " gateway apart with --task-server tls:... (see docs/security)"
+            )
+        _tlsListenAddress(self["listen"])
+        from taskservice._tls import serverTLSOptions
+
+        try:
+            self["tls"] = serverTLSOptions(
+                self["tls-cert"], self["tls-key"], self["tls-ca"]
+            )
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
     def runsSink(self) -> bool:
         """
@@ -310,6 +410,35 @@ def _tcpAddress(option: str, description: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _readToken(option: str, path: str) -> Token:
+    try:
+        return readTokenFile(path)
+    except ValueError as e:
+        raise usage.UsageError(f"{option}: {e}") from None
+
+
+def _tlsListenAddress(listen: str) -> tuple[int, str, int]:
+    """
+    The port, interface and backlog of C{--listen} when --tls-cert makes it
+    TLS: it must be a C{tcp:} endpoint.
+    """
+    positional, keywords = _splitDescription(listen)
+    args = positional[1:]
+    port = keywords.pop("port", args[0] if args else "")
+    interface = keywords.pop("interface", args[1] if len(args) > 1 else "")
+    backlog = keywords.pop("backlog", args[2] if len(args) > 2 else "50")
+    if positional[0] != "tcp" or keywords or len(args) > 3:
+        raise usage.UsageError(
+            f"--tls-cert serves --listen over TLS: it must be a plain tcp: endpoint"
+            f" (tcp:PORT:interface=ADDRESS), not {listen!r}"
+        )
+    if not (port.isascii() and port.isdigit() and int(port) < 65536):
+        raise usage.UsageError(f"--listen {listen!r}: no valid TCP port")
+    if not (backlog.isascii() and backlog.isdigit()):
+        raise usage.UsageError(f"--listen {listen!r}: no valid backlog")
+    return int(port), interface, int(backlog)
+
+
 def localTaskServer(listen: str) -> str | None:
     """
     The client endpoint (string) of the task server that C{--listen}
@@ -356,7 +485,9 @@ def makeService(options: Options) -> IService:
         sink = SMTPSink()
         sinkService(reactor, options["smtp-sink"], sink).setServiceParent(root)
     if options["no-websocket"]:
-        _makeTaskServer(options, reactor).setServiceParent(root)
+        alone = _makeTaskServer(options, reactor)
+        alone.setServiceParent(root)
+        _serveMetrics(options, reactor, root, _metricsRegistry(alone, None))
         return root
     taskServer = None
     upstream: Any = options["task-server"]
@@ -366,7 +497,7 @@ def makeService(options: Options) -> IService:
         if upstream is None:
             upstream = ListenerEndpoint(reactor, taskServer.listener)
     try:
-        client = TaskClient(reactor, upstream)
+        client = TaskClient(reactor, upstream, token=options.get("upstream-token"))
     except (ValueError, TypeError, KeyError) as e:
         raise usage.UsageError(f"--task-server {upstream!r}: {e}") from e
     factory = GatewayFactory(
@@ -378,11 +509,12 @@ def makeService(options: Options) -> IService:
     )
     if sink is not None:
         factory.addStatsProvider(lambda: {"smtpSink": sink.stats()})
+    metrics = _metricsRegistry(taskServer, factory)
     try:
         gateway = GatewayService(
             reactor,
             options["websocket"],
-            GatewaySite(factory),
+            GatewaySite(factory, metrics=metrics),
             factory,
             client,
             taskServer,
@@ -390,7 +522,41 @@ def makeService(options: Options) -> IService:
     except (ValueError, TypeError, KeyError) as e:
         raise usage.UsageError(f"--websocket {options['websocket']!r}: {e}") from e
     gateway.setServiceParent(root)
+    _serveMetrics(options, reactor, root, metrics)
     return root
+
+
+def _metricsRegistry(taskServer: TaskServerService | None, gateway: Any) -> Any:
+    """
+    One registry for the whole process: the pool's and task server's
+    metrics when they run here, the gateway's, and the process's own.
+    """
+    from taskservice.metrics import makeRegistry
+
+    if taskServer is None:
+        return makeRegistry(gateway=gateway)
+    return makeRegistry(
+        pool=taskServer.pool, server=taskServer.factory, gateway=gateway
+    )
+
+
+def _serveMetrics(options: Options, reactor: Any, root: Any, registry: Any) -> None:
+    """
+    With --metrics, serve C{registry} on that endpoint.
+    """
+    if options["metrics"] is None:
+        return
+    from twisted.application import strports
+
+    from taskservice.metrics import MetricsSite
+
+    try:
+        listener = strports.service(
+            options["metrics"], MetricsSite(registry, reactor), reactor=reactor
+        )
+    except (ValueError, TypeError, KeyError) as e:
+        raise usage.UsageError(f"--metrics {options['metrics']!r}: {e}") from e
+    listener.setServiceParent(root)
 
 
 def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
@@ -428,6 +594,17 @@ def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
     except (ImportError, ValueError) as e:
         raise usage.UsageError(f"cannot load the tasks: {e}") from e
     factory = TaskServerFactory(
-        pool, maxLineLength=options["max-line"], maxInFlight=options["max-in-flight"]
+        pool,
+        maxLineLength=options["max-line"],
+        maxInFlight=options["max-in-flight"],
+        token=options.get("token"),
     )
-    return TaskServerService(reactor, options["listen"], pool, factory)
+    listen: Any = options["listen"]
+    if options.get("tls") is not None:
+        from twisted.internet.endpoints import SSL4ServerEndpoint
+
+        port, interface, backlog = _tlsListenAddress(listen)
+        listen = SSL4ServerEndpoint(
+            reactor, port, options["tls"], backlog=backlog, interface=interface
+        )
+    return TaskServerService(reactor, listen, pool, factory)

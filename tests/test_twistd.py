@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,11 +153,14 @@ class Twistd:
 
 
 @contextmanager
-def twistd(cwd: Path, *args: str) -> Iterator[Twistd]:
+def twistd(
+    cwd: Path, *args: str, twistdOptions: Sequence[str] = ()
+) -> Iterator[Twistd]:
     """
-    Run C{twistd -n --pidfile= taskservice ARGS} in C{cwd}, output to a file;
-    on the way out, kill whatever is left of it and of its workers. Unless
-    ARGS place it, the demo's SMTP sink listens on a free port, not 2525.
+    Run C{twistd -n --pidfile= TWISTDOPTIONS taskservice ARGS} in C{cwd},
+    output to a file; on the way out, kill whatever is left of it and of its
+    workers. Unless ARGS place it, the demo's SMTP sink listens on a free
+    port, not 2525.
     """
     if not any(a.startswith("--smtp") or a == "--no-smtp-sink" for a in args):
         args = (*args, "--smtp-sink", f"tcp:{freePort()}:interface=127.0.0.1")
@@ -166,7 +169,7 @@ def twistd(cwd: Path, *args: str) -> Iterator[Twistd]:
     name, _, value = marker.partition("=")
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(TWISTD), "-n", "--pidfile=", "taskservice", *args],
+            [str(TWISTD), "-n", "--pidfile=", *twistdOptions, "taskservice", *args],
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=out,
