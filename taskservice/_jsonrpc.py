@@ -51,6 +51,7 @@ class Invalid:
 
     error: TaskServiceError
     id: Id = None
+    seed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +127,12 @@ def _parseObject(message: Any, inBatch: bool) -> Request | Invalid:
 def _parseSeed(message: dict[str, Any]) -> Request | Invalid:
     function = message["function"]
     if not isinstance(function, str):
-        return Invalid(InvalidRequest("invalid request", '"function" must be a string'))
+        return Invalid(
+            InvalidRequest("invalid request", '"function" must be a string'), seed=True
+        )
     args, kwargs, problem = _splitParams(message.get("args", ()), '"args"')
     if problem:
-        return Invalid(InvalidRequest("invalid request", problem))
+        return Invalid(InvalidRequest("invalid request", problem), seed=True)
     return Request(method=function, args=args, kwargs=kwargs, seed=True)
 
 

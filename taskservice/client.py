@@ -97,6 +97,7 @@ class TaskClientProtocol(LineProtocol):
         self.ready = not self._authenticate
         self.refusal: TaskServiceError | None = None
         self.lostReason: str | None = None
+        self._givenUp: set[object] = set()
         self._pending: dict[int, _Pending] = {}
         self._nextId = 1
         self._lost: Failure | None = None
@@ -141,6 +142,7 @@ class TaskClientProtocol(LineProtocol):
 
         def cancel(d: Deferred[Any]) -> None:
             if self._pending.pop(requestId, None) is not None and self.transport:
+                self._givenUp.add(requestId)
                 self.transport.write(
                     _jsonrpc.line(
                         _jsonrpc.notificationObject(
@@ -217,6 +219,7 @@ class TaskClientProtocol(LineProtocol):
         for requestId, pending in self._pending.items():
             if pending.deferred is d:
                 del self._pending[requestId]
+                self._givenUp.add(requestId)
                 if self.transport is not None:
                     self.transport.write(
                         _jsonrpc.line(
@@ -263,6 +266,10 @@ class TaskClientProtocol(LineProtocol):
             self._pending.pop(requestId, None) if isinstance(requestId, int) else None
         )
         if pending is None:
+            if requestId in self._givenUp:
+                # The one late answer to a call we cancelled or abandoned.
+                self._givenUp.discard(requestId)
+                return
             if "error" in message:
                 error = fromWireError(message["error"])
                 self.log.error(

@@ -101,7 +101,7 @@ class TaskServerProtocol(LineProtocol):
             self.maxLineLength = min(factory.maxLineLength, PRE_AUTH_MAX_LINE)
         self._readingPaused = False
         self._replyBacklog = False
-        self._waiting: deque[tuple[Request | Batch, int]] = deque()
+        self._waiting: deque[tuple[Request | Batch | Invalid, int]] = deque()
         self._waitingBytes = 0
         self._inFlight: dict[Any, Deferred[Any]] = {}
         self._seedReplies: deque[list[bytes | None]] = deque()
@@ -212,7 +212,7 @@ class TaskServerProtocol(LineProtocol):
             self._authenticate(line)
             return
         message = _jsonrpc.parseLine(line)
-        if isinstance(message, Invalid):
+        if isinstance(message, Invalid) and not message.seed:
             self._write(_jsonrpc.errorObject(message.id, message.error))
         elif isinstance(message, Request) and message.method == CANCEL:
             self._start(message)
@@ -223,8 +223,12 @@ class TaskServerProtocol(LineProtocol):
         else:
             self._start(message)
 
-    def _start(self, message: Request | Batch) -> None:
-        if isinstance(message, Batch):
+    def _start(self, message: Request | Batch | Invalid) -> None:
+        if isinstance(message, Invalid):
+            # A malformed Workerman-dialect line: answered in that dialect,
+            # in its turn among the others.
+            answered = self._seedReply(fail(message.error))
+        elif isinstance(message, Batch):
             answered = self._batch(message)
         elif message.seed:
             answered = self._seed(message)
@@ -328,6 +332,9 @@ class TaskServerProtocol(LineProtocol):
         Workerman FAQ dialect: answer with the bare result (or
         C{{"error": ...}}) in the order the calls came.
         """
+        return self._seedReply(self._call(request))
+
+    def _seedReply(self, outcome: Deferred[Any]) -> Deferred[None]:
         slot: list[bytes | None] = [None]
         self._seedReplies.append(slot)
 
@@ -342,7 +349,7 @@ class TaskServerProtocol(LineProtocol):
                 assert ready is not None
                 self._send(ready)
 
-        return self._call(request).addBoth(done)
+        return outcome.addBoth(done)
 
     # -- calls ---------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from twisted.python import usage
 from taskservice._auth import Token, readTokenFile
 from taskservice._lines import DEFAULT_MAX_LINE
 from taskservice._origins import parseOrigin
+from taskservice._task import Registry
 from taskservice.pool import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_QUEUE,
@@ -268,6 +269,14 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"--tasks {module}: cannot import it: {e}"
                 ) from e
+            except Exception as e:
+                raise usage.UsageError(
+                    f"--tasks {module}: importing it raised {type(e).__name__}: {e}"
+                ) from e
+        try:
+            Registry.fromModules(self["tasks"])
+        except ValueError as e:
+            raise usage.UsageError(f"--tasks: {e}") from e
         smtp = self["smtp"]
         if smtp is not None:
             host, _, port = smtp.rpartition(":")

@@ -322,3 +322,34 @@ async def test_noDelayBothWays(server: Server, client: TaskClient) -> None:
     assert serverSide.transport.getTcpNoDelay()
     assert client._protocol is not None
     assert client._protocol.transport.getTcpNoDelay()
+
+
+def test_lateAnswerToACancelledCallIsQuiet() -> None:
+    """
+    The server's answer to a call we cancelled is expected, not an error:
+    nothing is logged at error level for it; an answer to an id we never
+    used still is.
+    """
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        protocol, transport = connected()
+        d = protocol.request("sleep", [10])
+        d.cancel()
+        _case.failureResultOf(d, CancelledError)
+        protocol.dataReceived(
+            b'{"jsonrpc":"2.0","id":1,"error":{"code":-32800,"message":"cancelled"}}\n'
+        )
+        assert not [
+            e for e in events if e.get("log_level") and e["log_level"].name == "error"
+        ]
+        protocol.dataReceived(
+            b'{"jsonrpc":"2.0","id":99,"error":{"code":-32800,"message":"cancelled"}}\n'
+        )
+        assert [
+            e for e in events if e.get("log_level") and e["log_level"].name == "error"
+        ]
+    finally:
+        globalLogPublisher.removeObserver(events.append)

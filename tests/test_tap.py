@@ -7,6 +7,7 @@ and inspected, never started: nothing listens and no worker is spawned).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -717,3 +718,23 @@ def test_badSinkEndpoint(value: str) -> None:
     """
     with pytest.raises(usage.UsageError, match="--smtp-sink"):
         parse("--smtp-sink", value)
+
+
+def test_taskModuleErrorsAreUsageErrors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A task module that raises on import, or two tasks under one name, is a
+    usage error naming the problem (twistd prints it without a traceback).
+    """
+    (tmp_path / "boomtasks.py").write_text('raise RuntimeError("config missing")\n')
+    (tmp_path / "duptasks.py").write_text(
+        "from taskservice import task\n"
+        "@task(name='add')\ndef a(): pass\n"
+        "@task(name='add')\ndef b(): pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(usage.UsageError, match="RuntimeError: config missing"):
+        parse("--tasks", "boomtasks")
+    with pytest.raises(usage.UsageError, match="two tasks are registered as 'add'"):
+        parse("--tasks", "duptasks")
