@@ -54,8 +54,10 @@ class WorkerProcess(ProcessProtocol):
     One worker, as the pool sees it.
 
     @ivar calls: the calls it is running, by call id.
-    @ivar blocking: whether it is running a plain (blocking) call; such a
-        worker takes no other call until it is done.
+    @ivar blocking: whether it is running plain (blocking) calls; such a
+        worker takes no coroutine call until it is done.
+    @ivar shortOnly: all its plain calls are of tasks measured to be short:
+        more short calls may wait in its pipe (see C{ProcessPool.pipeline}).
     @ivar completed: calls it has answered, for recycling.
     @ivar retireCause: why it is due for replacement ("recycled", "memory"),
         once it is; it serves on until its C{successor} is ready.
@@ -71,6 +73,8 @@ class WorkerProcess(ProcessProtocol):
         self.state = WorkerState.STARTING
         self.calls: dict[int, _Call] = {}
         self.blocking = False
+        self.shortOnly = False
+        self.lastAnswerAt = 0.0
         self.completed = 0
         self.successor: WorkerProcess | None = None
         self.predecessor: WorkerProcess | None = None

@@ -46,6 +46,12 @@ DEFAULT_TIMEOUT = 300.0
 DEFAULT_MAX_TIMEOUT = 3600.0
 DEFAULT_MAX_QUEUE = 10_000
 DEFAULT_CONCURRENCY = 100
+DEFAULT_PIPELINE = 8
+SHORT_CALL = 0.001
+"""A task whose calls average less than this many seconds is "short": its
+calls may wait in a busy worker's pipe behind other short calls."""
+_SHORT_SAMPLES = 5
+_EWMA = 0.2
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 _STOP_GRACE = 5.0
 _CANCEL_GRACE = 2.0
@@ -185,6 +191,10 @@ class ProcessPool(Service):
     @param maxTimeout: the longest deadline a caller may ask for.
     @param maxQueue: calls that may wait for a worker; past it, L{Overloaded}.
     @param concurrency: coroutine calls a worker runs at once.
+    @param pipeline: plain calls a worker may hold at once, the extra ones
+        waiting in its pipe; only for tasks measured to be short (under
+        L{SHORT_CALL} on average), never behind a long call. 1 turns
+        pipelining off.
     @param maxTasksPerChild: recycle a worker after this many calls (its
         successor is started beforehand, so callers see no stall).
     @param maxMemory: recycle a worker whose resident memory passes this
@@ -212,6 +222,7 @@ class ProcessPool(Service):
         maxTimeout: float = DEFAULT_MAX_TIMEOUT,
         maxQueue: int = DEFAULT_MAX_QUEUE,
         concurrency: int = DEFAULT_CONCURRENCY,
+        pipeline: int = DEFAULT_PIPELINE,
         maxTasksPerChild: int | None = None,
         maxMemory: int | None = None,
         maxResult: int = DEFAULT_MAX_RESULT,
@@ -236,6 +247,9 @@ class ProcessPool(Service):
         self.maxTimeout = max(maxTimeout, defaultTimeout)
         self.maxQueue = maxQueue
         self.concurrency = concurrency
+        self.pipeline = max(1, pipeline)
+        self._runTime: dict[str, float] = {}
+        self._samples: dict[str, int] = {}
         self.maxTasksPerChild = maxTasksPerChild
         self.maxMemory = maxMemory
         self.maxResult = maxResult
@@ -501,10 +515,53 @@ class ProcessPool(Service):
                     and len(worker.calls) < self.concurrency
                 ):
                     return worker
-        return self._idle.pop() if self._idle else None
+        if self._idle:
+            return self._idle.pop()
+        if self.pipeline > 1 and self.isShort(call.spec.name):
+            # No idle worker: a short call may wait in the pipe of a worker
+            # running only short calls (never behind a long one).
+            best: WorkerProcess | None = None
+            for worker in self._workers:
+                if (
+                    worker.state is WorkerState.BUSY
+                    and worker.blocking
+                    and worker.shortOnly
+                    and len(worker.calls) < self.pipeline
+                    and (best is None or len(worker.calls) < len(best.calls))
+                ):
+                    best = worker
+            return best
+        return None
+
+    def isShort(self, name: str) -> bool:
+        """
+        Whether calls of task C{name} have been measured to be short.
+        """
+        return (
+            self._samples.get(name, 0) >= _SHORT_SAMPLES
+            and self._runTime[name] < SHORT_CALL
+        )
+
+    def _measure(self, worker: WorkerProcess, call: _Call, now: float) -> None:
+        """
+        Learn how long the task's calls run: from when the call could start
+        (dispatch, or the worker's previous answer) to its answer.
+        """
+        started = max(call.startedAt or now, worker.lastAnswerAt)
+        worker.lastAnswerAt = now
+        name = call.spec.name
+        seconds = now - started
+        samples = self._samples.get(name, 0)
+        self._samples[name] = samples + 1
+        if samples:
+            self._runTime[name] += _EWMA * (seconds - self._runTime[name])
+        else:
+            self._runTime[name] = seconds
 
     def _run(self, worker: WorkerProcess, call: _Call) -> None:
         worker.setState(WorkerState.BUSY)
+        short = self.isShort(call.spec.name)
+        worker.shortOnly = short and (worker.shortOnly or not worker.calls)
         worker.calls[call.cid] = call
         worker.blocking = not call.spec.isAsync
         call.worker = worker
@@ -569,13 +626,15 @@ class ProcessPool(Service):
     def _stop(self, call: _Call, cause: str) -> None:
         """
         Stop a running call whose caller has had its outcome: kill a plain
-        call's worker; ask the worker to cancel a coroutine call, and kill it
-        if it does not within a grace period.
+        call's worker; ask the worker to cancel a coroutine call, or to skip
+        a short call still waiting in its pipe (one already running is let
+        finish: it is short), and kill it if it does not answer within a
+        grace period.
         """
         worker = call.worker
         if worker is None or worker.state is WorkerState.DEAD:
             return
-        if call.spec.isAsync:
+        if call.spec.isAsync or worker.shortOnly:
             call.abandoned = True
             worker.send({"op": "cancel", "cid": call.cid})
             call.timer = self.reactor.callLater(
@@ -679,7 +738,7 @@ class ProcessPool(Service):
         if countIt:
             worker.completed += 1
         if not worker.calls:
-            worker.blocking = False
+            worker.blocking = worker.shortOnly = False
             if worker.state is WorkerState.RETIRING:
                 worker.close()
                 return
@@ -769,6 +828,8 @@ class ProcessPool(Service):
             call = worker.calls.pop(message.get("cid", -1), None)
             if call is None:
                 return
+            if worker.blocking:
+                self._measure(worker, call, self.reactor.seconds())
             self._afterCall(worker)
             if call.abandoned:
                 call.stopTimer()

@@ -21,6 +21,7 @@ from taskservice.pool import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_TIMEOUT,
+    DEFAULT_PIPELINE,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_TIMEOUT,
     EXAMPLE_TASKS,
@@ -151,6 +152,14 @@ class Options(usage.Options):
             DEFAULT_CONCURRENCY,
             "Coroutine (async def) calls one worker runs at once.",
             _positive(int, "worker-concurrency"),
+        ],
+        [
+            "pipeline",
+            None,
+            DEFAULT_PIPELINE,
+            "Calls of short tasks (under 1 ms on average) one busy worker may"
+            " hold; 1 turns pipelining off.",
+            _positive(int, "pipeline"),
         ],
         [
             "max-tasks-per-child",
@@ -588,6 +597,7 @@ def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
             maxTimeout=options["max-timeout"],
             maxQueue=options["max-queue"],
             concurrency=options["worker-concurrency"],
+            pipeline=options["pipeline"],
             maxTasksPerChild=options["max-tasks-per-child"],
             maxMemory=(
                 None

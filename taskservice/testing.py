@@ -241,6 +241,18 @@ class FakeWorker:
         while self.calls and self.alive and not self.killed:
             call = self.calls.pop(0)
             cid = call["cid"]
+            if cid in self.cancelled and not registry[call["task"]].isAsync:
+                # Cancelled while waiting in the pipe: skipped, as the real
+                # worker does.
+                self.send(
+                    {
+                        "op": "error",
+                        "cid": cid,
+                        "code": "cancelled",
+                        "error": {"type": "CancelledError", "message": "cancelled"},
+                    }
+                )
+                continue
             spec = registry[call["task"]]
             token = _progressHook.set(self._reporter(cid))
             try:

@@ -45,14 +45,24 @@ class _Channel:
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self.autoflush = True
 
-    def send(self, message: dict[str, Any]) -> None:
-        self.sendEncoded(_json.dumps(message))
+    def send(self, message: dict[str, Any], flush: bool = False) -> None:
+        self.sendEncoded(_json.dumps(message), flush)
 
-    def sendEncoded(self, payload: bytes) -> None:
+    def sendEncoded(self, payload: bytes, flush: bool = False) -> None:
+        """
+        Write a frame; it leaves at once with C{flush} or C{autoflush}, else
+        with the next L{flush} (answers to a batch of calls leave together).
+        """
         data = frame(payload)
         with self._lock:
             self._stream.write(data)
+            if flush or self.autoflush:
+                self._stream.flush()
+
+    def flush(self) -> None:
+        with self._lock:
             self._stream.flush()
 
 
@@ -91,10 +101,46 @@ class Worker:
         self.channel = channel
         self.maxResult = maxResult
         self._finishing: set[Any] = set()
+        self.skipped: set[int] = set()
+
+    def received(self, message: dict[str, Any]) -> dict[str, Any]:
+        """
+        Called by the reader thread for each message, before the message is
+        queued: a C{cancel} for a plain call still waiting behind others
+        marks it to be skipped.
+        """
+        if message.get("op") == "cancel":
+            self.skipped.add(message["cid"])
+        return message
+
+    def _skip(self, cid: int) -> bool:
+        """
+        Whether call C{cid} was cancelled before it started (then it is
+        answered "cancelled" here). Forgets cancels of calls already past.
+        """
+        skipped = self.skipped
+        if not skipped:
+            return False
+        if cid in skipped:
+            skipped.discard(cid)
+            self.channel.send(
+                {
+                    "op": "error",
+                    "cid": cid,
+                    "code": "cancelled",
+                    "error": {"type": "CancelledError", "message": "cancelled"},
+                }
+            )
+            return True
+        for old in [c for c in skipped if c < cid]:
+            skipped.discard(old)
+        return False
 
     def _reporter(self, cid: int) -> Callable[[dict[str, Any]], None]:
         def report(update: dict[str, Any]) -> None:
-            self.channel.send({"op": "progress", "cid": cid, "update": update})
+            self.channel.send(
+                {"op": "progress", "cid": cid, "update": update}, flush=True
+            )
 
         return report
 
@@ -114,10 +160,12 @@ class Worker:
         """
         Run one plain call to completion and send its outcome.
         """
+        cid = message["cid"]
+        if self._skip(cid):
+            return
         spec = self._spec(message)
         if spec is None:
             return
-        cid = message["cid"]
         token = _progressHook.set(self._reporter(cid))
         try:
             result = spec.function(*message["args"], **message["kwargs"])
@@ -239,13 +287,20 @@ def _refuseDeferred(result: Any) -> None:
 def _serveBlocking(worker: Worker) -> None:
     inbox: SimpleQueue[Any] = SimpleQueue()
     threading.Thread(
-        target=_readCommands, args=(COMMANDS_FD, inbox.put), daemon=True
+        target=_readCommands,
+        args=(COMMANDS_FD, lambda m: inbox.put(worker.received(m))),
+        daemon=True,
     ).start()
-    worker.channel.send({"op": "ready", "pid": os.getpid()})
+    channel = worker.channel
+    channel.send({"op": "ready", "pid": os.getpid()}, flush=True)
     while True:
         message = inbox.get()
+        # Calls that arrived together are answered together: one write.
+        channel.autoflush = inbox.empty()
         if message.get("op") == "call":
             worker.runBlocking(message)
+        if inbox.empty():
+            channel.flush()
 
 
 def _forget(running: dict[int, Any], cid: int) -> Callable[[Any], None]:
@@ -275,11 +330,15 @@ def _serveAsync(worker: Worker) -> None:
             elif op == "cancel":
                 cancelled = running.get(message["cid"])
                 if cancelled is not None:
+                    worker.skipped.discard(message["cid"])
                     cancelled.cancel()
 
         threading.Thread(
             target=_readCommands,
-            args=(COMMANDS_FD, lambda m: loop.call_soon_threadsafe(handle, m)),
+            args=(
+                COMMANDS_FD,
+                lambda m: loop.call_soon_threadsafe(handle, worker.received(m)),
+            ),
             daemon=True,
         ).start()
         worker.channel.send({"op": "ready", "pid": os.getpid()})

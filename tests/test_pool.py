@@ -745,3 +745,95 @@ def test_retryAfterFollowsThroughput() -> None:
     pool.stopService()
     reactor.advance(30)
     reactor.reapAll()
+
+
+def _teachShort(reactor: FakeProcessReactor, pool: ProcessPool, name: str) -> None:
+    """
+    Run enough calls of C{name} instantly for the pool to measure it short.
+    """
+    for _ in range(5):
+        d = pool.submit(name, [1, 1])
+        reactor.runAllCalls(pool.registry)
+        result(d)
+    assert pool.isShort(name)
+
+
+def test_shortCallsArePipelined() -> None:
+    """
+    With no idle worker, calls of a task measured to be short wait in the
+    pipes of busy workers running only short calls (up to C{pipeline} per
+    worker); the rest queue in the parent. All are answered, in order.
+    """
+    reactor, pool = makePool(size=2, pipeline=3)
+    reactor.readyAll()
+    _teachShort(reactor, pool, "add")
+    calls = [pool.submit("add", [i, 0]) for i in range(8)]
+    assert sorted(len(w.calls) for w in reactor.alive) == [3, 3]
+    assert pool.stats()["queued"] == 2
+    reactor.runAllCalls(pool.registry)
+    assert [result(d) for d in calls] == list(range(8))
+
+
+def test_noCallWaitsBehindALongOne() -> None:
+    """
+    A worker running a call not known to be short takes nothing more, and
+    calls of unmeasured tasks are never pipelined.
+    """
+    reactor, pool = makePool(size=1, pipeline=4)
+    reactor.readyAll()
+    _teachShort(reactor, pool, "add")
+    long = pool.submit("hang", timeout=60)
+    short = pool.submit("add", [1, 1])
+    worker = reactor.workers[0]
+    assert [c["task"] for c in worker.calls] == ["hang"]
+    assert pool.stats()["queued"] == 1
+    worker.reply(None)
+    assert result(long) is None
+    worker.runCalls(pool.registry)
+    assert result(short) == 2
+    assert not pool.isShort("hang")
+
+
+def test_cancelAPipelinedCall() -> None:
+    """
+    Cancelling a short call waiting in a worker's pipe asks the worker to
+    skip it: no worker is killed, the caller gets one CancelledError, the
+    calls around it are answered.
+    """
+    reactor, pool = makePool(size=1, pipeline=4)
+    reactor.readyAll()
+    _teachShort(reactor, pool, "add")
+    first, second, third = (pool.submit("add", [i, 1]) for i in range(3))
+    worker = reactor.workers[0]
+    assert len(worker.calls) == 3
+    second.cancel()
+    failure(second, CancelledError)
+    assert not worker.killed
+    assert worker.cancelled == [worker.calls[1]["cid"]]
+    reactor.runAllCalls(pool.registry)
+    assert (result(first), result(third)) == (1, 3)
+    assert pool.stats()["running"] == 0
+    assert pool.stats()["restartsByCause"] == {}
+    assert reactor.getDelayedCalls() == []
+
+
+def test_pipelinedCallThatHangsIsKilled() -> None:
+    """
+    A short task's call past its deadline is answered TimedOut at once;
+    if the worker does not answer the cancel within the grace period (the
+    call really hangs), the worker is killed and the calls behind it get
+    WorkerLost.
+    """
+    reactor, pool = makePool(size=1, pipeline=4)
+    reactor.readyAll()
+    _teachShort(reactor, pool, "add")
+    stuck = pool.submit("add", [1, 1], timeout=1.0)
+    behind = pool.submit("add", [2, 2], timeout=10.0)
+    worker = reactor.workers[0]
+    reactor.advance(1.0)
+    failure(stuck, TimedOut)
+    assert not worker.killed
+    reactor.advance(2.0)
+    assert worker.killed
+    worker.reap()
+    failure(behind, WorkerLost)

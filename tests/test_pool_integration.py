@@ -318,3 +318,17 @@ async def test_awaitablesFromPlainTasks(pool: ProcessPool) -> None:
     with pytest.raises(TaskFailed) as raised:
         await pool.submit("returnsDeferred")
     assert "returned a Deferred" in raised.value.remoteMessage
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelinedShortCalls(pool: ProcessPool) -> None:
+    """
+    Once measured short, calls of a task are pipelined into busy real
+    workers (several per worker at once) and all 2,000 come back right.
+    """
+    for i in range(10):
+        assert await pool.submit("add", [i, 1]) == i + 1
+    assert pool.isShort("add")
+    calls = [pool.submit("add", [i, 1]) for i in range(2000)]
+    assert max(len(w.calls) for w in pool.workers) > 1
+    assert await gatherResults(calls) == [i + 1 for i in range(2000)]

@@ -155,6 +155,7 @@ _NUMERIC = [
     "max-timeout",
     "max-in-flight",
     "worker-concurrency",
+    "pipeline",
     "max-tasks-per-child",
     "max-memory",
     "max-result",
@@ -387,11 +388,14 @@ def test_makeServicePoolLimits() -> None:
         "1000",
         "--max-in-flight",
         "9",
+        "--pipeline",
+        "2",
     )
     root = tap.makeService(options)
     pool = only(ProcessPool, root)
     assert pool.maxTimeout == 300.0, "never below the default timeout"
     assert pool.concurrency == 7
+    assert pool.pipeline == 2
     assert pool.maxTasksPerChild == 500
     assert pool.maxMemory == 256 * 1024 * 1024
     assert pool.maxResult == 1000
