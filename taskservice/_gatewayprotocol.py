@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -179,12 +179,19 @@ class GatewayProtocol(WebSocketServerProtocol):
             d = factory.statsDocument()
         else:
             params = request.kwargs or (list(request.args) if request.args else None)
-            d = factory.client.request(
-                method,
-                params,
-                onProgress=None if request.notification else self._progress(requestId),
-                timeout=request.timeout,
-            )
+            try:
+                d = factory.client.request(
+                    method,
+                    params,
+                    onProgress=None
+                    if request.notification
+                    else self._progress(requestId),
+                    timeout=request.timeout,
+                )
+            except TypeError as e:
+                # Params that decoded but cannot be re-encoded (nested just
+                # under the decoder's limit).
+                d = fail(InvalidParams("invalid params", str(e)))
         if request.notification:
             self._notifications += 1
             d.addBoth(self._notificationDone, method)

@@ -9,6 +9,7 @@ objects and L{line} encodes one for the wire.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,6 +154,28 @@ def validId(value: Any) -> bool:
     return value is None or (
         isinstance(value, str | int | float) and not isinstance(value, bool)
     )
+
+
+_LEADING_ID = re.compile(
+    rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*'
+    rb'(-?\d{1,18}|"[^"\\]{0,128}")\s*[,}]'
+)
+
+
+def leadingId(prefix: bytes) -> Id:
+    """
+    The id of a request line that is too long to parse, when it comes first
+    (after an optional C{"jsonrpc":"2.0"}), as L{TaskClient} and the
+    JavaScript client write it; else L{None}.
+    """
+    match = _LEADING_ID.match(prefix)
+    if match is None:
+        return None
+    try:
+        value = _json.loads(match.group(1))
+    except _json.DecodeError:
+        return None
+    return value if validId(value) else None
 
 
 def resultObject(requestId: Id, result: Any) -> dict[str, Any]:

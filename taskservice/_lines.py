@@ -35,6 +35,8 @@ class LineProtocol(Protocol):
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._discarding = False
+        self.tooLongPrefix = b""
+        """The start of the last overlong line (its first 256 bytes)."""
 
     def dataReceived(self, data: bytes) -> None:
         if self._discarding:
@@ -57,13 +59,16 @@ class LineProtocol(Protocol):
                 # A \r before the \n does not count against the limit,
                 # which a line may change (read each time).
                 if len(line) - line.endswith(b"\r") > self.maxLineLength:
+                    self.tooLongPrefix = line[:256]
                     self.lineTooLong()
                 else:
                     self.lineReceived(line)
         finally:
             if start:
                 del buffer[:start]
-        if len(buffer) > self.maxLineLength:
+        # (A trailing \r may be the end of a line whose \n is on its way.)
+        if len(buffer) - buffer.endswith(b"\r") > self.maxLineLength:
+            self.tooLongPrefix = bytes(buffer[:256])
             buffer.clear()
             self._discarding = True
             self.lineTooLong()

@@ -14,6 +14,7 @@ C{$/auth} with it; anything else first, or a wrong token, is answered -32005
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from enum import Enum
 from typing import Any, cast
 
@@ -103,6 +104,7 @@ class TaskServerProtocol(LineProtocol):
         self._replyBacklog = False
         self._waiting: deque[tuple[Request | Batch | Invalid, int]] = deque()
         self._waitingBytes = 0
+        self._cancelLane = False
         self._inFlight: dict[Any, Deferred[Any]] = {}
         self._seedReplies: deque[list[bytes | None]] = deque()
         self._connected = False
@@ -214,8 +216,18 @@ class TaskServerProtocol(LineProtocol):
         message = _jsonrpc.parseLine(line)
         if isinstance(message, Invalid) and not message.seed:
             self._write(_jsonrpc.errorObject(message.id, message.error))
-        elif isinstance(message, Request) and message.method == CANCEL:
-            self._start(message)
+        elif (
+            isinstance(message, Request)
+            and message.method == CANCEL
+            and not message.seed
+        ):
+            # The cancel lane: acted on at once, even past maxInFlight, and
+            # it may reach calls still waiting on this connection.
+            self._cancelLane = True
+            try:
+                self._start(message)
+            finally:
+                self._cancelLane = False
         elif self._waiting or self._outstanding >= self.maxInFlight:
             self._waiting.append((message, len(line)))
             self._waitingBytes += len(line)
@@ -227,7 +239,8 @@ class TaskServerProtocol(LineProtocol):
         if isinstance(message, Invalid):
             # A malformed Workerman-dialect line: answered in that dialect,
             # in its turn among the others.
-            answered = self._seedReply(fail(message.error))
+            error = message.error
+            answered = self._seedReply(lambda: fail(error))
         elif isinstance(message, Batch):
             answered = self._batch(message)
         elif message.seed:
@@ -252,9 +265,14 @@ class TaskServerProtocol(LineProtocol):
             self._refuse(None, "authenticate first: send $/auth with the token")
             return
         limit = self.maxLineLength
+        # The id, when the line starts with it, so the caller can match the
+        # error to its call; else null.
+        requestId = _jsonrpc.leadingId(self.tooLongPrefix)
+        if requestId in self._inFlight:
+            requestId = None
         self._write(
             _jsonrpc.errorObject(
-                None,
+                requestId,
                 TooLarge(f"line longer than {limit} bytes discarded", {"limit": limit}),
             )
         )
@@ -332,11 +350,14 @@ class TaskServerProtocol(LineProtocol):
         Workerman FAQ dialect: answer with the bare result (or
         C{{"error": ...}}) in the order the calls came.
         """
-        return self._seedReply(self._call(request))
+        return self._seedReply(lambda: self._call(request))
 
-    def _seedReply(self, outcome: Deferred[Any]) -> Deferred[None]:
+    def _seedReply(self, start: Callable[[], Deferred[Any]]) -> Deferred[None]:
+        # The reply's place is taken before the call starts: starting it may
+        # finish other calls (and start the next dialect line) at once.
         slot: list[bytes | None] = [None]
         self._seedReplies.append(slot)
+        outcome = start()
 
         def done(outcome: Any) -> None:
             if isinstance(outcome, Failure):
@@ -444,6 +465,10 @@ class TaskServerProtocol(LineProtocol):
             else:
                 self.pool.cancelIfQueued(d)
             return
+        if not self._cancelLane:
+            # A cancel that waited its turn (in a batch): everything still
+            # waiting arrived after it.
+            return
         for entry in self._waiting:
             waiting = entry[0]
             if (
@@ -454,7 +479,7 @@ class TaskServerProtocol(LineProtocol):
             ):
                 self._waiting.remove(entry)
                 self._waitingBytes -= entry[1]
-                self._write(_jsonrpc.errorObject(target, Cancelled()))
+                self._write(_jsonrpc.errorObject(waiting.id, Cancelled()))
                 self._closeIfDone()
                 return
 

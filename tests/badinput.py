@@ -80,10 +80,19 @@ def badInputs(limit: int) -> list[BadInput]:
             1,
             -32602,
         ),
-        # A line over the limit.
+        # A line over the limit: answered with its id when the id leads.
         BadInput(
             "line-too-long",
             rpc + b'"method":"echo","params":["' + b"x" * limit + b'"]}',
+            1,
+            -32004,
+            {"limit": limit},
+        ),
+        BadInput(
+            "line-too-long-id-last",
+            b'{"jsonrpc":"2.0","method":"echo","params":["'
+            + b"x" * limit
+            + b'"],"id":1}',
             None,
             -32004,
             {"limit": limit},

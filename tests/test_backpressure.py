@@ -211,3 +211,19 @@ def test_malformedSeedLinesAnsweredInTurn() -> None:
     assert lines[1]["error"]["code"] == -32600
     assert set(lines[1]) == {"error"}
     assert lines[2] == 7
+
+
+def test_tooLongLineAnswersWithItsLeadingId() -> None:
+    """
+    A request line over the limit is answered -32004 with its id when the
+    id leads the line (as TaskClient writes it), so the caller's call is
+    not left waiting; the connection keeps working.
+    """
+    reactor, pool, protocol, transport = connect(maxInFlight=10, size=1)
+    protocol.maxLineLength = 100
+    protocol.dataReceived(request(5, "echo", ["x" * 200]))
+    protocol.dataReceived(request(6, "add", (1, 1)))
+    reactor.runAllCalls(pool.registry)
+    replies = [json.loads(line) for line in transport.value().splitlines()]
+    assert replies[0]["id"] == 5 and replies[0]["error"]["code"] == -32004
+    assert replies[1] == {"jsonrpc": "2.0", "id": 6, "result": 2}

@@ -698,3 +698,25 @@ def test_toWireErrorInternal(exception: BaseException) -> None:
     wire = error.toWire()
     assert wire["code"] == -32603
     assert "secret" not in json.dumps(wire)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        (b'{"jsonrpc":"2.0","id":7,"method":"echo","params":["xxxx', 7),
+        (b'{"id":"a-1","jsonrpc":"2.0","method":"echo"', "a-1"),
+        (b' { "jsonrpc" : "2.0" , "id" : -3 , "method"', -3),
+        (b'{"jsonrpc":"2.0","method":"echo","id":7', None),
+        (b'{"params":{"id":7},"id":8', None),
+        (b'{"id":true,', None),
+        (b"garbage", None),
+    ],
+)
+def test_leadingId(prefix: bytes, expected: object) -> None:
+    """
+    The id of a line too long to parse is recovered only when it comes
+    first (as our clients write it), never from inside params.
+    """
+    from taskservice._jsonrpc import leadingId
+
+    assert leadingId(prefix) == expected

@@ -763,7 +763,8 @@ def test_badInput(bad: BadInput, loggedErrors: list[LogEvent]) -> None:
 def test_lineTooLongInPieces(loggedErrors: list[LogEvent]) -> None:
     """
     An overlong line arriving in many chunks is answered -32004 once (with
-    the limit), and the connection carries on after its newline.
+    the limit, and the id that leads the line), and the connection carries
+    on after its newline.
     """
     server = Server(maxLineLength=LIMIT)
     client = server.connect()
@@ -774,7 +775,7 @@ def test_lineTooLongInPieces(loggedErrors: list[LogEvent]) -> None:
     server.runAll()
     replies = client.replies()
     assert len(replies) == 2
-    assertError(replies[0], None, -32004, {"limit": LIMIT})
+    assertError(replies[0], 1, -32004, {"limit": LIMIT})
     assert replies[1] == result(2, "ok")
     assert server.dispatched() == [("echo", ["ok"])]
 
