@@ -832,8 +832,8 @@ def test_pipelinedCallThatHangsIsKilled() -> None:
     worker = reactor.workers[0]
     reactor.advance(1.0)
     failure(stuck, TimedOut)
-    assert not worker.killed
+    assert worker.transport.signals == [], "not killed yet: asked to cancel"
     reactor.advance(2.0)
-    assert worker.killed
+    assert worker.transport.signals == ["KILL"]
     worker.reap()
     failure(behind, WorkerLost)
