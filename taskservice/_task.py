@@ -41,12 +41,16 @@ class TaskSpec:
     @ivar timeout: the task's own deadline in seconds, or L{None} to use the
         service default.
     @ivar idempotent: whether a failed call may be retried elsewhere.
+    @ivar concurrent: the function returns a Twisted C{Deferred} (or
+        another awaitable): its calls share a worker, which then runs a
+        Twisted reactor (on asyncio).
     """
 
     name: str
     function: Callable[..., Any] = field(repr=False, compare=False)
     timeout: float | None = None
     idempotent: bool = False
+    concurrent: bool = False
 
     @cached_property
     def signature(self) -> inspect.Signature:
@@ -55,10 +59,18 @@ class TaskSpec:
     @cached_property
     def isAsync(self) -> bool:
         """
-        Whether the task is a coroutine function (C{async def}): such calls
-        share a worker with other coroutine calls.
+        Whether the task's calls are non-blocking (a coroutine function, or
+        declared C{concurrent}): such calls share a worker.
         """
-        return inspect.iscoroutinefunction(self.function)
+        return self.concurrent or inspect.iscoroutinefunction(self.function)
+
+    @property
+    def needsReactor(self) -> bool:
+        """
+        Whether the worker must run a Twisted reactor for this task (it may
+        return a Deferred).
+        """
+        return self.concurrent and not inspect.iscoroutinefunction(self.function)
 
     def checkArguments(self, args: Iterable[Any], kwargs: Mapping[str, Any]) -> None:
         """
@@ -77,6 +89,7 @@ def task(
     name: str | None = None,
     timeout: float | None = None,
     idempotent: bool = False,
+    concurrent: bool = False,
 ) -> Callable[[F], F]: ...
 
 
@@ -87,6 +100,7 @@ def task(
     name: str | None = None,
     timeout: float | None = None,
     idempotent: bool = False,
+    concurrent: bool = False,
 ) -> F | Callable[[F], F]:
     """
     Register a function as a task callable over the network.
@@ -94,6 +108,11 @@ def task(
     Use bare (C{@task}) or with a policy (C{@task(name="mail.send",
     timeout=60)}). The function itself is returned unchanged, with its
     L{TaskSpec} attached, so it stays callable in-process.
+
+    C{concurrent=True} declares a function that returns a Twisted
+    C{Deferred} (say, an C{@inlineCallbacks} function): its calls then run
+    concurrently in a worker that runs Twisted's asyncio reactor. (C{async
+    def} tasks are concurrent without saying so.)
     """
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be positive, not {timeout!r}")
@@ -108,7 +127,13 @@ def task(
         setattr(
             f,
             SPEC_ATTRIBUTE,
-            TaskSpec(name=taskName, function=f, timeout=timeout, idempotent=idempotent),
+            TaskSpec(
+                name=taskName,
+                function=f,
+                timeout=timeout,
+                idempotent=idempotent,
+                concurrent=concurrent,
+            ),
         )
         return f
 

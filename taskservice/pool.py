@@ -699,6 +699,8 @@ class ProcessPool(Service):
         args = [self.python, "-m", "taskservice.worker"]
         if self.maxResult != DEFAULT_MAX_RESULT:
             args += ["--max-result", str(self.maxResult)]
+        if any(spec.needsReactor for spec in self.registry.values()):
+            args.append("--reactor")
         args += self.registry.modules
         self.reactor.spawnProcess(
             worker,

@@ -1,5 +1,10 @@
 """
-The worker process: ``python -m taskservice.worker [--max-result N] MODULE...``.
+The worker process:
+``python -m taskservice.worker [--max-result N] [--reactor] MODULE...``.
+
+With C{--reactor} (some task is declared C{@task(concurrent=True)} and may
+return a Deferred) the worker installs Twisted's asyncio reactor before it
+imports the task modules, and runs it.
 
 Started by L{taskservice.pool.ProcessPool}. It imports the task modules,
 announces itself with a C{ready} frame on fd 4, then runs the calls it reads
@@ -123,14 +128,7 @@ class Worker:
             return False
         if cid in skipped:
             skipped.discard(cid)
-            self.channel.send(
-                {
-                    "op": "error",
-                    "cid": cid,
-                    "code": "cancelled",
-                    "error": {"type": "CancelledError", "message": "cancelled"},
-                }
-            )
+            self.cancelled(cid)
             return True
         for old in [c for c in skipped if c < cid]:
             skipped.discard(old)
@@ -212,20 +210,30 @@ class Worker:
         cid = message["cid"]
         _progressHook.set(self._reporter(cid))  # this task's own context
         try:
-            result = await spec.function(*message["args"], **message["kwargs"])
+            result = spec.function(*message["args"], **message["kwargs"])
+            if _isDeferred(result):
+                # Runs on the Twisted reactor sharing our event loop.
+                result = result.asFuture(asyncio.get_running_loop())
+            result = await result
         except asyncio.CancelledError:
-            self.channel.send(
-                {
-                    "op": "error",
-                    "cid": cid,
-                    "code": "cancelled",
-                    "error": {"type": "CancelledError", "message": "cancelled"},
-                }
-            )
+            self.cancelled(cid)
         except BaseException as e:
             self.fail(cid, e, message)
         else:
             self.succeed(cid, result)
+
+    def cancelled(self, cid: int) -> None:
+        """
+        Answer call C{cid}: it was cancelled (the parent's "cancel" done).
+        """
+        self.channel.send(
+            {
+                "op": "error",
+                "cid": cid,
+                "code": "cancelled",
+                "error": {"type": "CancelledError", "message": "cancelled"},
+            }
+        )
 
     def succeed(self, cid: int, result: Any) -> None:
         try:
@@ -276,11 +284,16 @@ async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
 
+def _isDeferred(result: Any) -> bool:
+    return type(result).__module__.startswith("twisted.")
+
+
 def _refuseDeferred(result: Any) -> None:
-    if type(result).__module__.startswith("twisted."):
+    if _isDeferred(result):
         raise TypeError(
-            "the task returned a Deferred; workers run no Twisted reactor:"
-            " write the task as async def"
+            "the task returned a Deferred: declare it @task(concurrent=True),"
+            " so that its worker runs a Twisted reactor, or write it as"
+            " async def"
         )
 
 
@@ -303,18 +316,39 @@ def _serveBlocking(worker: Worker) -> None:
             channel.flush()
 
 
-def _forget(running: dict[int, Any], cid: int) -> Callable[[Any], None]:
-    def forget(_: Any) -> None:
+def _forget(worker: Worker, running: dict[int, Any], cid: int) -> Callable[[Any], None]:
+    def forget(task: Any) -> None:
         running.pop(cid, None)
+        if task.cancelled():
+            # Cancelled before it ever ran: runAsync could not answer.
+            worker.cancelled(cid)
 
     return forget
 
 
-def _serveAsync(worker: Worker) -> None:
+def _installReactor() -> Any:
+    """
+    Install Twisted's asyncio reactor on a new event loop, before the task
+    modules import the reactor: done only for tasks that need it.
+    """
+    import asyncio
+
+    from twisted.internet import asyncioreactor
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    asyncioreactor.install(loop)
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _serveAsync(worker: Worker, reactor: Any = None) -> None:
     import asyncio
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
+        # (With a Twisted reactor on this loop, its timers and I/O run here.)
         running: dict[int, asyncio.Task[None]] = {}
 
         def handle(message: dict[str, Any]) -> None:
@@ -324,7 +358,7 @@ def _serveAsync(worker: Worker) -> None:
                 if spec is not None and spec.isAsync:
                     cid: int = message["cid"]
                     running[cid] = loop.create_task(worker.runAsync(message))
-                    running[cid].add_done_callback(_forget(running, cid))
+                    running[cid].add_done_callback(_forget(worker, running, cid))
                 else:
                     worker.runBlocking(message)
             elif op == "cancel":
@@ -344,7 +378,14 @@ def _serveAsync(worker: Worker) -> None:
         worker.channel.send({"op": "ready", "pid": os.getpid()})
         await asyncio.Event().wait()
 
-    asyncio.run(serve())
+    if reactor is None:
+        asyncio.run(serve())
+        return
+    # Tasks that return Deferreds: Twisted's asyncio reactor drives the loop.
+    loop = reactor._asyncioEventloop
+    serving = loop.create_task(serve())
+    serving.add_done_callback(lambda _: reactor.stop())
+    reactor.run(installSignalHandlers=False)
 
 
 def main(argv: list[str]) -> int:
@@ -356,9 +397,16 @@ def main(argv: list[str]) -> int:
         os.setsid()
     args = argv[1:]
     maxResult = DEFAULT_MAX_RESULT
-    if args[:1] == ["--max-result"]:
-        maxResult = int(args[1])
-        args = args[2:]
+    reactor = None
+    while args[:1] and args[0].startswith("--"):
+        if args[0] == "--max-result":
+            maxResult = int(args[1])
+            args = args[2:]
+        elif args[0] == "--reactor":
+            reactor = _installReactor()
+            args = args[1:]
+        else:
+            break
     channel = _Channel(os.fdopen(RESULTS_FD, "wb"))
     try:
         registry = Registry.fromModules(args)
@@ -366,8 +414,8 @@ def main(argv: list[str]) -> int:
         channel.send({"op": "fatal", "error": _describe(e, includeTraceback=True)})
         return EXIT_BAD_TASKS
     worker = Worker(registry, channel, maxResult)
-    if any(spec.isAsync for spec in registry.values()):
-        _serveAsync(worker)
+    if reactor is not None or any(spec.isAsync for spec in registry.values()):
+        _serveAsync(worker, reactor)
     else:
         _serveBlocking(worker)
     return 0

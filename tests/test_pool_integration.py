@@ -332,3 +332,32 @@ async def test_pipelinedShortCalls(pool: ProcessPool) -> None:
     calls = [pool.submit("add", [i, 1]) for i in range(2000)]
     assert max(len(w.calls) for w in pool.workers) > 1
     assert await gatherResults(calls) == [i + 1 for i in range(2000)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_deferredTasksRunConcurrently() -> None:
+    """
+    Tasks declared @task(concurrent=True) that return Deferreds run on a
+    Twisted reactor in their worker, many at once, report progress from
+    @inlineCallbacks code, and can be cancelled without killing the worker.
+    """
+    pool = ProcessPool(reactor, ["tests.deferredtasks"], size=1)
+    pool.startService()
+    try:
+        await pool.whenReady()
+        (worker,) = pool.workers
+        seen = await gatherResults([pool.submit("later", [0.2]) for _ in range(50)])
+        assert max(seen) > 10, "the calls overlapped in one worker"
+        updates: list[dict[str, Any]] = []
+        assert await pool.submit("countDown", [3], onProgress=updates.append) == 3
+        assert [u["done"] for u in updates] == [1, 2, 3]
+        slow = pool.submit("later", [30])
+        await _until(lambda: pool.stats()["running"] == 1)
+        slow.cancel()
+        with pytest.raises(CancelledError):
+            await slow
+        await _until(lambda: pool.stats()["running"] == 0)
+        assert pool.workers == {worker}, "cancelled in the worker, not killed"
+        assert await pool.submit("pid") == worker.pid
+    finally:
+        await pool.stopService()

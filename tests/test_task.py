@@ -143,3 +143,29 @@ def test_progressOutsideAWorker() -> None:
     finally:
         _progressHook.reset(token)
     assert seen == [{"stage": "x", "done": 1, "total": 2}, {"done": 5}]
+
+
+def test_concurrentPolicy() -> None:
+    """
+    @task(concurrent=True) marks a function whose calls share a worker; one
+    that is not a coroutine function needs a reactor in its worker.
+    """
+
+    @task(concurrent=True)
+    def viaDeferred() -> None:
+        pass
+
+    @task
+    async def coroutine() -> None:
+        pass
+
+    @task
+    def plain() -> None:
+        pass
+
+    specs = [specOf(f) for f in (viaDeferred, coroutine, plain)]
+    assert [(s.isAsync, s.needsReactor) for s in specs if s] == [
+        (True, True),
+        (True, False),
+        (False, False),
+    ]
