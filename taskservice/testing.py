@@ -19,7 +19,6 @@ in-process with the pool's own registry::
 from __future__ import annotations
 
 import asyncio
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +31,7 @@ from zope.interface import implementer
 from taskservice import _json
 from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
 from taskservice._task import Registry, _progressHook
+from taskservice.worker import cancelledMessage, describeError
 
 _SIGNALS = {"KILL": 9, "TERM": 15, "INT": 2, "HUP": 1}
 
@@ -128,14 +128,7 @@ class FakeWorker:
         Answer a cancelled coroutine call as the real worker does.
         """
         self._take(cid)
-        self.send(
-            {
-                "op": "error",
-                "cid": cid,
-                "code": "cancelled",
-                "error": {"type": "CancelledError", "message": "cancelled"},
-            }
-        )
+        self.send(cancelledMessage(cid))
 
     @property
     def killed(self) -> bool:
@@ -244,14 +237,7 @@ class FakeWorker:
             if cid in self.cancelled and not registry[call["task"]].isAsync:
                 # Cancelled while waiting in the pipe: skipped, as the real
                 # worker does.
-                self.send(
-                    {
-                        "op": "error",
-                        "cid": cid,
-                        "code": "cancelled",
-                        "error": {"type": "CancelledError", "message": "cancelled"},
-                    }
-                )
+                self.send(cancelledMessage(cid))
                 continue
             spec = registry[call["task"]]
             token = _progressHook.set(self._reporter(cid))
@@ -260,9 +246,7 @@ class FakeWorker:
                 if spec.isAsync:
                     result = asyncio.run(result)
             except Exception as e:
-                error = {"type": type(e).__qualname__, "message": str(e)}
-                if call.get("tb"):
-                    error["traceback"] = "".join(traceback.format_exception(e))
+                error = describeError(e, bool(call.get("tb")))
                 self.send({"op": "error", "cid": cid, "error": error})
             else:
                 self.send({"op": "result", "cid": cid, "result": result})

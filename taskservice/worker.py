@@ -86,7 +86,11 @@ def _readCommands(fd: int, deliver: Callable[[Any], object]) -> None:
             deliver(_json.loads(payload))
 
 
-def _describe(error: BaseException, includeTraceback: bool) -> dict[str, Any]:
+def describeError(error: BaseException, includeTraceback: bool) -> dict[str, Any]:
+    """
+    An exception as the C{error} of an error frame: type, message and,
+    when asked, the traceback.
+    """
     description: dict[str, Any] = {
         "type": type(error).__qualname__,
         "message": str(error),
@@ -226,14 +230,7 @@ class Worker:
         """
         Answer call C{cid}: it was cancelled (the parent's "cancel" done).
         """
-        self.channel.send(
-            {
-                "op": "error",
-                "cid": cid,
-                "code": "cancelled",
-                "error": {"type": "CancelledError", "message": "cancelled"},
-            }
-        )
+        self.channel.send(cancelledMessage(cid))
 
     def succeed(self, cid: int, result: Any) -> None:
         try:
@@ -275,9 +272,21 @@ class Worker:
             {
                 "op": "error",
                 "cid": cid,
-                "error": _describe(error, bool(message.get("tb"))),
+                "error": describeError(error, bool(message.get("tb"))),
             }
         )
+
+
+def cancelledMessage(cid: int) -> dict[str, Any]:
+    """
+    The frame confirming that call C{cid} was cancelled (or skipped).
+    """
+    return {
+        "op": "error",
+        "cid": cid,
+        "code": "cancelled",
+        "error": {"type": "CancelledError", "message": "cancelled"},
+    }
 
 
 async def _awaited(awaitable: Any) -> Any:
@@ -411,7 +420,7 @@ def main(argv: list[str]) -> int:
     try:
         registry = Registry.fromModules(args)
     except BaseException as e:
-        channel.send({"op": "fatal", "error": _describe(e, includeTraceback=True)})
+        channel.send({"op": "fatal", "error": describeError(e, includeTraceback=True)})
         return EXIT_BAD_TASKS
     worker = Worker(registry, channel, maxResult)
     if reactor is not None or any(spec.isAsync for spec in registry.values()):
