@@ -4,7 +4,8 @@
 Runs each scenario and its in-run baseline interleaved, several times, and
 prints medians with their spread (min-max) and the ratio to the baseline:
 these machines are shared and noisy, so only same-run ratios mean much.
-With ``--write`` the table goes into a reStructuredText page (docs/benchmarks.rst).
+With ``--write`` the table goes into a Markdown page (docs/benchmarks.md),
+which the Sphinx page docs/benchmarks.rst includes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from taskservice.bench._stats import Summary, percentile, table
@@ -365,13 +366,25 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
     client = TaskClient(reactor, f"tcp:127.0.0.1:{port.getHost().port}")
     client.startService()
     await client.call("echo", 0)
+    scenarios: dict[str, Callable[[], Awaitable[None]]] = {
+        "pool": lambda: throughputScenario(pool, runs, total, rows),
+        "sequential": lambda: sequentialScenario(pool, client, count, rows),
+        "failure": lambda: failureScenario(reactor, pool, rows),
+        "recycling": lambda: recyclingScenario(
+            reactor, pool, runs, count // 2, rows, notes
+        ),
+        "payload": lambda: payloadScenario(reactor, client, rows),
+        "email": lambda: websocketScenario(reactor, min(runs, 3), rows),
+    }
+    unknown = set(options.only or ()) - scenarios.keys()
+    if unknown:
+        raise SystemExit(
+            f"unknown scenario(s) {sorted(unknown)}; choose from {sorted(scenarios)}"
+        )
     try:
-        await throughputScenario(pool, runs, total, rows)
-        await sequentialScenario(pool, client, count, rows)
-        await failureScenario(reactor, pool, rows)
-        await recyclingScenario(reactor, pool, runs, count // 2, rows, notes)
-        await payloadScenario(reactor, client, rows)
-        await websocketScenario(reactor, min(runs, 3), rows)
+        for name, scenario in scenarios.items():
+            if not options.only or name in options.only:
+                await scenario()
     finally:
         await client.stopService()
         await port.stopListening()
@@ -401,16 +414,15 @@ def _document(machine: str, report: str, notes: list[str]) -> str:
     from twisted import __version__ as twisted
 
     return (
-        "Benchmarks\n==========\n\n"
-        "Latest results of ``python -m taskservice.bench --write"
-        " docs/benchmarks.rst`` (generated: do not edit by hand). Each"
+        "# Benchmarks\n\n"
+        "Latest results of `python -m taskservice.bench --write"
+        " docs/benchmarks.md` (generated: do not edit by hand). Each"
         " scenario runs beside its baseline in the same run, interleaved;"
         " throughput is the median of the runs with their min-max, latencies"
         " are percentiles over all samples. Compare ratios, not absolute"
         " figures: the machine is shared and noisy.\n\n"
         f"Machine: {machine}, Twisted {twisted}.\n\n"
-        ".. code-block:: text\n\n"
-        + "\n".join("   " + line for line in report.splitlines())
+        + report
         + "\n\n"
         + "".join(f"- {note}\n" for note in notes)
     )
@@ -421,6 +433,12 @@ def run(argv: list[str]) -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--write", metavar="PATH")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="SCENARIO",
+        help="run only this scenario (repeatable)",
+    )
     options = parser.parse_args(argv)
 
     from twisted.internet import defer, task
