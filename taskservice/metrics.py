@@ -9,10 +9,11 @@ so one process may run several pools, each with its own metrics.
 Costs: the pool tells its L{PoolMetrics} of each call's outcome
 (L{taskservice.pool.CallObserver}), which adds to plain integers and lists
 (no locks, no allocation); everything else (queue depth, workers by state,
-restarts, connections, the gateway's counters) is read from the objects'
-own counters when Prometheus scrapes. Collection runs in the reactor thread
-(L{MetricsResource} renders there); a registry read from another thread
-may see a call counted in one metric and not yet in the next.
+restarts, connections, the task server's refusals, the gateway's counters)
+is read from the objects' own counters when Prometheus scrapes. Collection
+runs in the reactor thread (L{MetricsResource} renders there); a registry
+read from another thread may see a call counted in one metric and not yet
+in the next.
 """
 
 from __future__ import annotations
@@ -251,15 +252,23 @@ class TaskServerMetrics:
         return self._families()
 
     def collect(self) -> Iterable[Metric]:
-        [connections] = families = self._families()
+        connections, refused = families = self._families()
         connections.add_metric([], len(self.factory.protocols))
+        for reason, count in list(self.factory.refused.items()):
+            refused.add_metric([reason], count)
         return families
 
     def _families(self) -> list[Any]:
         return [
             GaugeMetricFamily(
                 "taskservice_connections", "Open client connections to the task server."
-            )
+            ),
+            CounterMetricFamily(
+                "taskservice_refused",
+                "Messages the task server answered with an error itself, before"
+                " the pool, by reason.",
+                labels=["reason"],
+            ),
         ]
 
 

@@ -13,7 +13,7 @@ C{$/auth} with it; anything else first, or a wrong token, is answered -32005
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from enum import Enum
 from typing import Any, cast
@@ -35,6 +35,7 @@ from taskservice._jsonrpc import Batch, Invalid, Request
 from taskservice._lines import DEFAULT_MAX_LINE, LineProtocol
 from taskservice.errors import (
     Cancelled,
+    ErrorCode,
     InternalError,
     InvalidParams,
     InvalidRequest,
@@ -56,6 +57,18 @@ HOLD_LIMIT = 1024 * 1024
 stops reading from it."""
 
 Response = dict[str, Any] | None
+
+REFUSALS: dict[int, str] = {
+    ErrorCode.PARSE_ERROR: "parse_error",
+    ErrorCode.INVALID_REQUEST: "invalid_request",
+    ErrorCode.METHOD_NOT_FOUND: "method_not_found",
+    ErrorCode.INVALID_PARAMS: "invalid_params",
+    ErrorCode.TOO_LARGE: "too_large",
+    ErrorCode.UNAUTHORISED: "unauthorised",
+}
+"""The errors the server answers itself, before a call reaches the pool,
+by the name it counts them under (L{TaskServerFactory.refused}): the error
+class's name (see docs/protocol), in snake case."""
 
 
 class _Access(Enum):
@@ -215,6 +228,7 @@ class TaskServerProtocol(LineProtocol):
             return
         message = _jsonrpc.parseLine(line)
         if isinstance(message, Invalid) and not message.seed:
+            self._refused(message.error)
             self._write(_jsonrpc.errorObject(message.id, message.error))
         elif (
             isinstance(message, Request)
@@ -240,6 +254,7 @@ class TaskServerProtocol(LineProtocol):
             # A malformed Workerman-dialect line: answered in that dialect,
             # in its turn among the others.
             error = message.error
+            self._refused(error)
             answered = self._seedReply(lambda: fail(error))
         elif isinstance(message, Batch):
             answered = self._batch(message)
@@ -261,6 +276,8 @@ class TaskServerProtocol(LineProtocol):
         self._closeIfDone()
 
     def lineTooLong(self) -> None:
+        if self._access is _Access.REFUSED:
+            return
         if self._access is not _Access.OPEN:
             self._refuse(None, "authenticate first: send $/auth with the token")
             return
@@ -270,12 +287,16 @@ class TaskServerProtocol(LineProtocol):
         requestId = _jsonrpc.leadingId(self.tooLongPrefix)
         if requestId in self._inFlight:
             requestId = None
-        self._write(
-            _jsonrpc.errorObject(
-                requestId,
-                TooLarge(f"line longer than {limit} bytes discarded", {"limit": limit}),
-            )
-        )
+        error = TooLarge(f"line longer than {limit} bytes discarded", {"limit": limit})
+        self._refused(error)
+        self._write(_jsonrpc.errorObject(requestId, error))
+
+    def _refused(self, error: TaskServiceError) -> None:
+        """
+        Count C{error}, answered by the server itself, in
+        L{TaskServerFactory.refused}. Only error paths call this.
+        """
+        self.factory.refused[REFUSALS.get(error.code, "internal_error")] += 1
 
     # -- authentication ------------------------------------------------------
 
@@ -309,6 +330,7 @@ class TaskServerProtocol(LineProtocol):
         """
         self._access = _Access.REFUSED
         error = Unauthorised("unauthorised", why)
+        self._refused(error)
         if isinstance(message, Request) and message.seed:
             self._send(_jsonrpc.line({"error": error.toWire()}))
         else:
@@ -331,12 +353,13 @@ class TaskServerProtocol(LineProtocol):
         return self._respond(request).addCallback(self._writeIfAny)
 
     def _batch(self, batch: Batch) -> Deferred[None]:
-        replies: list[Deferred[Response]] = [
-            succeed(_jsonrpc.errorObject(item.id, item.error))
-            if isinstance(item, Invalid)
-            else self._respond(item)
-            for item in batch.items
-        ]
+        replies: list[Deferred[Response]] = []
+        for item in batch.items:
+            if isinstance(item, Invalid):
+                self._refused(item.error)
+                replies.append(succeed(_jsonrpc.errorObject(item.id, item.error)))
+            else:
+                replies.append(self._respond(item))
 
         def write(responses: list[Response]) -> None:
             answered = [r for r in responses if r is not None]
@@ -381,15 +404,12 @@ class TaskServerProtocol(LineProtocol):
         """
         requestId = request.id
         if not request.notification and requestId in self._inFlight:
-            return succeed(
-                _jsonrpc.errorObject(
-                    requestId,
-                    InvalidRequest(
-                        "invalid request",
-                        "a call with this id is already in flight on this connection",
-                    ),
-                )
+            error = InvalidRequest(
+                "invalid request",
+                "a call with this id is already in flight on this connection",
             )
+            self._refused(error)
+            return succeed(_jsonrpc.errorObject(requestId, error))
         d = self._call(request)
         if request.notification:
             d.addErrback(self._logNotificationFailure, request)
@@ -441,6 +461,7 @@ class TaskServerProtocol(LineProtocol):
                 raise Unauthorised("unauthorised", "wrong or missing token")
             raise MethodNotFound("method not found", request.method)
         except TaskServiceError as e:
+            self._refused(e)
             return fail(e)
 
     def _cancel(self, request: Request) -> None:
@@ -551,6 +572,9 @@ class TaskServerFactory(Factory):
         self.maxInFlight = maxInFlight
         self.token = Token(token) if isinstance(token, str) else token
         self.protocols: set[TaskServerProtocol] = set()
+        self.refused: Counter[str] = Counter(dict.fromkeys(REFUSALS.values(), 0))
+        """Messages the server answered with an error itself, before they
+        reached the pool, by reason (the values of L{REFUSALS})."""
 
     def buildProtocol(self, addr: Any) -> TaskServerProtocol:
         return TaskServerProtocol(self)
@@ -558,6 +582,7 @@ class TaskServerFactory(Factory):
     def stats(self) -> dict[str, Any]:
         stats = self.pool.stats()
         stats["connections"] = len(self.protocols)
+        stats["refused"] = dict(self.refused)
         return stats
 
 
