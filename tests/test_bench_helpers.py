@@ -1,0 +1,129 @@
+"""
+The pure helpers of the benchmarks' burst and memory scenarios: parsing
+C{/proc} and C{-X importtime} text, and the arithmetic of the rows. No
+processes, no timing.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from taskservice import Registry
+from taskservice.bench._burst import idealSeconds
+from taskservice.bench._memory import (
+    Import,
+    kilobytes,
+    parentPid,
+    parseImportTime,
+    percentChange,
+)
+
+STATUS = """\
+Name:\tpython
+Umask:\t0022
+State:\tS (sleeping)
+Pid:\t4242
+PPid:\t4200
+VmPeak:\t   30000 kB
+VmRSS:\t   20812 kB
+RssAnon:\t    9000 kB
+Threads:\t2
+"""
+
+SMAPS_ROLLUP = """\
+55b6bb5d5000-7ffdfd87e000 ---p 00000000 00:00 0                          [rollup]
+Rss:                1724 kB
+Private_Clean:        44 kB
+Private_Dirty:       116 kB
+"""
+
+IMPORT_TIME = """\
+import time: self [us] | cumulative | imported package
+import time:       120 |        120 |   _io
+import time:       416 |        536 | io
+import time:      3119 |      13496 |     inspect
+import time:      1676 |      20809 |   taskservice._task
+import time:       233 |      21204 | taskservice
+Traceback (most recent call last):
+something else entirely
+"""
+
+
+def test_kilobytesOfStatus() -> None:
+    """
+    The kB lines of /proc/PID/status become bytes by name; lines without a
+    kB size (names, states, counts) are skipped.
+    """
+    sizes = kilobytes(STATUS)
+    assert sizes["VmRSS"] == 20812 * 1024
+    assert sizes["RssAnon"] == 9000 * 1024
+    assert "Threads" not in sizes
+    assert "Pid" not in sizes
+
+
+def test_kilobytesOfSmapsRollup() -> None:
+    """
+    smaps_rollup has the same form after its address line.
+    """
+    sizes = kilobytes(SMAPS_ROLLUP)
+    assert sizes == {
+        "Rss": 1724 * 1024,
+        "Private_Clean": 44 * 1024,
+        "Private_Dirty": 116 * 1024,
+    }
+
+
+def test_parentPid() -> None:
+    """
+    The parent pid is the second field after the command name, which may
+    hold spaces and parentheses.
+    """
+    assert parentPid("4242 (python) S 4200 4242 4242 0 -1 4194560") == 4200
+    assert parentPid("77 (odd) name) (x) R 1 77 77 0 -1") == 1
+
+
+def test_parseImportTime() -> None:
+    """
+    Each "import time:" line becomes an Import with its depth (two spaces a
+    level); the header and other output are skipped.
+    """
+    assert parseImportTime(IMPORT_TIME) == [
+        Import("_io", 120, 120, 1),
+        Import("io", 416, 536, 0),
+        Import("inspect", 3119, 13496, 2),
+        Import("taskservice._task", 1676, 20809, 1),
+        Import("taskservice", 233, 21204, 0),
+    ]
+
+
+def test_percentChange() -> None:
+    """
+    Growth is relative to the value before.
+    """
+    assert percentChange(200, 210) == pytest.approx(5.0)
+    assert percentChange(200, 190) == pytest.approx(-5.0)
+
+
+def test_idealSeconds() -> None:
+    """
+    The ideal burst time counts whole rounds of at most atOnce calls.
+    """
+    assert idealSeconds(1000, 0.05, 10) == pytest.approx(5.0)
+    assert idealSeconds(1000, 0.05, 200) == pytest.approx(0.25)
+    assert idealSeconds(1000, 0.05, 1000) == pytest.approx(0.05)
+    assert idealSeconds(1001, 0.05, 1000) == pytest.approx(0.1)
+
+
+def test_benchTasksRegisterACoroutineSleep() -> None:
+    """
+    The bench-only task module serves async_sleep as a coroutine task, so
+    the pool packs its calls onto workers.
+    """
+    registry = Registry.fromModules(["taskservice.bench._tasks"])
+    spec = registry["async_sleep"]
+    assert spec.isAsync
+    assert inspect.iscoroutinefunction(spec.function)
+    with pytest.raises(ValueError, match="seconds"):
+        spec.function(-1).send(None)
