@@ -39,9 +39,11 @@ from taskservice._lines import LineProtocol
 from taskservice._tls import describeTLSFailure
 from taskservice.errors import (
     ErrorCode,
+    ServerLost,
     TaskServiceError,
     Unauthorised,
     Unavailable,
+    Unreachable,
     fromWireError,
 )
 
@@ -127,7 +129,7 @@ class TaskClientProtocol(LineProtocol):
         if self.refusal is not None:
             return fail(_copy(self.refusal))
         if self._lost is not None or self.transport is None:
-            return fail(Unavailable("not connected to the task server"))
+            return fail(Unreachable("not connected to the task server"))
         requestId = self._nextId
         self._nextId += 1
         message = _jsonrpc.requestObject(
@@ -306,7 +308,7 @@ class TaskClientProtocol(LineProtocol):
         for call in pending.values():
             call.deferred.errback(
                 Failure(
-                    Unavailable(
+                    ServerLost(
                         "connection to the task server lost",
                         {"reason": why},
                     )
@@ -355,6 +357,11 @@ class TaskClient(Service):
     calls in flight fail with L{Unauthorised}, and so does every call made
     until a connection is accepted; reconnection goes on, backing off.
 
+    @param onUp: called with this client each time a connection is
+        accepted by the server (its C{$/auth} answered).
+    @param onDown: called with this client and the reason, in words, each
+        time an accepted connection is lost.
+
     @ivar endpoint: the endpoint it connects with.
     """
 
@@ -367,11 +374,15 @@ class TaskClient(Service):
         *,
         maxRetryDelay: float = 5.0,
         token: Token | str | None = None,
+        onUp: Callable[[TaskClient], object] | None = None,
+        onDown: Callable[[TaskClient, str | None], object] | None = None,
     ) -> None:
         if isinstance(endpoint, str):
             endpoint = clientFromString(reactor, endpoint)
         assert IStreamClientEndpoint.providedBy(endpoint)
         self.endpoint = endpoint
+        self._onUp = onUp
+        self._onDown = onDown
         self._reactor = reactor
         self._token = Token(token) if isinstance(token, str) else token
         self._protocol: TaskClientProtocol | None = None
@@ -398,6 +409,8 @@ class TaskClient(Service):
         self._unprovenLosses = 0
         self._refusal = None
         self._lastReason = None
+        if self._onUp is not None:
+            self._onUp(self)
 
     def _disconnected(self, protocol: TaskClientProtocol) -> None:
         if not protocol.ready:
@@ -408,6 +421,31 @@ class TaskClient(Service):
         if self._protocol is protocol:
             self._protocol = None
             self._unreachable = True
+        if protocol.ready and self._onDown is not None:
+            self._onDown(self, protocol.lostReason)
+
+    @property
+    def ready(self) -> bool:
+        """
+        Connected, and the server accepted this client: calls go out now.
+        """
+        return self._protocol is not None and self._protocol.ready
+
+    @property
+    def unreachable(self) -> bool:
+        """
+        Known to be down (its last connection or attempt failed): calls fail
+        at once with L{Unreachable} until a connection is made again. Before
+        the first attempt has ended, neither this nor L{ready} is true.
+        """
+        return self._unreachable
+
+    @property
+    def lastReason(self) -> str | None:
+        """
+        Why the last connection or attempt failed, in words, or L{None}.
+        """
+        return self._lastReason
 
     def _attemptFailed(self, failure: Failure) -> Failure:
         self._unreachable = True
@@ -415,7 +453,7 @@ class TaskClient(Service):
             return failure
         self._lastReason = failure.getErrorMessage()
         return Failure(
-            Unavailable(
+            Unreachable(
                 "the task server is unreachable", {"reason": failure.getErrorMessage()}
             )
         )
@@ -465,7 +503,7 @@ class TaskClient(Service):
         Cancelling the Deferred cancels the task.
         """
         if not self.running:
-            return fail(Unavailable("the client is not started"))
+            return fail(Unreachable("the client is not started"))
         if self._protocol is not None:
             return self._protocol.request(
                 method, params, onProgress=onProgress, timeout=timeout
@@ -474,7 +512,7 @@ class TaskClient(Service):
             if self._refusal is not None:
                 return fail(_copy(self._refusal))
             return fail(
-                Unavailable(
+                Unreachable(
                     "the task server is unreachable",
                     None if self._lastReason is None else {"reason": self._lastReason},
                 )

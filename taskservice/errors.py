@@ -135,6 +135,24 @@ class Unavailable(TaskServiceError):
     defaultMessage = "task server unavailable"
 
 
+class Unreachable(Unavailable):
+    """
+    The client could not send the call: no connection to the task server
+    (so the call did not run there). On the wire: -32006.
+    """
+
+    defaultMessage = "the task server is unreachable"
+
+
+class ServerLost(Unavailable):
+    """
+    The connection to the task server was lost while the call was in
+    flight: it may or may not have run. On the wire: -32006.
+    """
+
+    defaultMessage = "connection to the task server lost"
+
+
 class Cancelled(TaskServiceError):
     code = ErrorCode.CANCELLED
     defaultMessage = "cancelled"

@@ -23,7 +23,7 @@ MAX_SLEEP = 3600.0
 MAX_FIB = 40
 
 
-@task
+@task(idempotent=True)
 def echo(value: Any) -> Any:
     """
     Return C{value} unchanged.
@@ -31,7 +31,7 @@ def echo(value: Any) -> Any:
     return value
 
 
-@task
+@task(idempotent=True)
 def sleep(seconds: float) -> float:
     """
     Block the worker for C{seconds} (at most an hour), then return them.
@@ -42,7 +42,7 @@ def sleep(seconds: float) -> float:
     return seconds
 
 
-@task
+@task(idempotent=True)
 def fib(n: int) -> int:
     """
     The C{n}th Fibonacci number, computed the slow recursive way: CPU-bound.

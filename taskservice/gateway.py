@@ -272,8 +272,10 @@ class GatewayFactory(WebSocketServerFactory):
     def statsDocument(self) -> Deferred[dict[str, Any]]:
         """
         C{{"gateway": ..., "taskServer": ...}} plus every provider's
-        mapping; C{"taskServer"} is the task server's C{$/stats}, or
-        C{{"error": ...}} when it cannot be had.
+        mapping; C{"taskServer"} is the task server's C{$/stats} (with
+        several, the one that answered), or C{{"error": ...}} when it cannot
+        be had. With several task servers (a L{Balancer}), C{"taskServers"}
+        lists each as the gateway sees it (up, calls in flight).
         """
         upstream = self.client.request(STATS)
         upstream.addTimeout(self.statsTimeout, self.reactor)
@@ -290,6 +292,9 @@ class GatewayFactory(WebSocketServerFactory):
 
         def document(taskServer: Any) -> dict[str, Any]:
             result: dict[str, Any] = {"gateway": self.stats(), "taskServer": taskServer}
+            status = getattr(self.client, "status", None)
+            if status is not None:
+                result["taskServers"] = status()
             for provider in self._statsProviders:
                 try:
                     result.update(provider())

@@ -308,7 +308,42 @@ class GatewayMetrics:
         refused.add_metric(["origin"], counters["deniedOrigins"])
         cancels.add_metric([], counters["cancelled"])
         abandoned.add_metric([], counters["abandoned"])
+        status = getattr(factory.client, "status", None)
+        if status is not None:
+            families += self._upstream(status())
         return families
+
+    def _upstream(self, servers: list[dict[str, Any]]) -> list[Any]:
+        """
+        With several task servers (a L{Balancer}): each one's state.
+        """
+        up = GaugeMetricFamily(
+            "taskservice_gateway_task_server_up",
+            "Whether the gateway's connection to this task server is up.",
+            labels=["server"],
+        )
+        inFlight = GaugeMetricFamily(
+            "taskservice_gateway_task_server_calls_in_flight",
+            "Calls sent to this task server and not answered yet.",
+            labels=["server"],
+        )
+        sent = CounterMetricFamily(
+            "taskservice_gateway_task_server_calls",
+            "Calls sent to this task server.",
+            labels=["server"],
+        )
+        retried = CounterMetricFamily(
+            "taskservice_gateway_task_server_retried",
+            "Idempotent calls sent to another server when this one was lost.",
+            labels=["server"],
+        )
+        for server in servers:
+            name = [server["server"]]
+            up.add_metric(name, 1 if server["up"] else 0)
+            inFlight.add_metric(name, server["inFlight"])
+            sent.add_metric(name, server["calls"])
+            retried.add_metric(name, server["retried"])
+        return [up, inFlight, sent, retried]
 
     def _families(self) -> list[Any]:
         return [

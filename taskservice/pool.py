@@ -1020,6 +1020,9 @@ class ProcessPool(Service):
             "restartsByCause": dict(self.workerExits),
             "uptime": round(uptime, 3),
             "tasks": sorted(self.registry),
+            "idempotentTasks": sorted(
+                name for name, spec in self.registry.items() if spec.idempotent
+            ),
         }
 
 

@@ -14,6 +14,7 @@ from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from taskservice._auth import Token, readTokenFile
+from taskservice._endpoints import quote, splitDescription
 from taskservice._lines import DEFAULT_MAX_LINE
 from taskservice._origins import parseOrigin
 from taskservice._task import Registry
@@ -203,13 +204,6 @@ class Options(usage.Options):
             "Endpoint to serve the websocket gateway (/ws), its page and /stats on.",
         ],
         [
-            "task-server",
-            None,
-            None,
-            "Client endpoint of the task server the gateway calls (e.g."
-            " tcp:tasks.example.com:12345); then no local task server or pool runs.",
-        ],
-        [
             "task-server-token-file",
             None,
             None,
@@ -247,6 +241,7 @@ class Options(usage.Options):
         super().__init__()
         self["tasks"] = []
         self["allowed-origins"] = []
+        self["task-servers"] = []
 
     def opt_allowed_origin(self, origin: str) -> None:
         """
@@ -260,6 +255,15 @@ class Options(usage.Options):
                 f" not {origin!r}"
             )
         self["allowed-origins"].append(origin)
+
+    def opt_task_server(self, endpoint: str) -> None:
+        """
+        Client endpoint of a task server the gateway calls (e.g.
+        tcp:tasks.example.com:12345); then no local task server or pool
+        runs. Repeat it for several: each call goes to the healthy one with
+        the fewest calls outstanding.
+        """
+        self["task-servers"].append(endpoint)
 
     def opt_tasks(self, module: str) -> None:
         """
@@ -294,11 +298,11 @@ class Options(usage.Options):
             ):
                 raise usage.UsageError(f"--smtp must be host:port, not {smtp!r}")
         if self["no-websocket"]:
-            if self["task-server"] is not None:
+            if self["task-servers"]:
                 raise usage.UsageError(
                     "--task-server is for the gateway: not with --no-websocket"
                 )
-        elif self["task-server"] is None:
+        elif not self["task-servers"]:
             localTaskServer(self["listen"])  # a usage error if it cannot be reached
         self._checkSecurity()
         if self.runsSink():
@@ -314,7 +318,7 @@ class Options(usage.Options):
         gateway's) and C{tls} (the task server's TLS options), each L{None}
         when not used.
         """
-        localServer = self["no-websocket"] or self["task-server"] is None
+        localServer = self["no-websocket"] or not self["task-servers"]
         self["token"] = self["upstream-token"] = self["tls"] = None
         if self["token-file"] is not None:
             if not localServer:
@@ -324,7 +328,7 @@ class Options(usage.Options):
                 )
             self["token"] = _readToken("--token-file", self["token-file"])
         if self["task-server-token-file"] is not None:
-            if self["task-server"] is None:
+            if not self["task-servers"]:
                 raise usage.UsageError(
                     "--task-server-token-file goes with --task-server (the gateway"
                     " of a local task server sends its --token-file)"
@@ -332,7 +336,7 @@ class Options(usage.Options):
             self["upstream-token"] = _readToken(
                 "--task-server-token-file", self["task-server-token-file"]
             )
-        elif self["task-server"] is None and not self["no-websocket"]:
+        elif not self["task-servers"] and not self["no-websocket"]:
             self["upstream-token"] = self["token"]
         if all(self[o] is None for o in ("tls-cert", "tls-key", "tls-ca")):
             return
@@ -370,46 +374,10 @@ class Options(usage.Options):
         with --smtp or it is turned off.
         """
         return (
-            self["task-server"] is None
+            not self["task-servers"]
             and self["smtp"] is None
             and not self["no-smtp-sink"]
         )
-
-
-def _splitDescription(description: str) -> tuple[list[str], dict[str, str]]:
-    """
-    An endpoint description's positional and keyword arguments, unescaped
-    (C{\\:} is a colon, C{\\\\} a backslash), its type first.
-    """
-    positional: list[str] = []
-    keywords: dict[str, str] = {}
-    current: list[str] = []
-    key: str | None = None
-    chars = iter(description)
-    for char in chars:
-        if char == "\\":
-            current.append(next(chars, ""))
-        elif char == "=" and key is None and positional:
-            key, current = "".join(current), []
-        elif char == ":":
-            value = "".join(current)
-            if key is None:
-                positional.append(value)
-            else:
-                keywords[key] = value
-            current, key = [], None
-        else:
-            current.append(char)
-    value = "".join(current)
-    if key is None:
-        positional.append(value)
-    else:
-        keywords[key] = value
-    return positional, keywords
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
 def _tcpAddress(option: str, description: str) -> tuple[str, int]:
@@ -417,7 +385,7 @@ def _tcpAddress(option: str, description: str) -> tuple[str, int]:
     The address a client uses to reach the TCP server endpoint
     C{description} (a wildcard interface becomes loopback).
     """
-    positional, keywords = _splitDescription(description)
+    positional, keywords = splitDescription(description)
     if positional[0] != "tcp":
         raise usage.UsageError(f"{option} {description!r} must be a tcp: endpoint")
     port = keywords.get("port", positional[1] if len(positional) > 1 else "")
@@ -440,7 +408,7 @@ def _tlsListenAddress(listen: str) -> tuple[int, str, int]:
     The port, interface and backlog of C{--listen} when --tls-cert makes it
     TLS: it must be a C{tcp:} endpoint.
     """
-    positional, keywords = _splitDescription(listen)
+    positional, keywords = splitDescription(listen)
     args = positional[1:]
     port = keywords.pop("port", args[0] if args else "")
     interface = keywords.pop("interface", args[1] if len(args) > 1 else "")
@@ -465,18 +433,18 @@ def localTaskServer(listen: str) -> str | None:
     C{unix:PATH}. L{None} for port 0: the gateway then finds the port once
     bound. Any other endpoint type is a usage error: give --task-server.
     """
-    positional, keywords = _splitDescription(listen)
+    positional, keywords = splitDescription(listen)
     kind = positional[0]
     if kind == "tcp":
         host, port = _tcpAddress("--listen", listen)
         if port == 0:
             return None
-        return f"tcp:host={_quote(host)}:port={port}"
+        return f"tcp:host={quote(host)}:port={port}"
     if kind == "unix":
         path = keywords.get("address", positional[1] if len(positional) > 1 else "")
         if not path:
             raise usage.UsageError(f"--listen {listen!r}: no UNIX socket path")
-        return f"unix:path={_quote(path)}"
+        return f"unix:path={quote(path)}"
     raise usage.UsageError(
         f"the gateway cannot derive how to reach --listen {listen!r}:"
         " give --task-server (or --no-websocket)"
@@ -490,7 +458,9 @@ def makeService(options: Options) -> IService:
     --no-websocket or --task-server.
     """
     from twisted.internet import reactor
+    from twisted.internet.endpoints import clientFromString
 
+    from taskservice.balancer import Balancer
     from taskservice.client import TaskClient
     from taskservice.gateway import GatewayFactory, GatewaySite
     from taskservice.service import GatewayService, ListenerEndpoint
@@ -508,16 +478,29 @@ def makeService(options: Options) -> IService:
         _serveMetrics(options, reactor, root, _metricsRegistry(alone, None))
         return root
     taskServer = None
-    upstream: Any = options["task-server"]
-    if upstream is None:
+    client: TaskClient | Balancer
+    servers: list[Any] = options["task-servers"]
+    token = options.get("upstream-token")
+    if not servers:
         taskServer = _makeTaskServer(options, reactor)
         upstream = localTaskServer(options["listen"])
-        if upstream is None:
-            upstream = ListenerEndpoint(reactor, taskServer.listener)
-    try:
-        client = TaskClient(reactor, upstream, token=options.get("upstream-token"))
-    except (ValueError, TypeError, KeyError) as e:
-        raise usage.UsageError(f"--task-server {upstream!r}: {e}") from e
+        client = TaskClient(
+            reactor,
+            ListenerEndpoint(reactor, taskServer.listener)
+            if upstream is None
+            else upstream,
+            token=token,
+        )
+    else:
+        for server in servers:
+            try:
+                clientFromString(reactor, server)
+            except Exception as e:  # whatever the endpoint's parser raises
+                raise usage.UsageError(f"--task-server {server!r}: {e}") from e
+        if len(servers) == 1:
+            client = TaskClient(reactor, servers[0], token=token)
+        else:
+            client = Balancer(reactor, servers, token=token)
     factory = GatewayFactory(
         reactor,
         client,

@@ -96,3 +96,22 @@ def record(path: str, tag: str) -> str:
     with open(path, "a", encoding="utf-8") as f:
         f.write(tag + "\n")
     return tag
+
+
+@task(idempotent=True)
+def nap(seconds: float) -> float:
+    """
+    Sleep C{seconds}, then return them: safe to run twice (idempotent).
+    """
+    time.sleep(seconds)
+    return seconds
+
+
+@task
+def nap_once(seconds: float) -> float:
+    """
+    Sleep C{seconds}, then return them; not declared idempotent, so never
+    retried elsewhere.
+    """
+    time.sleep(seconds)
+    return seconds

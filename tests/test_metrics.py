@@ -11,7 +11,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -453,6 +453,43 @@ def test_gatewayMetrics(fakeLoop: None) -> None:
     browser.sendClose(1000)
     h.flush()
     assert value("taskservice_gateway_browsers") == 0.0
+
+
+def test_gatewayUpstreamMetrics() -> None:
+    """
+    With several task servers, the gateway's metrics tell each one's state:
+    up, calls in flight, calls sent, idempotent calls retried elsewhere.
+    """
+    from taskservice.balancer import Balancer
+    from taskservice.gateway import GatewayFactory
+    from tests.test_balancer import FakeClient
+
+    balancer = Balancer(
+        FakeProcessReactor(),
+        ["tcp:10.0.0.1:7000", "tcp:10.0.0.2:7000"],
+        makeClient=FakeClient,
+    )
+    balancer.startService()
+    a, b = (cast(FakeClient, server.client) for server in balancer.servers)
+    a.up()
+    b.up()
+    balancer.request("echo", [1])
+    balancer.request("echo", [2])
+    a.down()
+    registry = makeRegistry(
+        gateway=GatewayFactory(FakeProcessReactor(), balancer), processMetrics=False
+    )
+
+    def value(name: str, server: str) -> float | None:
+        return registry.get_sample_value(name, {"server": server})
+
+    first, second = "tcp:10.0.0.1:7000", "tcp:10.0.0.2:7000"
+    assert value("taskservice_gateway_task_server_up", first) == 0.0
+    assert value("taskservice_gateway_task_server_up", second) == 1.0
+    assert value("taskservice_gateway_task_server_calls_in_flight", second) == 2.0
+    assert value("taskservice_gateway_task_server_calls_total", first) == 1.0
+    assert value("taskservice_gateway_task_server_calls_total", second) == 2.0
+    assert value("taskservice_gateway_task_server_retried_total", first) == 1.0
 
 
 def test_gatewaySiteServesMetrics(fakeLoop: None) -> None:

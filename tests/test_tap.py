@@ -429,7 +429,7 @@ def test_gatewayDefaults() -> None:
     options = parse()
     assert options["websocket"] == "tcp:8080:interface=127.0.0.1"
     assert tap.DEFAULT_WEBSOCKET == "tcp:8080:interface=127.0.0.1"
-    assert options["task-server"] is None
+    assert options["task-servers"] == []
     assert not options["no-websocket"]
     assert options["max-message"] == 1024 * 1024
     assert options["max-browser-calls"] == 100
@@ -466,7 +466,7 @@ def test_gatewayOptionValues() -> None:
         "http://localhost:3000",
     )
     assert options["websocket"] == "tcp:0:interface=127.0.0.1"
-    assert options["task-server"] == "tcp:tasks.example.com:12345"
+    assert options["task-servers"] == ["tcp:tasks.example.com:12345"]
     assert (options["max-message"], options["max-browser-calls"]) == (4096, 7)
     assert type(options["max-message"]) is int
     assert options["allowed-origins"] == [
@@ -632,6 +632,56 @@ def test_makeServiceGatewayAlone() -> None:
     assert gateway.taskServer is None
     assert only(TaskClient, root).endpoint._path == "/run/tasks.sock"
     assert only(StreamServerEndpointService, root) is gateway.listener
+
+
+def test_makeServiceSeveralTaskServers() -> None:
+    """
+    --task-server given more than once: the gateway calls through a
+    Balancer holding one TaskClient per server, in the order given.
+    """
+    from taskservice.balancer import Balancer
+    from taskservice.service import GatewayService
+
+    root = tap.makeService(
+        parse(
+            "--task-server",
+            "tcp:10.0.0.1:7000",
+            "--task-server",
+            "tls:tasks2.example.com:7000",
+            "--websocket",
+            "tcp:0",
+        )
+    )
+    gateway = only(GatewayService, root)
+    balancer = only(Balancer, root)
+    assert gateway.client is balancer
+    assert gateway.factory.client is balancer
+    assert [s.name for s in balancer.servers] == [
+        "tcp:10.0.0.1:7000",
+        "tls:tasks2.example.com:7000",
+    ]
+
+
+@pytest.mark.parametrize(
+    "bad", ["nonsense:7000", "tls:h:7000:trustRoots=/nonexistent/ca"]
+)
+def test_badSecondTaskServerRejected(bad: str) -> None:
+    """
+    Every --task-server must be a client endpoint that can be built; the
+    bad one is named.
+    """
+    with pytest.raises(usage.UsageError) as raised:
+        tap.makeService(
+            parse(
+                "--task-server",
+                "tcp:10.0.0.1:7000",
+                "--task-server",
+                bad,
+                "--websocket",
+                "tcp:0",
+            )
+        )
+    assert f"--task-server {bad!r}" in str(raised.value)
 
 
 def test_makeServiceTaskServerAlone() -> None:

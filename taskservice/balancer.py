@@ -1,0 +1,344 @@
+"""
+Calls spread over several task servers.
+
+L{Balancer} keeps one L{TaskClient} (a persistent, reconnecting connection)
+per task server and sends each call to the healthy server with the fewest
+calls outstanding (ties taken in turn)::
+
+    servers = Balancer(reactor, ["tcp:10.0.0.1:12345", "tcp:10.0.0.2:12345"])
+    servers.startService()
+    result = await servers.request("echo", ["hi"])
+
+It has L{TaskClient}'s calling half (C{request}, C{call}, C{abandon}), so the
+websocket gateway (C{twistd taskservice --task-server A --task-server B})
+uses it in place of one client.
+
+What happens when a server fails:
+
+  - A server whose connection is lost is marked down at once; its client
+    reconnects in the background with exponential backoff, and the server
+    takes calls again as soon as a connection is accepted.
+  - A call that could not be sent (its server was unreachable: it did not
+    run there) goes to another server.
+  - A call in flight on a server that is lost fails at once with
+    L{ServerLost} (-32006): it may or may not have run. If its task is
+    declared C{@task(idempotent=True)} on that server (its C{$/stats}
+    C{idempotentTasks}, read on every connection), it is sent once more,
+    to another healthy server, instead.
+  - Answers from a server, errors included (a task that raised, a worker
+    lost, a timeout, overloaded), go to the caller as they are: the server
+    has dealt with the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from taskservice._auth import Token
+from taskservice._endpoints import displayName
+from taskservice.client import ProgressCallback, TaskClient
+from taskservice.errors import ServerLost, TaskServiceError, Unreachable
+from taskservice.server import STATS
+
+__all__ = ["Balancer"]
+
+_log = Logger()
+
+MakeClient = Callable[..., TaskClient]
+
+
+class _Server:
+    """
+    One task server as the balancer sees it.
+    """
+
+    __slots__ = ("calls", "client", "idempotent", "inFlight", "name", "retried")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.client: TaskClient
+        self.inFlight = 0
+        self.calls = 0
+        self.retried = 0
+        self.idempotent: frozenset[str] = frozenset()
+
+
+class _Call:
+    """
+    One caller's call: where it went, and whether it may go elsewhere.
+    """
+
+    __slots__ = (
+        "method",
+        "onProgress",
+        "params",
+        "result",
+        "retried",
+        "server",
+        "timeout",
+        "tried",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        params: Any,
+        onProgress: ProgressCallback | None,
+        timeout: float | None,
+    ) -> None:
+        self.method = method
+        self.params = params
+        self.onProgress = onProgress
+        self.timeout = timeout
+        self.result: Deferred[Any] = Deferred(self._cancel)
+        self.server: _Server | None = None
+        self.upstream: Deferred[Any] | None = None
+        self.tried: list[_Server] = []
+        self.retried = False
+
+    def _cancel(self, result: Deferred[Any]) -> None:
+        if self.upstream is not None:
+            self.upstream.cancel()
+
+
+class Balancer(MultiService):
+    """
+    A client of several task servers: each call goes to the healthy one
+    with the fewest calls outstanding.
+
+    @param reactor: the reactor.
+    @param endpoints: the task servers, as endpoint strings (as for
+        L{TaskClient}: C{"tcp:host:port"}, C{"tls:host:port:..."},
+        C{"unix:path"}) or endpoint objects.
+    @param token: the token sent to every server with C{$/auth}.
+    @param maxRetryDelay: the longest wait between reconnection attempts.
+    @param makeClient: builds each server's client (L{TaskClient}; a fake in
+        tests).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoints: Sequence[IStreamClientEndpoint | str],
+        *,
+        token: Token | str | None = None,
+        maxRetryDelay: float = 5.0,
+        makeClient: MakeClient = TaskClient,
+    ) -> None:
+        super().__init__()
+        if not endpoints:
+            raise ValueError("a balancer needs at least one task server")
+        self._reactor = reactor
+        self.servers: list[_Server] = []
+        self._byClient: dict[int, _Server] = {}
+        self._calls: dict[Deferred[Any], _Call] = {}
+        self._next = 0
+        for i, endpoint in enumerate(endpoints):
+            name = (
+                displayName(endpoint)
+                if isinstance(endpoint, str)
+                else f"#{i + 1} {type(endpoint).__name__}"
+            )
+            server = _Server(name)
+            server.client = makeClient(
+                reactor,
+                endpoint,
+                token=token,
+                maxRetryDelay=maxRetryDelay,
+                onUp=self._up,
+                onDown=self._down,
+            )
+            server.client.setServiceParent(self)
+            self._byClient[id(server.client)] = server
+            self.servers.append(server)
+
+    # -- health ------------------------------------------------------------
+
+    def _up(self, client: TaskClient) -> None:
+        server = self._byClient[id(client)]
+        _log.info("task server {server} is up", server=server.name)
+        client.request(STATS).addCallbacks(
+            lambda stats: self._learn(server, stats),
+            lambda failure: _log.info(
+                "no $/stats from task server {server}: {error}",
+                server=server.name,
+                error=failure.getErrorMessage(),
+            ),
+        )
+
+    def _learn(self, server: _Server, stats: Any) -> None:
+        names = stats.get("idempotentTasks") if isinstance(stats, Mapping) else None
+        if isinstance(names, list):
+            server.idempotent = frozenset(n for n in names if isinstance(n, str))
+
+    def _down(self, client: TaskClient, reason: str | None) -> None:
+        server = self._byClient[id(client)]
+        _log.warn(
+            "task server {server} is down ({reason}); {calls} calls were in"
+            " flight there, reconnecting with backoff",
+            server=server.name,
+            reason=reason,
+            calls=server.inFlight,
+        )
+
+    def _choose(
+        self, exclude: Sequence[_Server], advance: bool = True
+    ) -> _Server | None:
+        """
+        The server the next call goes to: of those not in C{exclude}, the
+        ready ones, else those still making their first connection; the
+        fewest calls outstanding wins, ties in turn (C{advance}: this call
+        takes its turn). L{None} if none.
+        """
+        candidates = [s for s in self.servers if s not in exclude]
+        usable = [s for s in candidates if s.client.ready] or [
+            s for s in candidates if not s.client.unreachable
+        ]
+        if not usable:
+            return None
+        count = len(self.servers)
+        start = self._next
+
+        def rank(server: _Server) -> tuple[int, int]:
+            return server.inFlight, (self.servers.index(server) - start) % count
+
+        chosen = min(usable, key=rank)
+        if advance:
+            self._next = (self.servers.index(chosen) + 1) % count
+        return chosen
+
+    # -- calls ---------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        params: Sequence[Any] | Mapping[str, Any] | None = None,
+        *,
+        onProgress: ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> Deferred[Any]:
+        """
+        Call C{method} on one of the servers (see L{TaskClient.request}).
+        Cancelling the Deferred cancels the call where it runs.
+        """
+        if not self.running:
+            return fail(Unreachable("the client is not started"))
+        call = _Call(method, params, onProgress, timeout)
+        self._send(call)
+        return call.result
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Call C{method} with positional or keyword arguments (not both).
+        """
+        if args and kwargs:
+            raise TypeError(
+                "JSON-RPC params are by position or by name, not both; "
+                "use positional or keyword arguments only"
+            )
+        return self.request(method, kwargs if kwargs else list(args))
+
+    def abandon(self, d: Deferred[Any]) -> None:
+        """
+        Give up on a call without stopping it if it already runs (see
+        L{TaskClient.abandon}): C{d} fails at once with C{CancelledError}.
+        """
+        call = self._calls.get(d)
+        if call is None or call.server is None or call.upstream is None:
+            if not d.called:
+                d.cancel()
+            return
+        call.server.client.abandon(call.upstream)
+
+    def _send(self, call: _Call) -> None:
+        server = self._choose(call.tried)
+        if server is None:
+            call.result.errback(Failure(self._noServer(call)))
+            return
+        call.tried.append(server)
+        call.server = server
+        server.inFlight += 1
+        server.calls += 1
+        self._calls[call.result] = call
+        upstream = server.client.request(
+            call.method, call.params, onProgress=call.onProgress, timeout=call.timeout
+        )
+        call.upstream = upstream
+        upstream.addBoth(self._answered, call, server)
+
+    def _noServer(self, call: _Call) -> TaskServiceError:
+        reasons = {
+            s.name: s.client.lastReason or "connecting"
+            for s in self.servers
+            if s not in call.tried
+        }
+        if call.tried:
+            return Unreachable(
+                "no other task server is reachable",
+                {"tried": len(call.tried), "servers": len(self.servers)},
+            )
+        return Unreachable(
+            "no task server is reachable",
+            {"reason": "; ".join(f"{n}: {r}" for n, r in reasons.items())},
+        )
+
+    def _answered(self, outcome: Any, call: _Call, server: _Server) -> None:
+        server.inFlight -= 1
+        self._calls.pop(call.result, None)
+        call.upstream = None
+        if call.result.called:
+            return
+        if isinstance(outcome, Failure):
+            if outcome.check(ServerLost):
+                if (
+                    not call.retried
+                    and call.method in server.idempotent
+                    and self._choose(call.tried, advance=False) is not None
+                ):
+                    call.retried = True
+                    server.retried += 1
+                    _log.info(
+                        "retrying idempotent {method} elsewhere: task server"
+                        " {server} was lost with it in flight",
+                        method=call.method,
+                        server=server.name,
+                    )
+                    self._send(call)
+                    return
+            elif (
+                outcome.check(Unreachable)
+                and self._choose(call.tried, advance=False) is not None
+            ):
+                # Never sent: any other server may take it.
+                self._send(call)
+                return
+            call.result.errback(outcome)
+        else:
+            call.result.callback(outcome)
+
+    # -- stats ---------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        """
+        Each server as the balancer sees it: C{server} (its endpoint, without
+        key or certificate paths), C{up}, C{inFlight}, C{calls} sent there,
+        C{retried} (idempotent calls sent elsewhere when it was lost).
+        """
+        return [
+            {
+                "server": s.name,
+                "up": s.client.ready,
+                "inFlight": s.inFlight,
+                "calls": s.calls,
+                "retried": s.retried,
+            }
+            for s in self.servers
+        ]
