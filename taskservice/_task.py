@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -72,10 +72,31 @@ class TaskSpec:
         """
         return self.concurrent and not inspect.iscoroutinefunction(self.function)
 
-    def checkArguments(self, args: Iterable[Any], kwargs: Mapping[str, Any]) -> None:
+    @cached_property
+    def _positional(self) -> tuple[int, int] | None:
+        """
+        For a function of plain parameters only (no C{*args}, C{**kwargs} or
+        keyword-only ones): how many positional arguments it needs and takes.
+        """
+        parameters = self.signature.parameters.values()
+        if any(p.kind is not p.POSITIONAL_OR_KEYWORD for p in parameters):
+            return None
+        required = sum(1 for p in parameters if p.default is p.empty)
+        return required, len(parameters)
+
+    def checkArguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """
         Raise L{TypeError} if C{args} and C{kwargs} do not fit the function.
         """
+        positional = self._positional
+        # The common case first, without Signature.bind's cost (a third of
+        # the pool's own time per trivial call).
+        if (
+            not kwargs
+            and positional is not None
+            and positional[0] <= len(args) <= positional[1]
+        ):
+            return
         self.signature.bind(*args, **kwargs)
 
 

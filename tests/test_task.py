@@ -79,6 +79,40 @@ def test_checkArguments() -> None:
         spec.checkArguments([1, 2, 3], {})
 
 
+@pytest.mark.parametrize(
+    ("args", "kwargs", "fits"),
+    [
+        ([1], {}, True),
+        ([1, 2], {}, True),
+        ([], {}, False),
+        ([1, 2, 3], {}, False),
+        ([1], {"c": 3}, True),
+        ([1], {"b": 2}, True),
+        ([1, 2, 3], {"c": 3}, False),
+        ([], {"c": 3}, False),
+    ],
+)
+def test_checkArgumentsKeywordOnly(
+    args: list[int], kwargs: dict[str, int], fits: bool
+) -> None:
+    """
+    Functions with keyword-only parameters are checked in full (not by the
+    positional fast path).
+    """
+
+    @task
+    def g(a: int, b: int = 0, *, c: int = 0) -> None:
+        raise AssertionError("never called")
+
+    spec = specOf(g)
+    assert spec is not None
+    if fits:
+        spec.checkArguments(args, kwargs)
+    else:
+        with pytest.raises(TypeError):
+            spec.checkArguments(args, kwargs)
+
+
 def _module(name: str, source: str) -> types.ModuleType:
     module = types.ModuleType(name)
     sys.modules[name] = module
