@@ -1,0 +1,208 @@
+"""
+Issue 6, scenario 2: the TCP task protocol, trivial call (echo), driven by
+the compiled epoll load client (L{taskservice.bench._loadclient}):
+
+ - 2a: 100 persistent connections, one JSON-RPC call in flight on each;
+ - 2b: a new connection per call, 100 at once, exactly as the Workerman
+   FAQ's caller does (C{{"function":...,"args":...}}, read one line, close);
+ - 2c: one connection, one call at a time.
+
+Each runs against C{twistd taskservice} (a subprocess, started as a user
+starts it) and against the in-run baseline, a plain-Python server built the
+FAQ's way (L{taskservice.bench._faqserver}), interleaved over the runs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from taskservice.bench import _faqserver
+from taskservice.bench._loadclient import NO_COMPILER, Series, build, measure
+from taskservice.bench._websocket import HOST, freePort, stop, waitForPort
+
+WORKERS = 2
+# One task process per core: each answers in-process, so more processes
+# than cores only add context switches (the FAQ's "10x the CPUs" is for
+# blocking tasks). On this 2-core machine that is also our worker count.
+FAQ_PROCESSES = os.cpu_count() or WORKERS
+CONNECTIONS = 100
+TIMEOUT = 60
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """
+    Calls per run of each sub-scenario.
+    """
+
+    persistent: int
+    perConnection: int
+    sequential: int
+
+
+SIZES = {False: Sizes(60_000, 10_000, 5_000), True: Sizes(20_000, 4_000, 1_000)}
+
+Rows = list[list[str]]
+
+
+def startTwistd(workdir: Path, *args: str) -> subprocess.Popen[bytes]:
+    """
+    C{twistd -n --pidfile= taskservice --workers 2 ARGS}, as a user runs it.
+    """
+    twistd = Path(sys.executable).parent / "twistd"
+    return subprocess.Popen(
+        [
+            str(twistd),
+            "-n",
+            "--pidfile=",
+            "taskservice",
+            "--workers",
+            str(WORKERS),
+            "--no-smtp-sink",
+            *args,
+        ],
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}x"
+
+
+async def tcpScenario(runs: int, quick: bool, rows: Rows, notes: list[str]) -> None:
+    """
+    2a, 2b and 2c against ours and the FAQ-style baseline, interleaved (the
+    order alternates from run to run); rows and notes for the report.
+    """
+    binary = build()
+    if binary is None:
+        rows.append(["2 TCP task protocol (2a-2c)", NO_COMPILER, "-", "-"])
+        return
+    sizes = SIZES[quick]
+    modes = {
+        "2a": ("persistent", sizes.persistent, CONNECTIONS),
+        "2b": ("faq", sizes.perConnection, CONNECTIONS),
+        "2c": ("sequential", sizes.sequential, 1),
+    }
+    ours = {name: Series() for name in modes}
+    faq = {name: Series() for name in modes}
+    with tempfile.TemporaryDirectory() as directory:
+        port = freePort()
+        # The baseline's backlog: Twisted's default of 50 overflows when
+        # 100 callers connect at once (SYNs dropped, retried after 1 s).
+        listen = f"tcp:{port}:interface={HOST}:backlog={_faqserver.BACKLOG}"
+        server = startTwistd(Path(directory), "--no-websocket", "--listen", listen)
+        baseline = _faqserver.start(FAQ_PROCESSES)
+        try:
+            waitForPort(port, server)
+            targets = [(server.pid, port, ours), (baseline.pid, baseline.port, faq)]
+            for pid, target, _ in targets:  # warm up (and learn echo is short)
+                measure(binary, pid, "persistent", target, total=5_000, connections=10)
+            for run in range(runs):
+                for name, (mode, total, connections) in modes.items():
+                    for pid, target, series in targets[:: 1 if run % 2 else -1]:
+                        series[name].add(
+                            measure(
+                                binary,
+                                pid,
+                                mode,
+                                target,
+                                total=total,
+                                connections=connections,
+                                timeout=TIMEOUT,
+                            )
+                        )
+        finally:
+            baseline.stop()
+            stop(server)
+    _report(ours, faq, rows, notes)
+
+
+def _report(
+    ours: dict[str, Series], faq: dict[str, Series], rows: Rows, notes: list[str]
+) -> None:
+    base = f"FAQ-style plain Python, {FAQ_PROCESSES} processes:"
+    for name, what in (
+        ("2a", f"2a TCP, {CONNECTIONS} persistent connections, 1 call in flight each"),
+        ("2b", f"2b TCP, a connection per call (FAQ caller), {CONNECTIONS} at once"),
+    ):
+        o, f = ours[name], faq[name]
+        rows.append(
+            [
+                what,
+                f"{o.rate.show('calls/s')}; {o.latency()}",
+                f"{base} {f.rate.show('calls/s')}; {f.latency()}",
+                ratio(o.rate.median, f.rate.median),
+            ]
+        )
+    rows.append(
+        [
+            "2a against the FAQ's way of calling (the 2b baseline)",
+            f"2a {ours['2a'].rate.show('calls/s')}",
+            f"{base} connection per call {faq['2b'].rate.show('calls/s')}",
+            ratio(ours["2a"].rate.median, faq["2b"].rate.median),
+        ]
+    )
+    o, f = ours["2c"], faq["2c"]
+    rows.append(
+        [
+            "2c TCP, one connection, sequential",
+            o.latency(),
+            f"{base} {f.latency()}",
+            f"{f.p50 / o.p50:.2f}x (p50)",
+        ]
+    )
+    rows.append(
+        [
+            "2 CPU in cores: load client vs server process tree (medians)",
+            "; ".join(f"{name} {ours[name].cpu('parent')}" for name in ours),
+            "; ".join(f"{name} {faq[name].cpu()}" for name in faq),
+            "-",
+        ]
+    )
+    notes.append(
+        f"2 (TCP): the C epoll load client ({CONNECTIONS} connections for 2a/2b);"
+        " rates are medians of the runs (min-max), latencies the medians of the"
+        f" runs' p50/p99. The baseline runs {FAQ_PROCESSES} forked processes"
+        " sharing the listening socket, one per core: each answers in-process,"
+        " so more (the FAQ suggests 10x the CPUs, for blocking tasks) only adds"
+        " context switches (a trial here with 20: ~0.85x the persistent rate,"
+        f" ~0.4x per connection); ours runs {WORKERS} workers behind one parent."
+        f" Both listen with backlog {_faqserver.BACKLOG} (Workerman's default is"
+        " larger still): with Twisted's default of 50, 2b overflows the accept"
+        " queue and its p99 becomes ~1 s (SYN retransmits)."
+        " CPU is CPU-seconds per second of the run (1.00 = one core; for ours,"
+        " its parent process alone in parentheses, beside its workers); on"
+        " loopback the client's system time includes kernel TCP work done for"
+        " the server."
+    )
+    a, b, c = ours["2a"], faq["2b"], ours["2c"]
+    notes.append(
+        "2 targets (issue 6, 2 cores): 2a >= 50,000 calls/s:"
+        f" {a.rate.median:,.0f} ({met(a.rate.median >= 50_000)}); 2a >= 4x the"
+        f" FAQ-style 2b: {a.rate.median / b.rate.median:.2f}x"
+        f" ({met(a.rate.median >= 4 * b.rate.median)}); 2c p50 <= 0.15 ms:"
+        f" {c.p50 * 1e3:.3f} ms ({met(c.p50 <= 0.15e-3)}), p99 <= 0.30 ms:"
+        f" {c.p99 * 1e3:.3f} ms ({met(c.p99 <= 0.30e-3)}). Reference (issue 6,"
+        " same machine, not this run): Workerman's FAQ pattern 14,852 calls/s"
+        " with a connection per call."
+    )
+    for name, oursSeries in ours.items():
+        for who, series in (("taskservice", oursSeries), ("FAQ-style", faq[name])):
+            if series.errors:
+                notes.append(
+                    f"{name} {who}: {series.errors} wrong or missing replies"
+                    f" (first: {series.firstError})"
+                )
+
+
+def met(condition: bool) -> str:
+    return "met" if condition else "missed"
