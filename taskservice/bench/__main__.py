@@ -22,7 +22,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from taskservice.bench._burst import burstScenario
+from taskservice.bench._memory import memoryScenario
 from taskservice.bench._stats import Summary, percentile, table
+from taskservice.bench._tcp import tcpScenario
+from taskservice.bench._wsload import wsloadScenario
 from taskservice.examples import echo
 
 POOL_SIZE = 2
@@ -375,6 +379,10 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
         ),
         "payload": lambda: payloadScenario(reactor, client, rows),
         "email": lambda: websocketScenario(reactor, min(runs, 3), rows),
+        "tcp": lambda: tcpScenario(runs, options.quick, rows, notes),
+        "wsload": lambda: wsloadScenario(runs, options.quick, rows, notes),
+        "burst": lambda: burstScenario(reactor, runs, options.quick, rows, notes),
+        "memory": lambda: memoryScenario(reactor, runs, options.quick, rows, notes),
     }
     unknown = set(options.only or ()) - scenarios.keys()
     if unknown:
