@@ -114,6 +114,7 @@ class _Call:
         "cid",
         "deferred",
         "kwargs",
+        "onCancel",
         "onProgress",
         "owner",
         "queuedAt",
@@ -134,20 +135,28 @@ class _Call:
         onProgress: ProgressCallback | None,
         owner: object = None,
         queuedAt: float = 0.0,
+        onCancel: Callable[[_Call], object] | None = None,
     ) -> None:
         self.cid = cid
+        self.onCancel = onCancel
         self.spec = spec
         self.args = args
         self.kwargs = kwargs
         self.timeout = timeout
         self.onProgress = onProgress
         self.owner = owner
-        self.deferred: Deferred[Any] = Deferred()
+        self.deferred: Deferred[Any] = Deferred(
+            None if onCancel is None else self._cancelled
+        )
         self.worker: WorkerProcess | None = None
         self.timer: IDelayedCall | None = None
         self.abandoned = False
         self.queuedAt = queuedAt
         self.startedAt: float | None = None
+
+    def _cancelled(self, d: Deferred[Any]) -> None:
+        assert self.onCancel is not None
+        self.onCancel(self)
 
     def stopTimer(self) -> None:
         if self.timer is not None:
@@ -250,6 +259,7 @@ class ProcessPool(Service):
         self.pipeline = max(1, pipeline)
         self._runTime: dict[str, float] = {}
         self._samples: dict[str, int] = {}
+        self._short: set[str] = set()
         self.maxTasksPerChild = maxTasksPerChild
         self.maxMemory = maxMemory
         self.maxResult = maxResult
@@ -452,9 +462,9 @@ class ProcessPool(Service):
             onProgress,
             owner,
             self.reactor.seconds(),
+            self._cancel,
         )
         self._nextCallID += 1
-        call.deferred = Deferred(lambda d: self._cancel(call))
         return call
 
     def dropQueued(self, owner: object) -> int:
@@ -537,10 +547,7 @@ class ProcessPool(Service):
         """
         Whether calls of task C{name} have been measured to be short.
         """
-        return (
-            self._samples.get(name, 0) >= _SHORT_SAMPLES
-            and self._runTime[name] < SHORT_CALL
-        )
+        return name in self._short
 
     def _measure(self, worker: WorkerProcess, call: _Call, now: float) -> None:
         """
@@ -554,9 +561,14 @@ class ProcessPool(Service):
         samples = self._samples.get(name, 0)
         self._samples[name] = samples + 1
         if samples:
-            self._runTime[name] += _EWMA * (seconds - self._runTime[name])
+            runTime = self._runTime[name] + _EWMA * (seconds - self._runTime[name])
         else:
-            self._runTime[name] = seconds
+            runTime = seconds
+        self._runTime[name] = runTime
+        if samples + 1 >= _SHORT_SAMPLES and runTime < SHORT_CALL:
+            self._short.add(name)
+        else:
+            self._short.discard(name)
 
     def _run(self, worker: WorkerProcess, call: _Call) -> None:
         worker.setState(WorkerState.BUSY)

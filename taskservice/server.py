@@ -261,7 +261,11 @@ class TaskServerProtocol(LineProtocol):
         elif message.seed:
             answered = self._seed(message)
         else:
-            answered = self._single(message)
+            # The common case, with as little per call as can be: one
+            # callback on the pool's Deferred writes the reply.
+            self._outstanding += 1
+            self._single(message)
+            return
         self._outstanding += 1
         answered.addBoth(self._answered)
 
@@ -349,8 +353,39 @@ class TaskServerProtocol(LineProtocol):
         )
         self.close()
 
-    def _single(self, request: Request) -> Deferred[None]:
-        return self._respond(request).addCallback(self._writeIfAny)
+    def _single(self, request: Request) -> None:
+        """
+        Run one JSON-RPC request (counted in C{_outstanding}) and write its
+        response, if it has one.
+        """
+        requestId = request.id
+        if request.notification:
+            d = self._call(request)
+            d.addErrback(self._logNotificationFailure, request)
+            d.addCallback(self._answered)
+        elif requestId in self._inFlight:
+            self._write(_jsonrpc.errorObject(requestId, self._duplicate()))
+            self._answered(None)
+        else:
+            d = self._call(request)
+            self._inFlight[requestId] = d
+            d.addBoth(self._singleFinished, requestId)
+
+    def _singleFinished(self, outcome: Any, requestId: Any) -> None:
+        self._inFlight.pop(requestId, None)
+        if isinstance(outcome, Failure):
+            self._write(_jsonrpc.errorObject(requestId, self._wireError(outcome)))
+        else:
+            self._write(_jsonrpc.resultObject(requestId, outcome))
+        self._answered(None)
+
+    def _duplicate(self) -> InvalidRequest:
+        error = InvalidRequest(
+            "invalid request",
+            "a call with this id is already in flight on this connection",
+        )
+        self._refused(error)
+        return error
 
     def _batch(self, batch: Batch) -> Deferred[None]:
         replies: list[Deferred[Response]] = []
@@ -404,12 +439,7 @@ class TaskServerProtocol(LineProtocol):
         """
         requestId = request.id
         if not request.notification and requestId in self._inFlight:
-            error = InvalidRequest(
-                "invalid request",
-                "a call with this id is already in flight on this connection",
-            )
-            self._refused(error)
-            return succeed(_jsonrpc.errorObject(requestId, error))
+            return succeed(_jsonrpc.errorObject(requestId, self._duplicate()))
         d = self._call(request)
         if request.notification:
             d.addErrback(self._logNotificationFailure, request)
@@ -521,10 +551,6 @@ class TaskServerProtocol(LineProtocol):
             code=int(error.code),
             message=error.message,
         )
-
-    def _writeIfAny(self, response: Response) -> None:
-        if response is not None:
-            self._write(response)
 
     def _write(self, message: Any) -> None:
         try:
