@@ -389,10 +389,15 @@ class ProcessPool(Service):
                 self._refused(name, e)
             return fail(e)
         self._queue.append(call)
-        self._dispatch()
-        if len(self._queue) > self.maxQueue and self._queue[-1] is call:
+        if len(self._queue) == 1:
+            # Calls already waiting mean the last dispatch could not place
+            # the first of them (whatever frees a worker or removes a queued
+            # call dispatches again): this one, behind it, waits too.
+            self._dispatch()
+        queue = self._queue
+        if len(queue) > self.maxQueue and queue[-1] is call:
             # It would have to wait, and the waiting room is full.
-            self._queue.pop()
+            queue.pop()
             if self.observer is not None:
                 self.observer.callFinished(call.spec.name, "overloaded", None, None)
             return fail(
@@ -479,6 +484,7 @@ class ProcessPool(Service):
         self._queue = deque(call for call in self._queue if call.owner is not owner)
         for call in mine:
             call.deferred.cancel()
+        self._dispatch()
         self._checkDrained()
         return len(mine)
 
@@ -624,6 +630,7 @@ class ProcessPool(Service):
         if call.worker is None:
             if call in self._queue:
                 self._queue.remove(call)
+                self._dispatch()
                 self._checkDrained()
             return
         self.log.info(

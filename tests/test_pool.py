@@ -533,6 +533,42 @@ def test_queuedCallsKeepTheirOrder() -> None:
     assert (result(first), result(plain), result(later)) == (1, 2, 1)
 
 
+def test_cancelledHeadLetsTheNextCallGo() -> None:
+    """
+    Calls wait in order behind the first queued one; when that one is
+    cancelled, the next is dispatched at once if it can run (here a
+    coroutine call joining the worker's other coroutine calls).
+    """
+    reactor, pool = makePool(size=1, concurrency=3)
+    reactor.readyAll()
+    pool.submit("nap", [0])
+    plain = pool.submit("add", [1, 2])
+    later = pool.submit("nap", [0])
+    [worker] = reactor.workers
+    assert len(worker.calls) == 1 and pool.stats()["queued"] == 2
+    plain.cancel()
+    failure(plain, CancelledError)
+    assert len(worker.calls) == 2, "the coroutine call behind it was dispatched"
+    assert pool.stats()["queued"] == 0
+    assert not later.called
+
+
+def test_droppedQueuedCallsLetTheNextGo() -> None:
+    """
+    The same when a connection's queued calls are dropped.
+    """
+    reactor, pool = makePool(size=1, concurrency=3)
+    reactor.readyAll()
+    pool.submit("nap", [0])
+    owner = object()
+    pool.submit("add", [1, 2], owner=owner)
+    pool.submit("nap", [0])
+    [worker] = reactor.workers
+    assert pool.dropQueued(owner) == 1
+    assert len(worker.calls) == 2
+    assert pool.stats()["queued"] == 0
+
+
 def test_coroutineTimeoutCancelsInTheWorker() -> None:
     """
     A coroutine call past its deadline is cancelled inside its worker (the
