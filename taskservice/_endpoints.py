@@ -41,13 +41,6 @@ def splitDescription(description: str) -> tuple[list[str], dict[str, str]]:
     return positional, keywords
 
 
-def quote(value: str) -> str:
-    """
-    C{value} escaped for one field of an endpoint description.
-    """
-    return value.replace("\\", "\\\\").replace(":", "\\:")
-
-
 def displayName(description: str) -> str:
     """
     A client endpoint description shortened to what identifies the server,

@@ -14,7 +14,7 @@ from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from taskservice._auth import Token, readTokenFile
-from taskservice._endpoints import quote, splitDescription
+from taskservice._endpoints import splitDescription
 from taskservice._lines import DEFAULT_MAX_LINE
 from taskservice._origins import parseOrigin
 from taskservice._task import Registry
@@ -297,14 +297,13 @@ class Options(usage.Options):
                 host and port.isascii() and port.isdigit() and 0 < int(port) < 65536
             ):
                 raise usage.UsageError(f"--smtp must be host:port, not {smtp!r}")
-        if self["no-websocket"]:
-            if self["task-servers"]:
-                raise usage.UsageError(
-                    "--task-server is for the gateway: not with --no-websocket"
-                )
-        elif not self["task-servers"]:
-            localTaskServer(self["listen"])  # a usage error if it cannot be reached
+        if self["no-websocket"] and self["task-servers"]:
+            raise usage.UsageError(
+                "--task-server is for the gateway: not with --no-websocket"
+            )
         self._checkSecurity()
+        if not self["task-servers"] and self["tls"] is None:
+            _checkListen(self["listen"])
         if self.runsSink():
             host, port = _tcpAddress("--smtp-sink", self["smtp-sink"])
             if port == 0:
@@ -336,8 +335,6 @@ class Options(usage.Options):
             self["upstream-token"] = _readToken(
                 "--task-server-token-file", self["task-server-token-file"]
             )
-        elif not self["task-servers"] and not self["no-websocket"]:
-            self["upstream-token"] = self["token"]
         if all(self[o] is None for o in ("tls-cert", "tls-key", "tls-ca")):
             return
         if not localServer:
@@ -351,12 +348,6 @@ class Options(usage.Options):
                 "--tls-cert and --tls-ca go together: the task server's TLS"
                 " always requires client certificates (for TLS without them,"
                 " --listen ssl:...)"
-            )
-        if not self["no-websocket"]:
-            raise usage.UsageError(
-                "with --tls-cert the gateway cannot reach the task server in this"
-                " process: run the task server with --no-websocket, and the"
-                " gateway apart with --task-server tls:... (see docs/security)"
             )
         _tlsListenAddress(self["listen"])
         from taskservice._tls import serverTLSOptions
@@ -396,6 +387,28 @@ def _tcpAddress(option: str, description: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _checkListen(listen: str) -> None:
+    """
+    A usage error naming C{--listen} if it is not a server endpoint this
+    process could listen on (a TCP port out of range, a UNIX socket without
+    a path, a description Twisted cannot parse).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    positional, keywords = splitDescription(listen)
+    if positional[0] == "tcp":
+        _tcpAddress("--listen", listen)
+    elif positional[0] == "unix" and not keywords.get(
+        "address", positional[1] if len(positional) > 1 else ""
+    ):
+        raise usage.UsageError(f"--listen {listen!r}: no UNIX socket path")
+    try:
+        serverFromString(reactor, listen)
+    except Exception as e:  # whatever the endpoint's parser raises
+        raise usage.UsageError(f"--listen {listen!r}: {e}") from None
+
+
 def _readToken(option: str, path: str) -> Token:
     try:
         return readTokenFile(path)
@@ -425,32 +438,6 @@ def _tlsListenAddress(listen: str) -> tuple[int, str, int]:
     return int(port), interface, int(backlog)
 
 
-def localTaskServer(listen: str) -> str | None:
-    """
-    The client endpoint (string) of the task server that C{--listen}
-    describes: C{tcp:PORT:interface=H} is reached at C{tcp:H:PORT} (H
-    defaults to, and a wildcard becomes, 127.0.0.1), C{unix:PATH} at
-    C{unix:PATH}. L{None} for port 0: the gateway then finds the port once
-    bound. Any other endpoint type is a usage error: give --task-server.
-    """
-    positional, keywords = splitDescription(listen)
-    kind = positional[0]
-    if kind == "tcp":
-        host, port = _tcpAddress("--listen", listen)
-        if port == 0:
-            return None
-        return f"tcp:host={quote(host)}:port={port}"
-    if kind == "unix":
-        path = keywords.get("address", positional[1] if len(positional) > 1 else "")
-        if not path:
-            raise usage.UsageError(f"--listen {listen!r}: no UNIX socket path")
-        return f"unix:path={quote(path)}"
-    raise usage.UsageError(
-        f"the gateway cannot derive how to reach --listen {listen!r}:"
-        " give --task-server (or --no-websocket)"
-    )
-
-
 def makeService(options: Options) -> IService:
     """
     The service tree: the task server (process pool and task-protocol
@@ -460,10 +447,11 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
     from twisted.internet.endpoints import clientFromString
 
+    from taskservice._poolcaller import PoolCaller
     from taskservice.balancer import Balancer
     from taskservice.client import TaskClient
     from taskservice.gateway import GatewayFactory, GatewaySite
-    from taskservice.service import GatewayService, ListenerEndpoint
+    from taskservice.service import GatewayService
 
     root = MultiService()
     sink = None
@@ -478,19 +466,14 @@ def makeService(options: Options) -> IService:
         _serveMetrics(options, reactor, root, _metricsRegistry(alone, None))
         return root
     taskServer = None
-    client: TaskClient | Balancer
+    client: TaskClient | Balancer | PoolCaller
     servers: list[Any] = options["task-servers"]
     token = options.get("upstream-token")
     if not servers:
+        # The gateway calls the pool of the task server beside it directly,
+        # not over a connection to itself.
         taskServer = _makeTaskServer(options, reactor)
-        upstream = localTaskServer(options["listen"])
-        client = TaskClient(
-            reactor,
-            ListenerEndpoint(reactor, taskServer.listener)
-            if upstream is None
-            else upstream,
-            token=token,
-        )
+        client = PoolCaller(taskServer.factory)
     else:
         for server in servers:
             try:

@@ -509,59 +509,36 @@ def test_taskServerNeedsTheGateway() -> None:
     assert "--task-server" in str(raised.value)
 
 
-def test_underivableListenNeedsTaskServer() -> None:
-    """
-    When the gateway cannot tell how to reach --listen (not tcp or unix),
-    --task-server is required; --no-websocket or --task-server make it fine.
-    """
-    listen = "ssl:12345:privateKey=key.pem"
-    with pytest.raises(usage.UsageError) as raised:
-        parse("--listen", listen)
-    assert "--task-server" in str(raised.value)
-    parse("--listen", listen, "--no-websocket")
-    parse("--listen", listen, "--task-server", "tls:localhost:12345")
-
-
+@pytest.mark.parametrize("mode", [(), ("--no-websocket",)])
 @pytest.mark.parametrize(
-    ("listen", "client"),
-    [
-        ("tcp:12345:interface=127.0.0.1", "tcp:host=127.0.0.1:port=12345"),
-        ("tcp:12345", "tcp:host=127.0.0.1:port=12345"),
-        ("tcp:port=2000:interface=0.0.0.0", "tcp:host=127.0.0.1:port=2000"),
-        ("tcp:2000:interface=192.0.2.7:backlog=5", "tcp:host=192.0.2.7:port=2000"),
-        ("tcp:2000:interface=\\:\\:", "tcp:host=\\:\\:1:port=2000"),
-        ("tcp:2000:interface=\\:\\:1", "tcp:host=\\:\\:1:port=2000"),
-        ("unix:/run/tasks.sock", "unix:path=/run/tasks.sock"),
-        ("unix:address=/run/a\\:b.sock:mode=660", "unix:path=/run/a\\:b.sock"),
-        ("tcp:0:interface=127.0.0.1", None),
-    ],
+    "listen", ["tcp:http", "tcp:", "tcp:99999", "unix:", "nonsense:1"]
 )
-def test_localTaskServer(listen: str, client: str | None) -> None:
+def test_badListen(listen: str, mode: tuple[str, ...]) -> None:
     """
-    The gateway reaches the local task server at the client endpoint
-    derived from --listen (for port 0: wherever it was bound, found later).
-    """
-    assert tap.localTaskServer(listen) == client
-
-
-@pytest.mark.parametrize("listen", ["tcp:http", "tcp:", "tcp:99999", "unix:"])
-def test_badListenForTheGateway(listen: str) -> None:
-    """
-    A --listen the gateway cannot reach is a usage error naming it.
+    A --listen this process could not listen on is a usage error naming
+    it, with or without the gateway.
     """
     with pytest.raises(usage.UsageError) as raised:
-        tap.localTaskServer(listen)
+        parse("--listen", listen, *mode)
     assert listen in str(raised.value)
+
+
+def test_gatewayWithAnyListen() -> None:
+    """
+    The gateway calls the pool beside it directly, so --listen may be any
+    server endpoint (here IPv6 TCP, which it once had to connect to).
+    """
+    parse("--listen", "tcp6:12345:interface=\\:\\:1")
 
 
 def test_makeServiceWithGateway() -> None:
     """
     By default the tree holds the task server and, in a GatewayService,
-    the gateway's site on --websocket and its TaskClient to the --listen
-    address; the limits reach the gateway's factory; nothing is started.
+    the gateway's site on --websocket, calling the task server's pool
+    directly (no connection to itself); the limits reach the gateway's
+    factory; nothing is started.
     """
-    from twisted.internet.endpoints import TCP4ClientEndpoint
-
+    from taskservice._poolcaller import PoolCaller
     from taskservice.client import TaskClient
     from taskservice.gateway import GatewayFactory, GatewaySite
     from taskservice.service import GatewayService, TaskServerService
@@ -583,11 +560,12 @@ def test_makeServiceWithGateway() -> None:
     assert not any(service.running for service in descendants(root))
     gateway = only(GatewayService, root)
     assert isinstance(gateway.taskServer, TaskServerService)
-    only(ProcessPool, root)
-    client = only(TaskClient, root)
+    pool = only(ProcessPool, root)
+    client = only(PoolCaller, root)
     assert gateway.client is client
-    assert isinstance(client.endpoint, TCP4ClientEndpoint)
-    assert (client.endpoint._host, client.endpoint._port) == ("127.0.0.1", 23456)
+    assert client.pool is pool
+    assert client.server is gateway.taskServer.factory
+    assert not [s for s in descendants(root) if isinstance(s, TaskClient)]
     listener = gateway.listener
     assert isinstance(listener, StreamServerEndpointService)
     assert isinstance(listener.factory, GatewaySite)
@@ -601,20 +579,6 @@ def test_makeServiceWithGateway() -> None:
     assert factory.maxMessagePayloadSize == factory.maxFramePayloadSize == 5000
     assert not factory.failByDrop
     assert ("https", "app.example.com", 443) in factory.extraOrigins
-
-
-def test_makeServiceTaskServerOnPortZero() -> None:
-    """
-    With --listen on port 0 the gateway's client connects wherever the
-    task listener turns out to listen.
-    """
-    from taskservice.client import TaskClient
-    from taskservice.service import ListenerEndpoint
-
-    root = tap.makeService(parse("--listen", "tcp:0:interface=127.0.0.1"))
-    client = only(TaskClient, root)
-    assert isinstance(client.endpoint, ListenerEndpoint)
-    assert client.endpoint._listener is taskListener(root)
 
 
 def test_makeServiceGatewayAlone() -> None:

@@ -17,7 +17,7 @@ from taskservice import tap
 from taskservice.client import TaskClient
 from tests.test_auth import SECRET
 from tests.test_security_integration import PKI, makePKI
-from tests.test_tap import only, parse, taskListener
+from tests.test_tap import descendants, only, parse, taskListener
 
 TASK_SERVER = "tcp:tasks.example.com:12345"
 
@@ -57,16 +57,16 @@ def test_noSecurityByDefault() -> None:
 def test_tokenFile(tokenFile: str) -> None:
     """
     --token-file is read when the options are parsed (whitespace stripped);
-    the task server's factory requires it, and the gateway in front of the
-    local task server sends it. The options never show it.
+    the task server's factory requires it (the gateway beside it calls its
+    pool directly: it needs no token). The options never show it.
     """
     options = parse("--token-file", tokenFile, "--listen", "tcp:0")
     assert options["token"].reveal() == SECRET
-    assert options["upstream-token"] is options["token"]
+    assert options["upstream-token"] is None
     assert SECRET not in repr(dict(options))
     root = tap.makeService(options)
     assert taskListener(root).factory.token is options["token"]
-    assert only(TaskClient, root)._token is options["token"]
+    assert not [s for s in descendants(root) if isinstance(s, TaskClient)]
 
 
 def test_taskServerTokenFile(tokenFile: str) -> None:
@@ -174,6 +174,15 @@ def test_tlsSeparateKey(pki: PKI, tmp_path: Path) -> None:
     assert options["tls"] is not None
 
 
+def test_tlsListenerBesideTheGateway(pki: PKI) -> None:
+    """
+    The gateway calls the pool beside it directly, so the task port may
+    require client certificates while the gateway runs in the same process.
+    """
+    root = tap.makeService(parse("--listen", "tcp:0", *tlsArgs(pki)))
+    assert isinstance(taskListener(root).endpoint, SSL4ServerEndpoint)
+
+
 def test_tlsOptionErrors(pki: PKI, tmp_path: Path) -> None:
     """
     Each misuse of the TLS options is a usage error that says what to do.
@@ -181,7 +190,6 @@ def test_tlsOptionErrors(pki: PKI, tmp_path: Path) -> None:
     cases = [
         (["--no-websocket", "--tls-cert", str(pki.serverPEM)], "go together"),
         (["--no-websocket", "--tls-ca", str(pki.caFile)], "go together"),
-        (tlsArgs(pki), "--no-websocket"),
         (["--task-server", TASK_SERVER, *tlsArgs(pki)], "tls: endpoint"),
         (
             ["--no-websocket", "--listen", "unix:/tmp/tasks.sock", *tlsArgs(pki)],

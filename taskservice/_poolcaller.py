@@ -1,0 +1,101 @@
+"""
+L{PoolCaller}: the gateway's upstream when the task server runs in the same
+process, calling its pool directly.
+
+With C{twistd taskservice} (the gateway beside its task server) a browser's
+call used to go to the task server over a loopback connection: encoded,
+written, read, decoded and routed twice in the same process. Calling the
+pool directly halves the parent's work per websocket message; the task
+server still serves other clients on its port as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.python.failure import Failure
+
+from taskservice.errors import MethodNotFound
+from taskservice.server import STATS
+
+if TYPE_CHECKING:
+    from taskservice.server import TaskServerFactory
+
+ProgressCallback = Callable[[dict[str, Any]], object]
+
+
+class PoolCaller(Service):
+    """
+    L{TaskClient}'s calling half (C{request}, C{abandon}) over the pool of
+    a task server in this process.
+
+    Calls are refused, answered and counted exactly as the pool does for
+    the task server's own connections (C{Unavailable} while it stops, its
+    queue limit, deadlines); C{$/stats} is the task server's own.
+
+    @param server: the task server's factory (its pool and its stats).
+    """
+
+    def __init__(self, server: TaskServerFactory) -> None:
+        self.server = server
+        self.pool = server.pool
+        self._upstream: dict[Deferred[Any], Deferred[Any]] = {}
+
+    def request(
+        self,
+        method: str,
+        params: Sequence[Any] | Mapping[str, Any] | None = None,
+        *,
+        onProgress: ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> Deferred[Any]:
+        """
+        Run C{method} in the pool; cancelling the Deferred cancels the call
+        (as C{$/cancelRequest} does).
+        """
+        if method == STATS:
+            return succeed(self.server.stats())
+        if method.startswith("$/"):
+            return fail(MethodNotFound("method not found", method))
+        if isinstance(params, Mapping):
+            upstream = self.pool.submit(
+                method, (), params, timeout=timeout, onProgress=onProgress, owner=self
+            )
+        else:
+            upstream = self.pool.submit(
+                method,
+                params or (),
+                None,
+                timeout=timeout,
+                onProgress=onProgress,
+                owner=self,
+            )
+        result: Deferred[Any] = Deferred(lambda _: upstream.cancel())
+        self._upstream[result] = upstream
+        upstream.addBoth(self._answered, result)
+        return result
+
+    def _answered(self, outcome: Any, result: Deferred[Any]) -> None:
+        self._upstream.pop(result, None)
+        if result.called:
+            # Abandoned: nobody is listening.
+            return
+        if isinstance(outcome, Failure):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
+
+    def abandon(self, d: Deferred[Any]) -> None:
+        """
+        Give up on a call without stopping it if it already runs: a queued
+        call is dropped; a running one finishes unheard. C{d} fails at once
+        with C{CancelledError}.
+        """
+        upstream = self._upstream.pop(d, None)
+        if upstream is not None and self.pool.cancelIfQueued(upstream):
+            return
+        if not d.called:
+            d.errback(Failure(CancelledError()))
