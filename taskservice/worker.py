@@ -19,7 +19,8 @@ instead: coroutine calls run concurrently on it and can be cancelled with a
 C{cancel} frame, while a plain call still has the worker to itself (the
 parent never sends anything else meanwhile).
 
-Standard library only, plus the light L{taskservice._task} registry: a worker
+The standard library, msgspec (behind L{taskservice._json}) and the light
+L{taskservice._task} registry only: a worker
 never imports Twisted, the gateway or Autobahn on its own account.
 """
 
