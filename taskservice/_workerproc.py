@@ -23,7 +23,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from taskservice import _json
+from taskservice import _coalesce, _json
 from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
 
 if TYPE_CHECKING:
@@ -103,7 +103,13 @@ class WorkerProcess(ProcessProtocol):
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.transport is not None
-        self.transport.writeToChild(COMMANDS_FD, frame(_json.dumps(message)))
+        data = frame(_json.dumps(message))
+        pipe = getattr(self.transport, "pipes", {}).get(COMMANDS_FD)
+        if pipe is not None and _coalesce.coalesces(pipe):
+            # The frames of one reactor pass go to the worker in one write.
+            _coalesce.write(pipe, data)
+        else:
+            self.transport.writeToChild(COMMANDS_FD, data)
 
     def kill(self) -> None:
         """
@@ -124,6 +130,9 @@ class WorkerProcess(ProcessProtocol):
         self.setState(WorkerState.DEAD)
         self.killedByPool = True
         assert self.transport is not None
+        pipe = getattr(self.transport, "pipes", {}).get(COMMANDS_FD)
+        if pipe is not None:
+            _coalesce.flush(pipe)
         self.transport.closeChildFD(COMMANDS_FD)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:

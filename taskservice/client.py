@@ -33,7 +33,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from taskservice import _json, _jsonrpc
+from taskservice import _coalesce, _json, _jsonrpc
 from taskservice._auth import AUTH, Token
 from taskservice._lines import LineProtocol
 from taskservice._tls import describeTLSFailure
@@ -145,17 +145,18 @@ class TaskClientProtocol(LineProtocol):
         def cancel(d: Deferred[Any]) -> None:
             if self._pending.pop(requestId, None) is not None and self.transport:
                 self._givenUp.add(requestId)
-                self.transport.write(
+                _coalesce.write(
+                    self.transport,
                     _jsonrpc.line(
                         _jsonrpc.notificationObject(
                             "$/cancelRequest", {"id": requestId}
                         )
-                    )
+                    ),
                 )
 
         d: Deferred[Any] = Deferred(cancel)
         self._pending[requestId] = _Pending(d, onProgress)
-        self.transport.write(data)
+        _coalesce.write(self.transport, data)
         return d
 
     def connectionMade(self) -> None:
@@ -164,8 +165,9 @@ class TaskClientProtocol(LineProtocol):
             self._authId = self._nextId
             self._nextId += 1
             params = None if self._token is None else {"token": self._token.reveal()}
-            self.transport.write(
-                _jsonrpc.line(_jsonrpc.requestObject(self._authId, AUTH, params))
+            _coalesce.write(
+                self.transport,
+                _jsonrpc.line(_jsonrpc.requestObject(self._authId, AUTH, params)),
             )
         if self._onMade is not None:
             self._onMade(self)
@@ -204,6 +206,7 @@ class TaskClientProtocol(LineProtocol):
         for call in pending.values():
             call.deferred.errback(Failure(_copy(refusal)))
         assert self.transport is not None
+        _coalesce.flush(self.transport)
         self.transport.loseConnection()
 
     def _becomeReady(self) -> None:
@@ -223,13 +226,14 @@ class TaskClientProtocol(LineProtocol):
                 del self._pending[requestId]
                 self._givenUp.add(requestId)
                 if self.transport is not None:
-                    self.transport.write(
+                    _coalesce.write(
+                        self.transport,
                         _jsonrpc.line(
                             _jsonrpc.notificationObject(
                                 "$/cancelRequest",
                                 {"id": requestId, "onlyIfQueued": True},
                             )
-                        )
+                        ),
                     )
                 d.errback(Failure(CancelledError()))
                 return
@@ -290,6 +294,7 @@ class TaskClientProtocol(LineProtocol):
             limit=self.maxLineLength,
         )
         assert self.transport is not None
+        _coalesce.flush(self.transport)
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from taskservice import _jsonrpc
+from taskservice import _coalesce, _jsonrpc
 from taskservice._auth import AUTH, PRE_AUTH_MAX_LINE, Token
 from taskservice._jsonrpc import Batch, Invalid, Request
 from taskservice._lines import DEFAULT_MAX_LINE, LineProtocol
@@ -213,6 +213,7 @@ class TaskServerProtocol(LineProtocol):
         """
         if self.transport is None or not self._connected:
             return
+        _coalesce.flush(self.transport)
         if self._producing:
             self._producing = False
             cast(IConsumer, self.transport).unregisterProducer()
@@ -570,7 +571,7 @@ class TaskServerProtocol(LineProtocol):
 
     def _send(self, data: bytes) -> None:
         if self._connected and self.transport is not None:
-            self.transport.write(data)
+            _coalesce.write(self.transport, data)
 
 
 class TaskServerFactory(Factory):

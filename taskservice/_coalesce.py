@@ -1,0 +1,162 @@
+"""
+Writes gathered during one reactor pass and sent, directly, at its end.
+
+C{transport.write} on a Twisted socket or pipe only buffers: the bytes go
+out on a later reactor pass, when the descriptor is found writable. For the
+task server's small replies and the pool's small call frames that costs, per
+write, registering the descriptor for writing and unregistering it again
+(C{epoll_ctl} twice; four times for a pipe, whose reading Twisted also turns
+off and on), and a whole extra reactor pass: six C{epoll_ctl} and four
+C{epoll_wait} per sequential call, measured with strace.
+
+L{write} instead collects what is written to a transport during the current
+pass and, once the pass is over (a C{callLater(0)}, which runs before the
+reactor polls again), sends each transport's bytes in one system call: a
+pipe's frames still go to the worker in one write, a connection's replies in
+one send. Only what the kernel does not take is handed to Twisted, which
+then buffers, reports errors and pauses producers as it always does.
+
+That reads the buffer attributes of Twisted's C{FileDescriptor}, which are
+not public API. It is done only for the plain TCP transports and process
+pipes, only if their classes have those attributes (checked at import), and
+everything else (TLS, UNIX sockets, the test suite's in-memory transports)
+is written at once with C{transport.write}, as before.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import abstract, process, tcp
+
+_BUFFER = ("connected", "disconnecting", "_writeDisconnected", "dataBuffer", "offset")
+
+
+def _hasBuffer(cls: type) -> bool:
+    """
+    Whether C{cls} keeps its unsent bytes as this module reads them: the
+    class attributes of L{abstract.FileDescriptor} and the list its
+    constructor makes.
+    """
+    return (
+        issubclass(cls, abstract.FileDescriptor)
+        and all(hasattr(cls, name) for name in _BUFFER)
+        and "_tempDataBuffer" in abstract.FileDescriptor.__init__.__code__.co_names
+    )
+
+
+class _Kinds:
+    """
+    The transport classes whose writes are gathered: sockets and pipes.
+    """
+
+    sockets: tuple[type, ...] = ()
+    pipes: tuple[type, ...] = ()
+
+
+_kinds = _Kinds()
+
+
+def enable() -> None:
+    """
+    Gather writes on Twisted's TCP transports and process pipes (if they
+    are as this module expects).
+    """
+    _kinds.sockets = tuple(c for c in (tcp.Server, tcp.Client) if _hasBuffer(c))
+    _kinds.pipes = tuple(c for c in (process.ProcessWriter,) if _hasBuffer(c))
+
+
+def disable() -> None:
+    """
+    Write everything at once with C{transport.write} (for tests).
+    """
+    _kinds.sockets = _kinds.pipes = ()
+
+
+class _Pending:
+    """
+    What is waiting for the end of the pass, by transport.
+    """
+
+    def __init__(self) -> None:
+        self.chunks: dict[Any, list[bytes]] = {}
+        self.scheduled: Any = None
+
+
+_pending = _Pending()
+
+
+def coalesces(transport: Any) -> bool:
+    """
+    Whether writes to C{transport} (a socket transport or a process pipe)
+    are gathered until the end of the pass.
+    """
+    kind = type(transport)
+    return kind in _kinds.sockets or kind in _kinds.pipes
+
+
+def write(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport} (a TCP transport, or a process's
+    C{ProcessWriter}): at the end of this reactor pass for those this module
+    handles, else now.
+    """
+    if not coalesces(transport):
+        transport.write(data)
+        return
+    chunks = _pending.chunks.get(transport)
+    if chunks is not None:
+        chunks.append(data)
+        return
+    _pending.chunks[transport] = [data]
+    if _pending.scheduled is None:
+        from twisted.internet import reactor
+
+        _pending.scheduled = reactor.callLater(0, flushAll)
+
+
+def flush(transport: Any) -> None:
+    """
+    Send what waits for C{transport} now: before closing it, or writing to
+    it some other way.
+    """
+    chunks = _pending.chunks.pop(transport, None)
+    if chunks:
+        _send(transport, b"".join(chunks))
+
+
+def flushAll() -> None:
+    """
+    Send everything written during the pass.
+    """
+    _pending.scheduled = None
+    chunks, _pending.chunks = _pending.chunks, {}
+    for transport, data in chunks.items():
+        _send(transport, b"".join(data))
+
+
+def _send(transport: Any, data: bytes) -> None:
+    if (
+        transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport._tempDataBuffer
+        and transport.offset == len(transport.dataBuffer)
+    ):
+        try:
+            if type(transport) in _kinds.pipes:
+                sent = os.write(transport.fd, data)
+            else:
+                sent = transport.socket.send(data)
+        except OSError:
+            # Would block, or failed: Twisted buffers it, or meets the
+            # error and reports it its own way.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+enable()

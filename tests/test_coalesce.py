@@ -1,0 +1,165 @@
+"""
+L{taskservice._coalesce}: writes gathered during a reactor pass and sent at
+its end, on real loopback sockets and a real child process's pipe.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import process, reactor, tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
+
+from taskservice import _coalesce
+
+pytestmark = pytest.mark.integration
+
+
+def test_twistedTransportsAreKnown() -> None:
+    """
+    The installed Twisted's TCP transports and process pipes keep their
+    buffers as the module expects; if a Twisted release changes that, this
+    fails (and the module writes through transport.write instead).
+    """
+    assert _coalesce._kinds.sockets == (tcp.Server, tcp.Client)
+    assert _coalesce._kinds.pipes == (process.ProcessWriter,)
+
+
+def test_otherTransportsAreWrittenAtOnce() -> None:
+    transport = StringTransport()
+    _coalesce.write(transport, b"now")
+    assert transport.value() == b"now"
+    assert not _coalesce.coalesces(transport)
+
+
+class Receiver(Protocol):
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.closed: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.closed.callback(bytes(self.received))
+
+
+async def connectedPair() -> tuple[Any, Receiver, Any]:
+    """
+    A loopback connection: the server side's protocol (whose transport the
+    test writes to), the client side's receiver, and the listening port.
+    """
+    accepted: Deferred[Protocol] = Deferred()
+
+    class Sender(Protocol):
+        def connectionMade(self) -> None:
+            accepted.callback(self)
+
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        Factory.forProtocol(Sender)
+    )
+    receiver = Receiver()
+    await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+        Factory.forProtocol(lambda: receiver)
+    )
+    sender = await accepted
+    return sender, receiver, port
+
+
+@pytest_twisted.ensureDeferred
+async def test_writesOfAPassLeaveTogetherInOrder() -> None:
+    """
+    What is written in one pass waits (nothing reaches the socket or
+    Twisted's buffer), then leaves in order once the pass is over.
+    """
+    sender, receiver, port = await connectedPair()
+    transport = sender.transport
+    assert _coalesce.coalesces(transport)
+    chunks = [b"%d," % i for i in range(200)]
+    for chunk in chunks:
+        _coalesce.write(transport, chunk)
+    assert not transport._tempDataBuffer and transport.dataBuffer == b""
+    await deferLater(reactor, 0.05, lambda: None)
+    assert bytes(receiver.received) == b"".join(chunks)
+    _coalesce.flush(transport)
+    transport.loseConnection()
+    await receiver.closed
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_flushBeforeClosing() -> None:
+    """
+    flush() sends what waits at once, so closing right after loses nothing.
+    """
+    sender, receiver, port = await connectedPair()
+    _coalesce.write(sender.transport, b"last words")
+    _coalesce.flush(sender.transport)
+    sender.transport.loseConnection()
+    assert await receiver.closed == b"last words"
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_whatTheKernelRefusesIsLeftToTwisted() -> None:
+    """
+    More than the socket takes at once: the rest goes to Twisted's buffer
+    and still arrives whole, in order, behind later writes' bytes.
+    """
+    sender, receiver, port = await connectedPair()
+    big = bytes(range(256)) * (16 * 1024 * 4)  # 16 MiB
+    _coalesce.write(sender.transport, big)
+    await deferLater(reactor, 0, lambda: None)
+    _coalesce.write(sender.transport, b"after")
+    await deferLater(reactor, 0, lambda: None)
+    _coalesce.flush(sender.transport)
+    sender.transport.loseConnection()
+    assert await receiver.closed == big + b"after"
+    await port.stopListening()
+
+
+class Echo(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = bytearray()
+        self.ended: Deferred[bytes] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    def processEnded(self, reason: object) -> None:
+        self.ended.callback(bytes(self.output))
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipe() -> None:
+    """
+    A child's stdin pipe: the writes of a pass leave in one write, in order.
+    """
+    echo = Echo()
+    child = reactor.spawnProcess(
+        echo,
+        sys.executable,
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read())",
+        ],
+        env=None,
+    )
+    pipe = child.pipes[0]
+    assert _coalesce.coalesces(pipe)
+    chunks = [b"frame %d;" % i for i in range(100)]
+    for chunk in chunks:
+        _coalesce.write(pipe, chunk)
+    await deferLater(reactor, 0, lambda: None)
+    _coalesce.write(pipe, b"end")
+    _coalesce.flush(pipe)
+    child.closeStdin()
+    assert await echo.ended == b"".join(chunks) + b"end"
