@@ -235,6 +235,12 @@ class Options(usage.Options):
         ["tracebacks", None, "Include task tracebacks in error replies."],
         ["no-websocket", None, "Serve the task protocol only, without the gateway."],
         ["no-smtp-sink", None, "Do not run the demo's SMTP sink."],
+        [
+            "reuse-port",
+            None,
+            "Listen with SO_REUSEPORT: several task servers on this machine may"
+            " share the --listen port (one parent per core).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -302,7 +308,18 @@ class Options(usage.Options):
                 "--task-server is for the gateway: not with --no-websocket"
             )
         self._checkSecurity()
-        if not self["task-servers"] and self["tls"] is None:
+        if self["reuse-port"]:
+            if self["task-servers"]:
+                raise usage.UsageError(
+                    "--reuse-port is for the task server run here: not with"
+                    " --task-server"
+                )
+            port, _, _ = _tcpListenAddress(self["listen"], "--reuse-port")
+            if port == 0:
+                raise usage.UsageError(
+                    "--reuse-port shares a fixed port: give --listen one"
+                )
+        elif not self["task-servers"] and self["tls"] is None:
             _checkListen(self["listen"])
         if self.runsSink():
             host, port = _tcpAddress("--smtp-sink", self["smtp-sink"])
@@ -349,7 +366,7 @@ class Options(usage.Options):
                 " always requires client certificates (for TLS without them,"
                 " --listen ssl:...)"
             )
-        _tlsListenAddress(self["listen"])
+        _tcpListenAddress(self["listen"], "--tls-cert")
         from taskservice._tls import serverTLSOptions
 
         try:
@@ -416,10 +433,11 @@ def _readToken(option: str, path: str) -> Token:
         raise usage.UsageError(f"{option}: {e}") from None
 
 
-def _tlsListenAddress(listen: str) -> tuple[int, str, int]:
+def _tcpListenAddress(listen: str, option: str) -> tuple[int, str, int]:
     """
-    The port, interface and backlog of C{--listen} when --tls-cert makes it
-    TLS: it must be a C{tcp:} endpoint.
+    The port, interface and backlog of C{--listen} when C{option}
+    (--tls-cert, --reuse-port) makes the listener here: it must be a plain
+    C{tcp:} endpoint.
     """
     positional, keywords = splitDescription(listen)
     args = positional[1:]
@@ -428,7 +446,7 @@ def _tlsListenAddress(listen: str) -> tuple[int, str, int]:
     backlog = keywords.pop("backlog", args[2] if len(args) > 2 else "50")
     if positional[0] != "tcp" or keywords or len(args) > 3:
         raise usage.UsageError(
-            f"--tls-cert serves --listen over TLS: it must be a plain tcp: endpoint"
+            f"with {option}, --listen must be a plain tcp: endpoint"
             f" (tcp:PORT:interface=ADDRESS), not {listen!r}"
         )
     if not (port.isascii() and port.isdigit() and int(port) < 65536):
@@ -585,10 +603,17 @@ def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
         token=options.get("token"),
     )
     listen: Any = options["listen"]
-    if options.get("tls") is not None:
+    if options["reuse-port"]:
+        from taskservice._reuseport import ReusePortEndpoint
+
+        port, interface, backlog = _tcpListenAddress(listen, "--reuse-port")
+        listen = ReusePortEndpoint(
+            reactor, port, interface, backlog, tls=options.get("tls")
+        )
+    elif options.get("tls") is not None:
         from twisted.internet.endpoints import SSL4ServerEndpoint
 
-        port, interface, backlog = _tlsListenAddress(listen)
+        port, interface, backlog = _tcpListenAddress(listen, "--tls-cert")
         listen = SSL4ServerEndpoint(
             reactor, port, options["tls"], backlog=backlog, interface=interface
         )

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,9 @@ SIZES = {False: Sizes(60_000, 10_000, 5_000), True: Sizes(20_000, 4_000, 1_000)}
 Rows = list[list[str]]
 
 
-def startTwistd(workdir: Path, *args: str) -> subprocess.Popen[bytes]:
+def startTwistd(
+    workdir: Path, *args: str, workers: int = WORKERS
+) -> subprocess.Popen[bytes]:
     """
     C{twistd -n --pidfile= taskservice --workers 2 ARGS}, as a user runs it.
     """
@@ -62,7 +65,7 @@ def startTwistd(workdir: Path, *args: str) -> subprocess.Popen[bytes]:
             "--pidfile=",
             "taskservice",
             "--workers",
-            str(WORKERS),
+            str(workers),
             "--no-smtp-sink",
             *args,
         ],
@@ -71,6 +74,25 @@ def startTwistd(workdir: Path, *args: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def _waitForListeners(port: int, count: int, seconds: float = 30) -> None:
+    """
+    Wait until C{count} sockets listen on C{port} (SO_REUSEPORT): a
+    connection goes to one of those listening when it is made.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        listening = 0
+        with open("/proc/net/tcp") as table:
+            for line in table.readlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+                    listening += 1
+        if listening >= count:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"fewer than {count} listeners on port {port}")
 
 
 def ratio(ours: float, theirs: float) -> str:
@@ -93,17 +115,38 @@ async def tcpScenario(runs: int, quick: bool, rows: Rows, notes: list[str]) -> N
         "2c": ("sequential", sizes.sequential, 1),
     }
     ours = {name: Series() for name in modes}
+    shared = {name: Series() for name in modes}
     faq = {name: Series() for name in modes}
     with tempfile.TemporaryDirectory() as directory:
-        port = freePort()
+        port, sharedPort = freePort(), freePort()
         # The baseline's backlog: Twisted's default of 50 overflows when
         # 100 callers connect at once (SYNs dropped, retried after 1 s).
         listen = f"tcp:{port}:interface={HOST}:backlog={_faqserver.BACKLOG}"
         server = startTwistd(Path(directory), "--no-websocket", "--listen", listen)
+        # One parent per core: two task servers of one worker each on one
+        # port (--reuse-port), as docs/deployment suggests.
+        pair = [
+            startTwistd(
+                Path(directory),
+                "--no-websocket",
+                "--reuse-port",
+                "--listen",
+                f"tcp:{sharedPort}:interface={HOST}:backlog={_faqserver.BACKLOG}",
+                workers=1,
+            )
+            for _ in range(2)
+        ]
         baseline = _faqserver.start(FAQ_PROCESSES)
         try:
             waitForPort(port, server)
-            targets = [(server.pid, port, ours), (baseline.pid, baseline.port, faq)]
+            for process in pair:
+                waitForPort(sharedPort, process)
+            _waitForListeners(sharedPort, len(pair))
+            targets = [
+                (server.pid, port, ours),
+                (pair[0].pid, sharedPort, shared),
+                (baseline.pid, baseline.port, faq),
+            ]
             for pid, target, _ in targets:  # warm up (and learn echo is short)
                 measure(binary, pid, "persistent", target, total=5_000, connections=10)
             for run in range(runs):
@@ -123,11 +166,17 @@ async def tcpScenario(runs: int, quick: bool, rows: Rows, notes: list[str]) -> N
         finally:
             baseline.stop()
             stop(server)
-    _report(ours, faq, rows, notes)
+            for process in pair:
+                stop(process)
+    _report(ours, shared, faq, rows, notes)
 
 
 def _report(
-    ours: dict[str, Series], faq: dict[str, Series], rows: Rows, notes: list[str]
+    ours: dict[str, Series],
+    shared: dict[str, Series],
+    faq: dict[str, Series],
+    rows: Rows,
+    notes: list[str],
 ) -> None:
     base = f"FAQ-style plain Python, {FAQ_PROCESSES} processes:"
     for name, what in (
@@ -135,6 +184,19 @@ def _report(
         ("2b", f"2b TCP, a connection per call (FAQ caller), {CONNECTIONS} at once"),
     ):
         o, f = ours[name], faq[name]
+        rows.append(
+            [
+                what,
+                f"{o.rate.show('calls/s')}; {o.latency()}",
+                f"{base} {f.rate.show('calls/s')}; {f.latency()}",
+                ratio(o.rate.median, f.rate.median),
+            ]
+        )
+    for name, what in (
+        ("2a", "2a, two task servers of 1 worker sharing the port (--reuse-port)"),
+        ("2b", "2b, two task servers of 1 worker sharing the port (--reuse-port)"),
+    ):
+        o, f = shared[name], faq[name]
         rows.append(
             [
                 what,
