@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from taskservice.bench import _faqserver
+from taskservice.bench import _faqserver, _twistedecho
 from taskservice.bench._loadclient import (
     NO_COMPILER,
     LoadResult,
@@ -139,6 +139,24 @@ def test_tcpModesAgainstFaqServer(
     """
     result = run(client, mode, faqServer.port, TOTAL, connections, timeout=30)
     assertAllAnswered(result, connections)
+
+
+@pytest.mark.parametrize(
+    ("mode", "connections"), [("persistent", 10), ("faq", 10), ("sequential", 1)]
+)
+def test_tcpModesAgainstInlineTwisted(
+    client: Path, mode: str, connections: int
+) -> None:
+    """
+    The inline Twisted reference answers both dialects right, in every mode,
+    and stops when told.
+    """
+    server = _twistedecho.start()
+    try:
+        result = run(client, mode, server.port, TOTAL, connections, timeout=30)
+        assertAllAnswered(result, connections)
+    finally:
+        server.stop()
 
 
 def test_faqServerStopReapsItsChildren() -> None:

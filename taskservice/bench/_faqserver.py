@@ -158,8 +158,16 @@ def start(processes: int) -> FaqServer:
     """
     Start the master with C{processes} task processes; return once it listens.
     """
+    return spawn("taskservice.bench._faqserver", str(processes))
+
+
+def spawn(module: str, *args: str) -> FaqServer:
+    """
+    Run C{python -m MODULE ARGS}, a server that prints its port once it
+    listens and stops on SIGTERM; return once it listens.
+    """
     process = subprocess.Popen(
-        [sys.executable, "-m", "taskservice.bench._faqserver", str(processes)],
+        [sys.executable, "-m", module, *args],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )
@@ -168,7 +176,7 @@ def start(processes: int) -> FaqServer:
     if not line.strip().isdigit():
         process.kill()
         process.wait()
-        raise RuntimeError(f"the FAQ-style server did not start: {line!r}")
+        raise RuntimeError(f"{module} did not start: {line!r}")
 
     def stop() -> None:
         process.terminate()

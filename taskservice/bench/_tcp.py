@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from taskservice.bench import _faqserver
+from taskservice.bench import _faqserver, _twistedecho
 from taskservice.bench._loadclient import NO_COMPILER, Series, build, measure
 from taskservice.bench._websocket import HOST, freePort, stop, waitForPort
 
@@ -117,6 +117,7 @@ async def tcpScenario(runs: int, quick: bool, rows: Rows, notes: list[str]) -> N
     ours = {name: Series() for name in modes}
     shared = {name: Series() for name in modes}
     faq = {name: Series() for name in modes}
+    inline = {name: Series() for name in modes}
     with tempfile.TemporaryDirectory() as directory:
         port, sharedPort = freePort(), freePort()
         # The baseline's backlog: Twisted's default of 50 overflows when
@@ -137,6 +138,7 @@ async def tcpScenario(runs: int, quick: bool, rows: Rows, notes: list[str]) -> N
             for _ in range(2)
         ]
         baseline = _faqserver.start(FAQ_PROCESSES)
+        reference = _twistedecho.start()
         try:
             waitForPort(port, server)
             for process in pair:
@@ -146,6 +148,7 @@ async def tcpScenario(runs: int, quick: bool, rows: Rows, notes: list[str]) -> N
                 (server.pid, port, ours),
                 (pair[0].pid, sharedPort, shared),
                 (baseline.pid, baseline.port, faq),
+                (reference.pid, reference.port, inline),
             ]
             for pid, target, _ in targets:  # warm up (and learn echo is short)
                 measure(binary, pid, "persistent", target, total=5_000, connections=10)
@@ -164,17 +167,19 @@ async def tcpScenario(runs: int, quick: bool, rows: Rows, notes: list[str]) -> N
                             )
                         )
         finally:
+            reference.stop()
             baseline.stop()
             stop(server)
             for process in pair:
                 stop(process)
-    _report(ours, shared, faq, rows, notes)
+    _report(ours, shared, faq, inline, rows, notes)
 
 
 def _report(
     ours: dict[str, Series],
     shared: dict[str, Series],
     faq: dict[str, Series],
+    inline: dict[str, Series],
     rows: Rows,
     notes: list[str],
 ) -> None:
@@ -205,6 +210,15 @@ def _report(
                 ratio(o.rate.median, f.rate.median),
             ]
         )
+    o, f = ours["2a"], inline["2a"]
+    rows.append(
+        [
+            "2a against one Twisted process answering inline (no worker hop)",
+            f"{o.rate.show('calls/s')}; {o.latency()}",
+            f"inline Twisted, 1 process: {f.rate.show('calls/s')}; {f.latency()}",
+            ratio(o.rate.median, f.rate.median),
+        ]
+    )
     rows.append(
         [
             "2a against the FAQ's way of calling (the 2b baseline)",
