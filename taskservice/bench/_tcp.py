@@ -22,8 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from taskservice.bench import _faqserver, _twistedecho
+from taskservice.bench import _faqserver, _pingpong, _twistedecho
 from taskservice.bench._loadclient import NO_COMPILER, Series, build, measure
+from taskservice.bench._stats import percentile
 from taskservice.bench._websocket import HOST, freePort, stop, waitForPort
 
 WORKERS = 2
@@ -172,7 +173,17 @@ async def tcpScenario(runs: int, quick: bool, rows: Rows, notes: list[str]) -> N
             stop(server)
             for process in pair:
                 stop(process)
+    floor = _pingpong.pipeRoundTrips(sizes.sequential)
     _report(ours, shared, faq, inline, rows, notes)
+    rows.append(
+        [
+            "2c floor: a round trip between two plain Python processes (pipes)",
+            f"p50 {percentile(floor, 0.5) * 1e3:.3f} ms,"
+            f" p99 {percentile(floor, 0.99) * 1e3:.3f} ms",
+            "-",
+            "-",
+        ]
+    )
 
 
 def _report(
