@@ -127,3 +127,15 @@ def test_benchTasksRegisterACoroutineSleep() -> None:
     assert inspect.iscoroutinefunction(spec.function)
     with pytest.raises(ValueError, match="seconds"):
         spec.function(-1).send(None)
+
+
+def test_pipeRoundTrips() -> None:
+    """
+    The 2c floor measures one sample per round trip, through a real child
+    that echoes what it reads, and leaves no child behind.
+    """
+    from taskservice.bench._pingpong import pipeRoundTrips
+
+    samples = pipeRoundTrips(5)
+    assert len(samples) == 5
+    assert all(0 < s < 10 for s in samples)
