@@ -106,14 +106,14 @@ def write(transport: Any, data: bytes) -> None:
         transport.write(data)
         return
     chunks = _pending.chunks.get(transport)
-    if chunks is not None:
+    if chunks is None:
+        _pending.chunks[transport] = [data]
+    else:
         chunks.append(data)
-        return
-    _pending.chunks[transport] = [data]
-    if _pending.scheduled is None:
-        from twisted.internet import reactor
-
-        _pending.scheduled = reactor.callLater(0, flushAll)
+    scheduled = _pending.scheduled
+    if scheduled is None or not scheduled.active():
+        # (Not active: cancelled from outside, say by a test's cleanup.)
+        _pending.scheduled = transport.reactor.callLater(0, flushAll)
 
 
 def flush(transport: Any) -> None:
@@ -137,9 +137,13 @@ def flushAll() -> None:
 
 
 def _send(transport: Any, data: bytes) -> None:
+    if getattr(transport, "_aborting", False):
+        # abortConnection(): nothing more may be sent.
+        return
     if (
         transport.connected
         and not transport.disconnecting
+        and not getattr(transport, "TLS", False)
         and not transport._writeDisconnected
         and not transport._tempDataBuffer
         and transport.offset == len(transport.dataBuffer)

@@ -469,6 +469,11 @@ class TaskClient(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            # What was written this pass (a cancel, say) leaves before the
+            # connection is closed.
+            _coalesce.flush(protocol.transport)
         return self._service.stopService()
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:

@@ -163,3 +163,70 @@ async def test_pipe() -> None:
     _coalesce.flush(pipe)
     child.closeStdin()
     assert await echo.ended == b"".join(chunks) + b"end"
+
+
+@pytest_twisted.ensureDeferred
+async def test_abortDropsWhatWaits() -> None:
+    """
+    abortConnection() means nothing more is sent, gathered bytes included.
+    """
+    sender, receiver, port = await connectedPair()
+    _coalesce.write(sender.transport, b"never")
+    sender.transport.abortConnection()
+    assert await receiver.closed == b""
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelledFlushIsScheduledAgain() -> None:
+    """
+    If the end-of-pass flush is cancelled from outside (a test's cleanup),
+    the next write schedules another: nothing stays gathered for good.
+    """
+    sender, receiver, port = await connectedPair()
+    _coalesce.write(sender.transport, b"one,")
+    _coalesce._pending.scheduled.cancel()
+    _coalesce.write(sender.transport, b"two")
+    await deferLater(reactor, 0.05, lambda: None)
+    assert bytes(receiver.received) == b"one,two"
+    _coalesce.flush(sender.transport)
+    sender.transport.loseConnection()
+    await receiver.closed
+    await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stoppingAClientSendsWhatWaits() -> None:
+    """
+    A TaskClient stopped in the same pass as a cancel still sends the
+    cancel before closing.
+    """
+    from taskservice.client import TaskClient
+
+    lines: list[bytes] = []
+    closed: Deferred[None] = Deferred()
+
+    class Recorder(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            lines.extend(data.splitlines())
+
+        def connectionLost(self, reason: object = None) -> None:
+            closed.callback(None)
+
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        Factory.forProtocol(Recorder)
+    )
+    client = TaskClient(reactor, f"tcp:127.0.0.1:{port.getHost().port}")
+    client.startService()
+    pending = client.request("echo", ["x"], timeout=None)
+    pending.addErrback(lambda _: None)
+    await deferLater(reactor, 0.1, lambda: None)
+
+    def cancelAndStop() -> Deferred[None]:
+        pending.cancel()
+        return client.stopService()
+
+    await deferLater(reactor, 0, cancelAndStop)
+    await closed
+    assert any(b"$/cancelRequest" in line for line in lines), lines
+    await port.stopListening()
