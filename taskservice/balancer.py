@@ -18,16 +18,19 @@ What happens when a server fails:
   - A server whose connection is lost is marked down at once; its client
     reconnects in the background with exponential backoff, and the server
     takes calls again as soon as a connection is accepted.
-  - A call that could not be sent (its server was unreachable: it did not
-    run there) goes to another server.
+  - A call that did not run goes to another server not tried yet: one that
+    could not be sent (its server was unreachable), one its server refused
+    with -32003 (queue full), or with -32006 (its pool is stopping: that
+    server then gets no calls until it reconnects, as a restarted server).
   - A call in flight on a server that is lost fails at once with
     L{ServerLost} (-32006): it may or may not have run. If its task is
     declared C{@task(idempotent=True)} on that server (its C{$/stats}
     C{idempotentTasks}, read on every connection), it is sent once more,
-    to another healthy server, instead.
-  - Answers from a server, errors included (a task that raised, a worker
-    lost, a timeout, overloaded), go to the caller as they are: the server
-    has dealt with the call.
+    to another healthy server, instead (and if that one cannot take it, the
+    caller still hears of the loss).
+  - Other answers from a server, errors included (a task that raised, a
+    worker lost, a timeout), go to the caller as they are: the server has
+    dealt with the call.
 """
 
 from __future__ import annotations
@@ -44,7 +47,13 @@ from twisted.python.failure import Failure
 from taskservice._auth import Token
 from taskservice._endpoints import displayName
 from taskservice.client import ProgressCallback, TaskClient
-from taskservice.errors import ServerLost, TaskServiceError, Unreachable
+from taskservice.errors import (
+    Overloaded,
+    ServerLost,
+    TaskServiceError,
+    Unavailable,
+    Unreachable,
+)
 from taskservice.server import STATS
 
 __all__ = ["Balancer"]
@@ -59,7 +68,15 @@ class _Server:
     One task server as the balancer sees it.
     """
 
-    __slots__ = ("calls", "client", "idempotent", "inFlight", "name", "retried")
+    __slots__ = (
+        "calls",
+        "client",
+        "draining",
+        "idempotent",
+        "inFlight",
+        "name",
+        "retried",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -68,6 +85,9 @@ class _Server:
         self.calls = 0
         self.retried = 0
         self.idempotent: frozenset[str] = frozenset()
+        # It answered -32006 itself: its pool is stopping. No calls until
+        # it reconnects (a restarted server).
+        self.draining = False
 
 
 class _Call:
@@ -76,6 +96,7 @@ class _Call:
     """
 
     __slots__ = (
+        "lost",
         "method",
         "onProgress",
         "params",
@@ -103,6 +124,7 @@ class _Call:
         self.upstream: Deferred[Any] | None = None
         self.tried: list[_Server] = []
         self.retried = False
+        self.lost: Failure | None = None
 
     def _cancel(self, result: Deferred[Any]) -> None:
         if self.upstream is not None:
@@ -141,12 +163,16 @@ class Balancer(MultiService):
         self._byClient: dict[int, _Server] = {}
         self._calls: dict[Deferred[Any], _Call] = {}
         self._next = 0
+        names: set[str] = set()
         for i, endpoint in enumerate(endpoints):
             name = (
                 displayName(endpoint)
                 if isinstance(endpoint, str)
                 else f"#{i + 1} {type(endpoint).__name__}"
             )
+            if name in names:
+                name = f"{name} #{i + 1}"
+            names.add(name)
             server = _Server(name)
             server.client = makeClient(
                 reactor,
@@ -164,6 +190,7 @@ class Balancer(MultiService):
 
     def _up(self, client: TaskClient) -> None:
         server = self._byClient[id(client)]
+        server.draining = False
         _log.info("task server {server} is up", server=server.name)
         client.request(STATS).addCallbacks(
             lambda stats: self._learn(server, stats),
@@ -198,7 +225,7 @@ class Balancer(MultiService):
         fewest calls outstanding wins, ties in turn (C{advance}: this call
         takes its turn). L{None} if none.
         """
-        candidates = [s for s in self.servers if s not in exclude]
+        candidates = [s for s in self.servers if s not in exclude and not s.draining]
         usable = [s for s in candidates if s.client.ready] or [
             s for s in candidates if not s.client.unreachable
         ]
@@ -263,20 +290,22 @@ class Balancer(MultiService):
         if server is None:
             call.result.errback(Failure(self._noServer(call)))
             return
+        # May raise TypeError (params that cannot be encoded): nothing is
+        # counted or kept for the call then.
+        upstream = server.client.request(
+            call.method, call.params, onProgress=call.onProgress, timeout=call.timeout
+        )
         call.tried.append(server)
         call.server = server
         server.inFlight += 1
         server.calls += 1
         self._calls[call.result] = call
-        upstream = server.client.request(
-            call.method, call.params, onProgress=call.onProgress, timeout=call.timeout
-        )
         call.upstream = upstream
         upstream.addBoth(self._answered, call, server)
 
     def _noServer(self, call: _Call) -> TaskServiceError:
         reasons = {
-            s.name: s.client.lastReason or "connecting"
+            s.name: "stopping" if s.draining else (s.client.lastReason or "connecting")
             for s in self.servers
             if s not in call.tried
         }
@@ -296,33 +325,55 @@ class Balancer(MultiService):
         call.upstream = None
         if call.result.called:
             return
-        if isinstance(outcome, Failure):
-            if outcome.check(ServerLost):
-                if (
-                    not call.retried
-                    and call.method in server.idempotent
-                    and self._choose(call.tried, advance=False) is not None
-                ):
-                    call.retried = True
-                    server.retried += 1
-                    _log.info(
-                        "retrying idempotent {method} elsewhere: task server"
-                        " {server} was lost with it in flight",
-                        method=call.method,
-                        server=server.name,
-                    )
-                    self._send(call)
-                    return
-            elif (
-                outcome.check(Unreachable)
+        if not isinstance(outcome, Failure):
+            call.result.callback(outcome)
+            return
+        if outcome.check(ServerLost):
+            if (
+                not call.retried
+                and call.method in server.idempotent
                 and self._choose(call.tried, advance=False) is not None
             ):
-                # Never sent: any other server may take it.
+                call.retried = True
+                call.lost = outcome
+                server.retried += 1
+                _log.info(
+                    "retrying idempotent {method} elsewhere: task server"
+                    " {server} was lost with it in flight",
+                    method=call.method,
+                    server=server.name,
+                )
                 self._send(call)
                 return
-            call.result.errback(outcome)
-        else:
-            call.result.callback(outcome)
+        elif self._didNotRun(outcome, server):
+            if self._choose(call.tried, advance=False) is not None:
+                # It did not run: another server may take it.
+                self._send(call)
+                return
+            if call.lost is not None:
+                # The first server was lost with it (it may have run there):
+                # that is the caller's answer, not this one.
+                outcome = call.lost
+        call.result.errback(outcome)
+
+    def _didNotRun(self, failure: Failure, server: _Server) -> bool:
+        """
+        Whether C{failure} says the call did not run: it could not be sent
+        (L{Unreachable}), the server's pool is stopping (-32006 from the
+        server, which then gets no calls until it reconnects), or its queue
+        is full (-32003).
+        """
+        if failure.check(Unreachable, Overloaded):
+            return True
+        if type(failure.value) is Unavailable:
+            if not server.draining:
+                server.draining = True
+                _log.info(
+                    "task server {server} is stopping: no calls until it is back",
+                    server=server.name,
+                )
+            return True
+        return False
 
     # -- stats ---------------------------------------------------------------
 

@@ -374,11 +374,13 @@ class TaskServerProtocol(LineProtocol):
 
     def _singleFinished(self, outcome: Any, requestId: Any) -> None:
         self._inFlight.pop(requestId, None)
-        if isinstance(outcome, Failure):
-            self._write(_jsonrpc.errorObject(requestId, self._wireError(outcome)))
-        else:
-            self._write(_jsonrpc.resultObject(requestId, outcome))
-        self._answered(None)
+        try:
+            if isinstance(outcome, Failure):
+                self._write(_jsonrpc.errorObject(requestId, self._wireError(outcome)))
+            else:
+                self._write(_jsonrpc.resultObject(requestId, outcome))
+        finally:
+            self._answered(None)
 
     def _duplicate(self) -> InvalidRequest:
         error = InvalidRequest(

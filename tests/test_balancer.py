@@ -16,8 +16,17 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from taskservice.balancer import Balancer
-from taskservice.errors import ServerLost, Unreachable, WorkerLost
+from taskservice.errors import (
+    Overloaded,
+    ServerLost,
+    Unavailable,
+    Unreachable,
+    WorkerLost,
+)
 from taskservice.server import STATS
+
+UNENCODABLE = object()
+"""A param the fake client refuses to encode, as TaskClient does."""
 
 
 class FakeClient(Service):
@@ -59,6 +68,8 @@ class FakeClient(Service):
             d: Deferred[Any] = Deferred()
             d.callback({"tasks": ["echo", "mail"], "idempotentTasks": self.idempotent})
             return d
+        if isinstance(params, list) and UNENCODABLE in params:
+            raise TypeError("params are not JSON-serialisable")
         if self.unreachable:
             d = Deferred()
             d.errback(Unreachable("the task server is unreachable"))
@@ -378,3 +389,83 @@ def test_statusNamesHideKeyPaths() -> None:
         "unix:/run/tasks.sock",
         "tcp:[::1]:7000",
     ]
+
+
+def test_stoppingServerGetsNoCalls() -> None:
+    """
+    A server that answers -32006 itself (its pool is stopping: the call did
+    not run) gets the call sent elsewhere and no more calls until it
+    reconnects: it would otherwise answer fastest and attract them all.
+    """
+    balancer, (a, b) = makeBalancer()
+    d = balancer.request("mail", ["x"])
+    _, _, upstream = a.calls.pop()
+    upstream.errback(Unavailable("the pool is not running"))
+    assert len(b.calls) == 1
+    b.answer(result="params")
+    assert outcome(d) == ["x"]
+    for i in range(3):
+        balancer.request("mail", [i])
+    assert (len(a.calls), len(b.calls)) == (0, 3)
+    a.down()
+    a.up()
+    balancer.request("mail", [3])
+    assert len(a.calls) == 1
+
+
+def test_allStopping() -> None:
+    balancer, (a, b) = makeBalancer()
+    for fake in (a, b):
+        d = balancer.request("mail", ["x"])
+        _, _, upstream = fake.calls.pop()
+        upstream.errback(Unavailable("the pool is not running"))
+    failure = outcome(d)
+    assert isinstance(failure, Failure) and failure.check(Unavailable)
+    failure = outcome(balancer.request("mail", ["y"]))
+    assert isinstance(failure, Failure) and failure.check(Unreachable)
+    assert "stopping" in failure.value.data["reason"]
+
+
+def test_overloadedTriesAnotherServer() -> None:
+    """
+    -32003 (the call did not run) from one server: another untried server
+    gets the call; if every one is full, the caller gets -32003.
+    """
+    balancer, (a, b) = makeBalancer()
+    d = balancer.request("mail", ["x"])
+    _, _, upstream = a.calls.pop()
+    upstream.errback(Overloaded("overloaded", {"retryAfter": 1.0}))
+    _, _, upstream = b.calls.pop()
+    upstream.errback(Overloaded("overloaded", {"retryAfter": 2.0}))
+    failure = outcome(d)
+    assert isinstance(failure, Failure) and failure.check(Overloaded)
+    assert failure.value.data == {"retryAfter": 2.0}
+    assert not any(s.draining for s in balancer.servers)
+
+
+def test_unencodableParamsLeaveNothingBehind() -> None:
+    """
+    Params the client cannot encode raise TypeError (the gateway answers
+    -32602), and nothing is counted or kept for the call.
+    """
+    balancer, (a, b) = makeBalancer()
+    with pytest.raises(TypeError):
+        balancer.request("mail", [UNENCODABLE])
+    assert [s["inFlight"] for s in balancer.status()] == [0, 0]
+    assert [s["calls"] for s in balancer.status()] == [0, 0]
+    assert not balancer._calls
+
+
+def test_retryThatCannotRunReportsTheLoss() -> None:
+    """
+    An idempotent call retried after its server was lost, whose second
+    server cannot take it either, fails with the loss (-32006 "connection
+    to the task server lost": it may have run), not with "did not run".
+    """
+    balancer, (a, b) = makeBalancer()
+    d = balancer.request("echo", ["x"])
+    a.down()
+    _, _, upstream = b.calls.pop()
+    upstream.errback(Unavailable("the pool is not running"))
+    failure = outcome(d)
+    assert isinstance(failure, Failure) and failure.check(ServerLost)
