@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from taskservice import _json, _jsonrpc
+from taskservice import _coalesce, _json, _jsonrpc
 from taskservice._jsonrpc import Batch, Invalid, Request
 from taskservice.errors import (
     InternalError,
@@ -57,6 +57,31 @@ class GatewayProtocol(WebSocketServerProtocol):
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's own dataReceived formats a debug message per read.
         self._dataReceived(data)
+
+    def sendData(
+        self, data: bytes, sync: bool = False, chopsize: int | None = None
+    ) -> None:
+        """
+        Autobahn's C{sendData}, for the common case (no chopping, nothing
+        queued, no octet logging) without its per-message debug formatting,
+        and written through L{taskservice._coalesce}: a browser's replies of
+        one reactor pass leave in one send.
+        """
+        if sync or chopsize or self.send_queue or getattr(self, "logOctets", False):
+            super().sendData(data, sync, chopsize)
+            return
+        _coalesce.write(self.transport, data)
+        if self.state == self.STATE_OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        elif self.state in (self.STATE_CONNECTING, self.STATE_PROXY_CONNECTING):
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        # What sendData gathered (a close frame, say) leaves first; an abort
+        # drops it, as Twisted's abortConnection drops its own buffer.
+        if not abort:
+            _coalesce.flush(self.transport)
+        super()._closeConnection(abort)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self.factory.checkOrigin(request)

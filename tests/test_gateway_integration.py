@@ -250,6 +250,33 @@ async def test_roundTripProgressAndStats(
 
 
 @pytest_twisted.ensureDeferred
+async def test_manyRepliesAndACleanClose(
+    taskServer: TaskServer, tmp_path: Path
+) -> None:
+    """
+    A burst of calls: every reply arrives whole, in frames the browser can
+    read (replies of one pass leave together); a close the browser starts
+    is answered before the gateway drops the connection (a clean close).
+    """
+    from autobahn.twisted.websocket import WebSocketServerProtocol
+
+    # The gateway overrides these autobahn methods to gather its writes.
+    assert callable(getattr(WebSocketServerProtocol, "_closeConnection", None))
+    gateway = await startGateway(taskServer, tmp_path)
+    try:
+        browser = await gateway.browser()
+        for i in range(100):  # the browser's limit
+            browser.call(i, "add", i, 1)
+        replies = [await browser.next() for _ in range(100)]
+        assert sorted(r["result"] for r in replies) == [i + 1 for i in range(100)]
+        browser.sendClose(1000)
+        wasClean, code, _ = await browser.closed
+        assert wasClean and code == 1000
+    finally:
+        await gateway.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_taskServerKilledAndRestarted(
     taskServer: TaskServer, tmp_path: Path
 ) -> None:
