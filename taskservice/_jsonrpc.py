@@ -21,10 +21,12 @@ Id = str | int | float | None
 _NO_ID: Any = object()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     """
-    One call.
+    One call. Built once per call and never changed (not C{frozen}: a frozen
+    dataclass takes five times as long to build, 2 us of the parent's time
+    per call).
 
     @ivar id: the request id, echoed in the response.
     @ivar notification: C{True} when the request had no id: it runs, and
@@ -95,26 +97,22 @@ def _parseObject(message: Any, inBatch: bool) -> Request | Invalid:
             InvalidRequest("invalid request", "id must be a string, number or null")
         )
     echoId = None if requestId is _NO_ID else requestId
-
-    def invalid(detail: str) -> Invalid:
-        return Invalid(InvalidRequest("invalid request", detail), echoId)
-
     if message.get("jsonrpc") != "2.0":
-        return invalid('"jsonrpc" must be "2.0"')
+        return _invalid('"jsonrpc" must be "2.0"', echoId)
     method = message.get("method")
     if not isinstance(method, str):
-        return invalid('"method" must be a string')
+        return _invalid('"method" must be a string', echoId)
     params = message.get("params", ())
     args, kwargs, problem = _splitParams(params, '"params"')
     if problem:
-        return invalid(problem)
+        return _invalid(problem, echoId)
     timeout = message.get("timeout")
     if timeout is not None and (
         not isinstance(timeout, int | float)
         or isinstance(timeout, bool)
         or not timeout > 0
     ):
-        return invalid('"timeout" must be a positive number of seconds')
+        return _invalid('"timeout" must be a positive number of seconds', echoId)
     return Request(
         method=method,
         args=args,
@@ -123,6 +121,10 @@ def _parseObject(message: Any, inBatch: bool) -> Request | Invalid:
         notification=requestId is _NO_ID,
         timeout=timeout,
     )
+
+
+def _invalid(detail: str, requestId: Id) -> Invalid:
+    return Invalid(InvalidRequest("invalid request", detail), requestId)
 
 
 def _parseSeed(message: dict[str, Any]) -> Request | Invalid:
