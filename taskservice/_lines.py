@@ -39,6 +39,16 @@ class LineProtocol(Protocol):
         """The start of the last overlong line (its first 256 bytes)."""
 
     def dataReceived(self, data: bytes) -> None:
+        if (
+            not self._buffer
+            and not self._discarding
+            and len(data) <= self.maxLineLength
+            and data.find(b"\n") == len(data) - 1 >= 0
+        ):
+            # The common case, a read holding exactly one whole line: no
+            # buffering, no copy.
+            self.lineReceived(data[:-1])
+            return
         if self._discarding:
             end = data.find(b"\n")
             if end < 0:
