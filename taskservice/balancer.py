@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 
 from taskservice._auth import Token
 from taskservice._endpoints import displayName
-from taskservice.client import ProgressCallback, TaskClient
+from taskservice.client import ProgressCallback, TaskClient, callParams
 from taskservice.errors import (
     Overloaded,
     ServerLost,
@@ -266,12 +266,7 @@ class Balancer(MultiService):
         """
         Call C{method} with positional or keyword arguments (not both).
         """
-        if args and kwargs:
-            raise TypeError(
-                "JSON-RPC params are by position or by name, not both; "
-                "use positional or keyword arguments only"
-            )
-        return self.request(method, kwargs if kwargs else list(args))
+        return self.request(method, callParams(args, kwargs))
 
     def abandon(self, d: Deferred[Any]) -> None:
         """

@@ -481,12 +481,7 @@ class TaskClient(Service):
         Call C{method} with positional or keyword arguments (JSON-RPC has no
         form for both at once: passing both raises L{TypeError}).
         """
-        if args and kwargs:
-            raise TypeError(
-                "JSON-RPC params are by position or by name, not both; "
-                "use positional or keyword arguments only"
-            )
-        return self.request(method, kwargs if kwargs else list(args))
+        return self.request(method, callParams(args, kwargs))
 
     def abandon(self, d: Deferred[Any]) -> None:
         """
@@ -549,6 +544,19 @@ class TaskClient(Service):
 
         waiting.addBoth(relay)
         return result
+
+
+def callParams(args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """
+    The JSON-RPC params of a call made with C{args} or C{kwargs}: JSON-RPC
+    has no form for both at once, so passing both raises L{TypeError}.
+    """
+    if args and kwargs:
+        raise TypeError(
+            "JSON-RPC params are by position or by name, not both; "
+            "use positional or keyword arguments only"
+        )
+    return kwargs if kwargs else list(args)
 
 
 def _errorCode(message: dict[str, Any]) -> object:
