@@ -17,17 +17,9 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred, DeferredList, fail
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    UNIXClientEndpoint,
-)
-from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from taskservice.pool import ProcessPool
 from taskservice.server import TaskServerFactory
@@ -163,61 +155,3 @@ class GatewayService(MultiService):
 
 def _run(ignored: object, step: Callable[[], object]) -> object:
     return step()
-
-
-def listeningAddress(listener: Service) -> Deferred[Any]:
-    """
-    The address a strports listener (a C{StreamServerEndpointService})
-    listens on, once it does: for a task server on port 0, found only once
-    bound. Fails with L{ConnectError} if it is not listening.
-    """
-    # The listen() Deferred is StreamServerEndpointService's documented
-    # ivar _waitingForPort (Twisted >= 10.2); its result is the port, or
-    # None once listening failed or stopped.
-    waiting: Deferred[Any] | None = getattr(listener, "_waitingForPort", None)
-    if waiting is None:
-        return fail(ConnectError(string="the task server is not listening"))
-    d: Deferred[Any] = Deferred()
-
-    def found(port: Any) -> Any:
-        if port is None:
-            d.errback(ConnectError(string="the task server is not listening"))
-        else:
-            d.callback(port.getHost())
-        return port
-
-    waiting.addCallback(found)
-    return d
-
-
-@implementer(IStreamClientEndpoint)
-class ListenerEndpoint:
-    """
-    A client endpoint to a TCP or UNIX listener of this same process,
-    wherever it turned out to listen (C{--listen tcp:0} included); a
-    wildcard interface is reached on loopback.
-    """
-
-    def __init__(self, reactor: Any, listener: Service) -> None:
-        self._reactor = reactor
-        self._listener = listener
-
-    def connect(self, protocolFactory: Any) -> Deferred[Any]:
-        def connect(address: Any) -> Deferred[Any]:
-            endpoint: IStreamClientEndpoint
-            if isinstance(address, UNIXAddress):
-                endpoint = UNIXClientEndpoint(self._reactor, address.name)
-            elif isinstance(address, IPv4Address):
-                host = _LOOPBACK.get(address.host, address.host)
-                endpoint = TCP4ClientEndpoint(self._reactor, host, address.port)
-            elif isinstance(address, IPv6Address):
-                host = _LOOPBACK.get(address.host, address.host)
-                endpoint = TCP6ClientEndpoint(self._reactor, host, address.port)
-            else:
-                raise ConnectError(string=f"cannot connect to {address!r}")
-            return endpoint.connect(protocolFactory)
-
-        return listeningAddress(self._listener).addCallback(connect)
-
-
-_LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}

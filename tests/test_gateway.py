@@ -10,20 +10,17 @@ processes, no real time.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.application import strports
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectError, ConnectionRefusedError
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -37,7 +34,7 @@ from taskservice.client import TaskClient
 from taskservice.gateway import GatewayFactory, GatewaySite, makeGatewayResource
 from taskservice.pool import ProcessPool
 from taskservice.server import TaskServerFactory
-from taskservice.service import GatewayService, ListenerEndpoint
+from taskservice.service import GatewayService
 from taskservice.testing import FakeProcessReactor
 
 GATEWAY = IPv4Address("TCP", "127.0.0.1", 8080)
@@ -724,29 +721,6 @@ def test_gatewayServiceStopsInOrder() -> None:
     client.stopping.callback(None)
     assert log == ["stop task server", "stop client", "close websockets"]
     assert stopped.called
-
-
-def test_listenerEndpoint() -> None:
-    """
-    ListenerEndpoint connects wherever a listener of this process listens:
-    a wildcard interface on loopback, a UNIX socket at its path; before it
-    listens (or after it stopped), the connection fails.
-    """
-    reactor = MemoryReactorClock()
-    listener = strports.service("tcp:0", Site(Resource()), reactor=reactor)
-    endpoint = ListenerEndpoint(reactor, listener)
-    failure = _case.failureResultOf(endpoint.connect(Factory()), ConnectError)
-    assert "not listening" in str(failure.value)
-    listener.privilegedStartService()
-    endpoint.connect(Factory())
-    assert reactor.tcpClients[-1][:2] == ("127.0.0.1", 0)
-    listener.stopService()
-    _case.failureResultOf(endpoint.connect(Factory()), ConnectError)
-
-    unix = strports.service("unix:/run/tasks.sock", Site(Resource()), reactor=reactor)
-    unix.privilegedStartService()
-    ListenerEndpoint(reactor, unix).connect(Factory())
-    assert os.fsdecode(reactor.unixClients[-1][0]) == "/run/tasks.sock"
 
 
 def test_gatewayServiceStopGoesOnAfterAFailedStep() -> None:
