@@ -68,6 +68,8 @@ class GatewayProtocol(WebSocketServerProtocol):
         one reactor pass leave in one send.
         """
         if sync or chopsize or self.send_queue or getattr(self, "logOctets", False):
+            # Autobahn writes at once (or queues): what waits goes first.
+            _coalesce.flush(self.transport)
             super().sendData(data, sync, chopsize)
             return
         _coalesce.write(self.transport, data)

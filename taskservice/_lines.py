@@ -46,7 +46,7 @@ class LineProtocol(Protocol):
             and data.find(b"\n") == len(data) - 1 >= 0
         ):
             # The common case, a read holding exactly one whole line: no
-            # buffering, no copy.
+            # buffering.
             self.lineReceived(data[:-1])
             return
         if self._discarding:

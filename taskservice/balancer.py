@@ -338,18 +338,30 @@ class Balancer(MultiService):
                     method=call.method,
                     server=server.name,
                 )
-                self._send(call)
+                self._resend(call)
                 return
         elif self._didNotRun(outcome, server):
             if self._choose(call.tried, advance=False) is not None:
                 # It did not run: another server may take it.
-                self._send(call)
+                self._resend(call)
                 return
             if call.lost is not None:
                 # The first server was lost with it (it may have run there):
                 # that is the caller's answer, not this one.
                 outcome = call.lost
         call.result.errback(outcome)
+
+    def _resend(self, call: _Call) -> None:
+        """
+        Send C{call} again, from a callback of its previous attempt: an
+        exception (params a client encodes only once connected, say) is the
+        caller's answer, not an error of that callback.
+        """
+        try:
+            self._send(call)
+        except Exception:
+            if not call.result.called:
+                call.result.errback(Failure())
 
     def _didNotRun(self, failure: Failure, server: _Server) -> bool:
         """
@@ -375,13 +387,14 @@ class Balancer(MultiService):
     def status(self) -> list[dict[str, Any]]:
         """
         Each server as the balancer sees it: C{server} (its endpoint, without
-        key or certificate paths), C{up}, C{inFlight}, C{calls} sent there,
+        key or certificate paths), C{up} (connected, and not stopping),
+        C{inFlight}, C{calls} sent there,
         C{retried} (idempotent calls sent elsewhere when it was lost).
         """
         return [
             {
                 "server": s.name,
-                "up": s.client.ready,
+                "up": s.client.ready and not s.draining,
                 "inFlight": s.inFlight,
                 "calls": s.calls,
                 "retried": s.retried,

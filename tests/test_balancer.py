@@ -68,7 +68,8 @@ class FakeClient(Service):
             d: Deferred[Any] = Deferred()
             d.callback({"tasks": ["echo", "mail"], "idempotentTasks": self.idempotent})
             return d
-        if isinstance(params, list) and UNENCODABLE in params:
+        if self.ready and isinstance(params, list) and UNENCODABLE in params:
+            # As TaskClient: params are encoded when sent, once connected.
             raise TypeError("params are not JSON-serialisable")
         if self.unreachable:
             d = Deferred()
@@ -469,3 +470,27 @@ def test_retryThatCannotRunReportsTheLoss() -> None:
     upstream.errback(Unavailable("the pool is not running"))
     failure = outcome(d)
     assert isinstance(failure, Failure) and failure.check(ServerLost)
+
+
+def test_unencodableParamsOnARetry() -> None:
+    """
+    Params are encoded only once a client is connected: a call that waited
+    on a first connection that failed, resent to a server that then
+    refuses its params, fails with that TypeError (it does not hang).
+    """
+    balancer, (a, b) = makeBalancer(up=False)
+    d = balancer.request("mail", [UNENCODABLE])
+    assert len(a.calls) == 1
+    b.up()
+    a.attemptFails("Connection refused.")
+    failure = outcome(d)
+    assert isinstance(failure, Failure) and failure.check(TypeError)
+    assert [s["inFlight"] for s in balancer.status()] == [0, 0]
+
+
+def test_stoppingServerIsNotUp() -> None:
+    balancer, (a, b) = makeBalancer()
+    balancer.request("mail", ["x"])
+    _, _, upstream = a.calls.pop()
+    upstream.errback(Unavailable("the pool is not running"))
+    assert [s["up"] for s in balancer.status()] == [False, True]

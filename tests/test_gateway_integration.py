@@ -269,6 +269,13 @@ async def test_manyRepliesAndACleanClose(
             browser.call(i, "add", i, 1)
         replies = [await browser.next() for _ in range(100)]
         assert sorted(r["result"] for r in replies) == [i + 1 for i in range(100)]
+        # A frame autobahn writes at once (sync) does not overtake those
+        # gathered before it.
+        [server] = gateway.factory.browsers
+        server.sendMessage(b'{"jsonrpc":"2.0","method":"first"}')
+        server.sendMessage(b'{"jsonrpc":"2.0","method":"second"}', sync=True)
+        assert (await browser.next())["method"] == "first"
+        assert (await browser.next())["method"] == "second"
         browser.sendClose(1000)
         wasClean, code, _ = await browser.closed
         assert wasClean and code == 1000
