@@ -166,9 +166,11 @@ def test_metricsPortInUse(tmp_path: Path) -> None:
             tmp_path,
             "--workers",
             "1",
+            # Port 0: no other port of the machine may be taken meanwhile.
             "--listen",
-            f"tcp:{freePort()}:interface={HOST}",
+            f"tcp:0:interface={HOST}",
             "--no-websocket",
+            "--no-smtp-sink",
             "--metrics",
             f"tcp:{metricsPort}:interface={HOST}",
         ) as server:
