@@ -172,7 +172,11 @@ class TaskServerProtocol(LineProtocol):
         # Running ones finish and their results are discarded.
         self._waiting.clear()
         self._waitingBytes = 0
-        self.pool.dropQueued(owner=self)
+        if self._outstanding:
+            # (Else none is in the pool: no need to look through its queue,
+            # which a client making one connection per call would make us
+            # do for every call.)
+            self.pool.dropQueued(owner=self)
         waiters, self._closedWaiters = self._closedWaiters, []
         for d in waiters:
             d.callback(None)
