@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.task import deferLater
 
 from taskservice.client import TaskClient
@@ -70,13 +71,20 @@ class TaskServer:
             protocol.transport.abortConnection()
 
 
-async def startServer() -> TaskServer:
+async def startServer(tls: Any = None) -> TaskServer:
+    """
+    A task server of one worker on a loopback port; with C{tls} (server TLS
+    options), mutual TLS as C{--tls-cert} serves it.
+    """
     pool = ProcessPool(reactor, ["taskservice.examples"], size=1)
     pool.startService()
     await pool.whenReady()
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        TaskServerFactory(pool)
+    endpoint = (
+        TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        if tls is None
+        else SSL4ServerEndpoint(reactor, 0, tls, interface="127.0.0.1")
     )
+    port = await endpoint.listen(TaskServerFactory(pool))
     return TaskServer(pool, port)
 
 
@@ -88,7 +96,18 @@ def freePort() -> int:
 
 @pytest_twisted.async_yield_fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[tuple[int, TaskServer, TaskServer]]:
-    a, b = await startServer(), await startServer()
+    async with front(tmp_path, await startServer(), await startServer()) as running:
+        yield running
+
+
+@asynccontextmanager
+async def front(
+    tmp_path: Path, a: TaskServer, b: TaskServer
+) -> AsyncIterator[tuple[int, TaskServer, TaskServer]]:
+    """
+    HAProxy in TCP mode on a free loopback port in front of C{a} and C{b};
+    on the way out, HAProxy and both servers are stopped.
+    """
     port = freePort()
     config = tmp_path / "haproxy.cfg"
     config.write_text(
@@ -174,3 +193,41 @@ async def test_spreadAndSurviveALostServer(
     finally:
         for client in clients:
             await client.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_mutualTLSThroughHAProxy(tmp_path: Path) -> None:
+    """
+    With TLS, HAProxy in TCP mode passes each handshake through to a task
+    server: clients with a certificate the servers' CA signed, checking the
+    servers' certificate for its name, reach both servers through it; a
+    client without a certificate is refused with the TLS reason.
+    """
+    from taskservice._tls import serverTLSOptions
+    from tests.test_security_integration import makePKI, tlsEndpoint
+
+    (tmp_path / "pki").mkdir()
+    pki = makePKI(tmp_path / "pki")
+    tls = serverTLSOptions(str(pki.serverPEM), None, str(pki.caFile))
+    servers = await startServer(tls), await startServer(tls)
+    async with front(tmp_path, *servers) as (port, a, b):
+        clients = [TaskClient(reactor, tlsEndpoint(pki, port)) for _ in range(4)]
+        for client in clients:
+            client.startService()
+        try:
+            results = await gatherResults(
+                [c.call("echo", i) for i, c in enumerate(clients) for _ in range(10)]
+            )
+            assert sorted(results) == sorted(i for i in range(4) for _ in range(10))
+            assert a.pool.completed > 0 and b.pool.completed > 0, "both served"
+        finally:
+            for client in clients:
+                await client.stopService()
+        stranger = TaskClient(reactor, tlsEndpoint(pki, port, noCert=True))
+        stranger.startService()
+        try:
+            with pytest.raises(Unavailable) as refused:
+                await stranger.call("echo", "no certificate")
+            assert "client certificate" in str(refused.value.data), refused.value.data
+        finally:
+            await stranger.stopService()
