@@ -15,10 +15,10 @@ from taskservice.bench._burst import idealSeconds
 from taskservice.bench._memory import (
     Import,
     kilobytes,
-    parentPid,
     parseImportTime,
     percentChange,
 )
+from taskservice.bench._procfs import parentPid
 
 STATUS = """\
 Name:\tpython

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from taskservice.bench._procfs import processStats
 from taskservice.bench._stats import Summary
 
 SOURCE = Path(__file__).with_name("loadclient.c")
@@ -158,19 +159,11 @@ def treeCpu(pid: int) -> tuple[float, float]:
     and the parent with its workers.
     """
     ticks = rootTicks = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # Field 2, the command name, is in parentheses and may hold anything.
-        fields = stat[stat.rindex(")") + 2 :].split()
+    for process, fields in processStats():
         used = int(fields[11]) + int(fields[12])  # utime, stime
-        if int(entry) == pid:
+        if process == pid:
             rootTicks = used
-        if int(entry) == pid or int(fields[1]) == pid:
+        if process == pid or int(fields[1]) == pid:
             ticks += used
     perSecond = os.sysconf("SC_CLK_TCK")
     return rootTicks / perSecond, ticks / perSecond

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from taskservice.bench._procfs import processStats
 from taskservice.bench._stats import Summary
 from taskservice.examples import echo as _echo
 from taskservice.examples import sleep as _sleep
@@ -84,15 +85,6 @@ def kilobytes(text: str) -> dict[str, int]:
         if sep and len(fields) == 2 and fields[1] == "kB" and fields[0].isdigit():
             sizes[name.strip()] = int(fields[0]) * 1024
     return sizes
-
-
-def parentPid(stat: str) -> int:
-    """
-    The parent's pid from the text of C{/proc/PID/stat}. The command name
-    in parentheses may hold spaces and parentheses: fields are counted
-    from the last C{")"}.
-    """
-    return int(stat[stat.rindex(")") + 1 :].split()[1])
 
 
 @dataclass(frozen=True)
@@ -164,17 +156,9 @@ def childrenOf(pid: int) -> list[int]:
     The pids of C{pid}'s children (C{/proc/PID/task/*/children} needs a
     kernel option: scan every process's C{stat} instead).
     """
-    children = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if parentPid(stat) == pid:
-            children.append(int(entry))
-    return sorted(children)
+    return sorted(
+        process for process, fields in processStats() if int(fields[1]) == pid
+    )
 
 
 # -- start time ----------------------------------------------------------------
