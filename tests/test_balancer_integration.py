@@ -18,12 +18,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import deferLater
 
-from tests.test_gateway_integration import Browser
+from tests.test_gateway_integration import Browser, openBrowser
 from tests.test_twistd import (
     DEADLINE,
     HOST,
@@ -58,17 +56,6 @@ def taskServer(directory: Path, port: int) -> Iterator[Twistd]:
     ) as server:
         connectWhenListening(server, port).close()
         yield server
-
-
-async def openBrowser(port: int) -> Browser:
-    factory = WebSocketClientFactory(
-        f"ws://{HOST}:{port}/ws", origin=f"http://{HOST}:{port}"
-    )
-    factory.protocol = Browser
-    browser = await TCP4ClientEndpoint(reactor, HOST, port).connect(factory)
-    assert isinstance(browser, Browser)
-    await browser.opened
-    return browser
 
 
 async def stats(browser: Browser, requestId: str) -> dict[str, Any]:

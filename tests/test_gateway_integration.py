@@ -69,6 +69,21 @@ class Browser(WebSocketClientProtocol):
         return self.messages.get()
 
 
+async def openBrowser(port: int) -> Browser:
+    """
+    A browser's websocket to the gateway on loopback port C{port}, from the
+    gateway's own origin, once it is open.
+    """
+    factory = WebSocketClientFactory(
+        f"ws://{HOST}:{port}/ws", origin=f"http://{HOST}:{port}"
+    )
+    factory.protocol = Browser
+    browser = await TCP4ClientEndpoint(reactor, HOST, port).connect(factory)
+    assert isinstance(browser, Browser)
+    await browser.opened
+    return browser
+
+
 class _Response(Protocol):
     def __init__(self) -> None:
         self.received = bytearray()

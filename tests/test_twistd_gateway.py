@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import deferLater
 
-from tests.test_gateway_integration import Browser
+from tests.test_gateway_integration import openBrowser
 from tests.test_twistd import (
     DEADLINE,
     HOST,
@@ -54,12 +52,7 @@ async def test_websocketCallThroughTwistd(tmp_path: Path, taskPort: str) -> None
         f"tcp:{wsPort}:interface={HOST}",
     ) as server:
         connectWhenListening(server, wsPort).close()
-        factory = WebSocketClientFactory(
-            f"ws://{HOST}:{wsPort}/ws", origin=f"http://{HOST}:{wsPort}"
-        )
-        factory.protocol = Browser
-        browser = await TCP4ClientEndpoint(reactor, HOST, wsPort).connect(factory)
-        await browser.opened
+        browser = await openBrowser(wsPort)
         browser.call(1, "echo", "through the gateway")
         assert await browser.next() == {
             "jsonrpc": "2.0",

@@ -20,13 +20,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import deferLater
 
 from tests.test_auth import SECRET
-from tests.test_gateway_integration import Browser
+from tests.test_gateway_integration import openBrowser
 from tests.test_security_integration import PKI, makePKI
 from tests.test_twistd import (
     DEADLINE,
@@ -220,12 +218,7 @@ async def test_twoMachines(tmp_path: Path, pki: PKI, tokenFile: Path) -> None:
     ):
         connectWhenListening(tasks, port).close()
         connectWhenListening(gateway, wsPort).close()
-        factory = WebSocketClientFactory(
-            f"ws://{HOST}:{wsPort}/ws", origin=f"http://{HOST}:{wsPort}"
-        )
-        factory.protocol = Browser
-        browser = await TCP4ClientEndpoint(reactor, HOST, wsPort).connect(factory)
-        await browser.opened
+        browser = await openBrowser(wsPort)
         deadline = time.monotonic() + DEADLINE
         while True:
             browser.call(1, "echo", "two machines")
@@ -267,12 +260,7 @@ async def test_localGatewaySendsTheToken(tmp_path: Path, tokenFile: Path) -> Non
         f"tcp:{wsPort}:interface={HOST}",
     ) as server:
         connectWhenListening(server, wsPort).close()
-        factory = WebSocketClientFactory(
-            f"ws://{HOST}:{wsPort}/ws", origin=f"http://{HOST}:{wsPort}"
-        )
-        factory.protocol = Browser
-        browser = await TCP4ClientEndpoint(reactor, HOST, wsPort).connect(factory)
-        await browser.opened
+        browser = await openBrowser(wsPort)
         browser.call(1, "echo", "with the token")
         assert await browser.next() == {
             "jsonrpc": "2.0",
