@@ -195,41 +195,41 @@ def _report(
     notes: list[str],
 ) -> None:
     base = f"FAQ-style plain Python, {FAQ_PROCESSES} processes:"
-    for name, what in (
-        ("2a", f"2a TCP, {CONNECTIONS} persistent connections, 1 call in flight each"),
-        ("2b", f"2b TCP, a connection per call (FAQ caller), {CONNECTIONS} at once"),
-    ):
-        o, f = ours[name], faq[name]
-        rows.append(
-            [
-                what,
-                f"{o.rate.show('calls/s')}; {o.latency()}",
-                f"{base} {f.rate.show('calls/s')}; {f.latency()}",
-                ratio(o.rate.median, f.rate.median),
-            ]
-        )
-    for name, what in (
-        ("2a", "2a, two task servers of 1 worker sharing the port (--reuse-port)"),
-        ("2b", "2b, two task servers of 1 worker sharing the port (--reuse-port)"),
-    ):
-        o, f = shared[name], faq[name]
-        rows.append(
-            [
-                what,
-                f"{o.rate.show('calls/s')}; {o.latency()}",
-                f"{base} {f.rate.show('calls/s')}; {f.latency()}",
-                ratio(o.rate.median, f.rate.median),
-            ]
-        )
-    o, f = ours["2a"], inline["2a"]
-    rows.append(
-        [
+    sharing = "two task servers of 1 worker sharing the port (--reuse-port)"
+    for what, name, contender, against, baseline in (
+        (
+            f"2a TCP, {CONNECTIONS} persistent connections, 1 call in flight each",
+            "2a",
+            ours,
+            base,
+            faq,
+        ),
+        (
+            f"2b TCP, a connection per call (FAQ caller), {CONNECTIONS} at once",
+            "2b",
+            ours,
+            base,
+            faq,
+        ),
+        (f"2a, {sharing}", "2a", shared, base, faq),
+        (f"2b, {sharing}", "2b", shared, base, faq),
+        (
             "2a against one Twisted process answering inline (no worker hop)",
-            f"{o.rate.show('calls/s')}; {o.latency()}",
-            f"inline Twisted, 1 process: {f.rate.show('calls/s')}; {f.latency()}",
-            ratio(o.rate.median, f.rate.median),
-        ]
-    )
+            "2a",
+            ours,
+            "inline Twisted, 1 process:",
+            inline,
+        ),
+    ):
+        o, f = contender[name], baseline[name]
+        rows.append(
+            [
+                what,
+                f"{o.rate.show('calls/s')}; {o.latency()}",
+                f"{against} {f.rate.show('calls/s')}; {f.latency()}",
+                ratio(o.rate.median, f.rate.median),
+            ]
+        )
     rows.append(
         [
             "2a against the FAQ's way of calling (the 2b baseline)",
