@@ -60,19 +60,15 @@ class PoolCaller(Service):
             return succeed(self.server.stats())
         if method.startswith("$/"):
             return fail(MethodNotFound("method not found", method))
-        if isinstance(params, Mapping):
-            upstream = self.pool.submit(
-                method, (), params, timeout=timeout, onProgress=onProgress, owner=self
-            )
-        else:
-            upstream = self.pool.submit(
-                method,
-                params or (),
-                None,
-                timeout=timeout,
-                onProgress=onProgress,
-                owner=self,
-            )
+        args, kwargs = ((), params) if isinstance(params, Mapping) else (params, None)
+        upstream = self.pool.submit(
+            method,
+            args or (),
+            kwargs,
+            timeout=timeout,
+            onProgress=onProgress,
+            owner=self,
+        )
         result: Deferred[Any] = Deferred(lambda _: upstream.cancel())
         self._upstream[result] = upstream
         upstream.addBoth(self._answered, result)

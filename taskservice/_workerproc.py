@@ -84,6 +84,7 @@ class WorkerProcess(ProcessProtocol):
         self.ended: Deferred[None] = Deferred()
         self._frames = FrameDecoder()
         self._partial: dict[int, bytes] = {1: b"", 2: b""}
+        self._commands: Any = None
 
     def __repr__(self) -> str:
         return f"<WorkerProcess {self.workerID} pid={self.pid} {self.state.value}>"
@@ -98,16 +99,18 @@ class WorkerProcess(ProcessProtocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.pid = self.transport.pid
+        # The command pipe itself (a real process's ProcessWriter), written
+        # through the coalescer; None for transports without one (fakes).
+        self._commands = getattr(self.transport, "pipes", {}).get(COMMANDS_FD)
         # Tasks that read stdin get end-of-file rather than hang.
         self.transport.closeStdin()
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.transport is not None
         data = frame(_json.dumps(message))
-        pipe = getattr(self.transport, "pipes", {}).get(COMMANDS_FD)
-        if pipe is not None and _coalesce.coalesces(pipe):
+        if self._commands is not None:
             # The frames of one reactor pass go to the worker in one write.
-            _coalesce.write(pipe, data)
+            _coalesce.write(self._commands, data)
         else:
             self.transport.writeToChild(COMMANDS_FD, data)
 
@@ -130,9 +133,8 @@ class WorkerProcess(ProcessProtocol):
         self.setState(WorkerState.DEAD)
         self.killedByPool = True
         assert self.transport is not None
-        pipe = getattr(self.transport, "pipes", {}).get(COMMANDS_FD)
-        if pipe is not None:
-            _coalesce.flush(pipe)
+        if self._commands is not None:
+            _coalesce.flush(self._commands)
         self.transport.closeChildFD(COMMANDS_FD)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
