@@ -137,14 +137,21 @@ def flushAll() -> None:
 
 
 def _send(transport: Any, data: bytes) -> None:
-    if getattr(transport, "_aborting", False):
-        # abortConnection(): nothing more may be sent.
+    if (
+        not transport.connected
+        or transport._writeDisconnected
+        or getattr(transport, "_aborting", False)
+    ):
+        # Lost, shut for writing, or aborted: nothing more may be sent, and
+        # Twisted would drop it too. Not handed to it: a lost pipe's
+        # ProcessWriter.write() first stops reading its old descriptor
+        # number, and the kernel may have given that number to a new pipe
+        # (another worker's results) since, which the reactor would then
+        # stop watching for good.
         return
     if (
-        transport.connected
-        and not transport.disconnecting
+        not transport.disconnecting
         and not getattr(transport, "TLS", False)
-        and not transport._writeDisconnected
         and not transport._tempDataBuffer
         and transport.offset == len(transport.dataBuffer)
     ):

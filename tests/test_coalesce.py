@@ -5,12 +5,13 @@ its end, on real loopback sockets and a real child process's pipe.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import process, reactor, tcp
+from twisted.internet import abstract, process, reactor, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
@@ -230,3 +231,69 @@ async def test_stoppingAClientSendsWhatWaits() -> None:
     await closed
     assert any(b"$/cancelRequest" in line for line in lines), lines
     await port.stopListening()
+
+
+class _Reader(abstract.FileDescriptor):
+    """
+    A reader of one descriptor, for checking what the reactor watches.
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(reactor)
+        self.fd = fd
+        self.received = bytearray()
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> None:
+        self.received += os.read(self.fd, 65536)
+
+
+@pytest_twisted.ensureDeferred
+async def test_writeToALostPipeLeavesItsOldDescriptorAlone() -> None:
+    """
+    A write gathered for a pipe whose reader went away in the same pass is
+    dropped: handing it to Twisted would make the dead ProcessWriter stop
+    "reading" its old descriptor number, which the kernel may have given to
+    a new pipe by then, and the reactor would stop watching that one (a
+    worker's results pipe, say: its answers and its exit never seen).
+    """
+    lost: Deferred[None] = Deferred()
+
+    class Owner:
+        def childConnectionLost(self, name: str, reason: object) -> None:
+            os.close(writer.fd)
+            lost.callback(None)
+
+    readEnd, writeEnd = os.pipe()
+    writer = process.ProcessWriter(reactor, Owner(), "commands", writeEnd)
+    assert _coalesce.coalesces(writer)
+    os.close(readEnd)  # the worker died: the reactor sees the pipe broken
+    await lost
+    # A new pipe gets the old descriptor number, and the reactor watches it.
+    newRead, newWrite = os.pipe()
+    if writeEnd in (newRead, newWrite):
+        moved = os.dup(newRead), os.dup(newWrite)
+        os.close(newRead)
+        os.close(newWrite)
+        newRead, newWrite = moved
+    os.dup2(newRead, writeEnd)
+    os.close(newRead)
+    reader = _Reader(writeEnd)
+    reader.startReading()
+    try:
+        _coalesce.write(writer, b"a call for the dead worker")
+        await deferLater(reactor, 0, lambda: None)
+        await deferLater(reactor, 0, lambda: None)
+        assert reader in reactor.getReaders()
+        os.write(newWrite, b"still read")
+        for _ in range(100):
+            if reader.received:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        assert bytes(reader.received) == b"still read"
+    finally:
+        reader.stopReading()
+        os.close(writeEnd)
+        os.close(newWrite)
