@@ -9,9 +9,10 @@ imports the task modules, and runs it.
 Started by L{taskservice.pool.ProcessPool}. It imports the task modules,
 announces itself with a C{ready} frame on fd 4, then runs the calls it reads
 from fd 3 and answers each with a C{result} or C{error} frame (and
-C{progress} frames on the way). A reader thread owns fd 3: end of file there
-means the parent is gone or wants us gone, and the process exits at once,
-even in the middle of a task.
+C{progress} frames on the way). The main thread reads fd 3 itself, between
+calls (no hand-over from thread to thread on the way to a call). A thread
+waits for fd 3's hang-up only: the parent is gone or wants us gone, and the
+process exits at once, even in the middle of a task.
 
 Plain tasks run one at a time in the main thread. When the modules define
 coroutine tasks (C{async def}), the main thread runs an asyncio event loop
@@ -28,11 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import sys
 import threading
 import traceback
+from collections import deque
 from collections.abc import Callable
-from queue import SimpleQueue
 from typing import Any, BinaryIO
 
 from taskservice import _json
@@ -72,19 +74,58 @@ class _Channel:
             self._stream.flush()
 
 
-def _readCommands(fd: int, deliver: Callable[[Any], object]) -> None:
-    decoder = FrameDecoder()
+def _exitOnHangUp(fd: int) -> None:
+    """
+    Wait for the hang-up of the command pipe C{fd}, and end the process then.
+
+    The parent closed the pipe (to stop us) or died: leave at once, even if
+    a task is running, so that workers never outlive their service. A poll
+    for no events at all wakes on hang-up (or error) alone, never on the
+    commands that the main thread reads from the same pipe.
+    """
+    poller = select.poll()
+    poller.register(fd, 0)
     while True:
+        if poller.poll():
+            os._exit(0)
+
+
+def _watchForHangUp(fd: int) -> None:
+    threading.Thread(target=_exitOnHangUp, args=(fd,), daemon=True).start()
+
+
+class _Commands:
+    """
+    The command pipe, read by the main thread: whole messages, each one
+    first seen by L{Worker.received}.
+    """
+
+    def __init__(self, fd: int, worker: Worker) -> None:
+        self._fd = fd
+        self._worker = worker
+        self._decoder = FrameDecoder()
+
+    def read(self) -> list[dict[str, Any]]:
+        """
+        Wait for what comes next (which may be less than a whole message);
+        end the process at end of file.
+        """
         try:
-            data = os.read(fd, 1 << 16)
+            data = os.read(self._fd, 1 << 16)
         except OSError:
             data = b""
         if not data:
-            # The parent closed our command pipe or died: leave now, even
-            # if a task is running.
             os._exit(0)
-        for payload in decoder.feed(data):
-            deliver(_json.loads(payload))
+        received = self._worker.received
+        return [received(_json.loads(p)) for p in self._decoder.feed(data)]
+
+    def waiting(self) -> list[dict[str, Any]]:
+        """
+        The messages already in the pipe, without waiting for more.
+        """
+        if select.select([self._fd], [], [], 0)[0]:
+            return self.read()
+        return []
 
 
 def describeError(error: BaseException, includeTraceback: bool) -> dict[str, Any]:
@@ -115,9 +156,9 @@ class Worker:
 
     def received(self, message: dict[str, Any]) -> dict[str, Any]:
         """
-        Called by the reader thread for each message, before the message is
-        queued: a C{cancel} for a plain call still waiting behind others
-        marks it to be skipped.
+        Called for each message as it is read, before the calls read with it
+        run: a C{cancel} for a plain call still waiting behind others marks
+        it to be skipped.
         """
         if message.get("op") == "cancel":
             self.skipped.add(message["cid"])
@@ -308,21 +349,24 @@ def _refuseDeferred(result: Any) -> None:
 
 
 def _serveBlocking(worker: Worker) -> None:
-    inbox: SimpleQueue[Any] = SimpleQueue()
-    threading.Thread(
-        target=_readCommands,
-        args=(COMMANDS_FD, lambda m: inbox.put(worker.received(m))),
-        daemon=True,
-    ).start()
+    _watchForHangUp(COMMANDS_FD)
+    commands = _Commands(COMMANDS_FD, worker)
     channel = worker.channel
     channel.send({"op": "ready", "pid": os.getpid()}, flush=True)
+    pending: deque[dict[str, Any]] = deque()
     while True:
-        message = inbox.get()
+        if pending:
+            # What came while the last call ran: more calls, or cancels of
+            # calls still waiting here (marked by worker.received).
+            pending.extend(commands.waiting())
+        while not pending:
+            pending.extend(commands.read())
+        message = pending.popleft()
         # Calls that arrived together are answered together: one write.
-        channel.autoflush = inbox.empty()
+        channel.autoflush = not pending
         if message.get("op") == "call":
             worker.runBlocking(message)
-        if inbox.empty():
+        if not pending:
             channel.flush()
 
 
@@ -361,7 +405,10 @@ def _serveAsync(worker: Worker, reactor: Any = None) -> None:
         # (With a Twisted reactor on this loop, its timers and I/O run here.)
         running: dict[int, asyncio.Task[None]] = {}
 
-        def handle(message: dict[str, Any]) -> None:
+        def handle(message: dict[str, Any]) -> bool:
+            """
+            Act on C{message}; whether that took time (a plain call ran).
+            """
             op = message.get("op")
             if op == "call":
                 spec = worker.registry.get(message["task"])
@@ -369,22 +416,27 @@ def _serveAsync(worker: Worker, reactor: Any = None) -> None:
                     cid: int = message["cid"]
                     running[cid] = loop.create_task(worker.runAsync(message))
                     running[cid].add_done_callback(_forget(worker, running, cid))
-                else:
-                    worker.runBlocking(message)
-            elif op == "cancel":
+                    return False
+                worker.runBlocking(message)
+                return True
+            if op == "cancel":
                 cancelled = running.get(message["cid"])
                 if cancelled is not None:
                     worker.skipped.discard(message["cid"])
                     cancelled.cancel()
+            return False
 
-        threading.Thread(
-            target=_readCommands,
-            args=(
-                COMMANDS_FD,
-                lambda m: loop.call_soon_threadsafe(handle, worker.received(m)),
-            ),
-            daemon=True,
-        ).start()
+        def readable() -> None:
+            pending = deque(commands.read())
+            while pending:
+                if handle(pending.popleft()) and pending:
+                    # A plain call ran: what came meanwhile may cancel
+                    # calls still waiting in this batch.
+                    pending.extend(commands.waiting())
+
+        _watchForHangUp(COMMANDS_FD)
+        commands = _Commands(COMMANDS_FD, worker)
+        loop.add_reader(COMMANDS_FD, readable)
         worker.channel.send({"op": "ready", "pid": os.getpid()})
         await asyncio.Event().wait()
 

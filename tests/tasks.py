@@ -89,10 +89,12 @@ def wait_for(path: str, limit: float = GATE_LIMIT) -> str:
 
 
 @task
-def record(path: str, tag: str) -> str:
+def record(path: str, tag: str, seconds: float = 0.0) -> str:
     """
-    Append C{tag} and a newline to the file C{path}: proof that the call ran.
+    Sleep C{seconds}, then append C{tag} and a newline to the file C{path}:
+    proof that the call ran, and in which order.
     """
+    time.sleep(seconds)
     with open(path, "a", encoding="utf-8") as f:
         f.write(tag + "\n")
     return tag

@@ -334,6 +334,53 @@ async def test_pipelinedShortCalls(pool: ProcessPool) -> None:
     assert await gatherResults(calls) == [i + 1 for i in range(2000)]
 
 
+@pytest.mark.parametrize(
+    "modules",
+    [
+        pytest.param(["tests.tasks"], id="plain-loop"),
+        # A concurrent task: the worker runs an event loop (with a reactor).
+        pytest.param(["tests.tasks", "tests.deferredtasks"], id="event-loop"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_cancelReachesACallWaitingInTheWorker(
+    tmp_path: Any, modules: list[str]
+) -> None:
+    """
+    A cancel for a short call waiting in a real worker's pipe, behind one
+    that is running, reaches the worker before that call's turn: it never
+    runs, its caller gets CancelledError, the worker is not killed, and the
+    calls around it run in order. In both kinds of worker loop.
+    """
+    pool = ProcessPool(reactor, modules, size=1)
+    pool.startService()
+    try:
+        await pool.whenReady()
+        (worker,) = pool.workers
+        ran = tmp_path / "ran"
+        for _ in range(20):
+            await pool.submit("record", [str(ran), "warm-up"])
+        assert pool.isShort("record")
+        ran.write_text("")
+        running = pool.submit("record", [str(ran), "running", 0.3])
+        waiting = [pool.submit("record", [str(ran), f"waiting {i}"]) for i in range(3)]
+        assert len(worker.calls) == 4, "pipelined into the one worker"
+        await deferLater(reactor, 0.1, lambda: None)
+        waiting[1].cancel()
+        with pytest.raises(CancelledError):
+            await waiting[1]
+        assert await gatherResults([running, waiting[0], waiting[2]]) == [
+            "running",
+            "waiting 0",
+            "waiting 2",
+        ]
+        assert ran.read_text().splitlines() == ["running", "waiting 0", "waiting 2"]
+        assert pool.workers == {worker}
+        assert pool.stats()["restartsByCause"] == {}
+    finally:
+        await pool.stopService()
+
+
 @pytest_twisted.ensureDeferred
 async def test_deferredTasksRunConcurrently() -> None:
     """
