@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -63,6 +64,8 @@ class WorkerProcess(ProcessProtocol):
         once it is; it serves on until its C{successor} is ready.
     @ivar killedByPool: the pool killed it (deadline, cancel, stop); its
         death is not a crash.
+    @ivar notReadyInTime: it was killed for not being ready within the
+        pool's C{startTimeout}.
     """
 
     log = Logger()
@@ -80,6 +83,8 @@ class WorkerProcess(ProcessProtocol):
         self.predecessor: WorkerProcess | None = None
         self.retireCause: str | None = None
         self.killedByPool = False
+        self.startTimer: IDelayedCall | None = None
+        self.notReadyInTime = False
         self.pid: int | None = None
         self.ended: Deferred[None] = Deferred()
         self._frames = FrameDecoder()
@@ -88,6 +93,11 @@ class WorkerProcess(ProcessProtocol):
 
     def __repr__(self) -> str:
         return f"<WorkerProcess {self.workerID} pid={self.pid} {self.state.value}>"
+
+    def stopStartTimer(self) -> None:
+        timer, self.startTimer = self.startTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def setState(self, new: WorkerState) -> None:
         if new is self.state:

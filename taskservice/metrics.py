@@ -69,7 +69,15 @@ POOL_OUTCOMES = tuple(o for o in OUTCOMES if o != "unauthorised")
 """The outcomes a pool gives calls (authorisation is the server's)."""
 
 WORKER_STATES = ("starting", "idle", "busy", "retiring")
-RESTART_CAUSES = ("crash", "timeout", "cancel", "unresponsive", "recycled", "memory")
+RESTART_CAUSES = (
+    "crash",
+    "timeout",
+    "cancel",
+    "unresponsive",
+    "recycled",
+    "memory",
+    "not_ready",
+)
 """Why the pool replaces workers (C{ProcessPool.workerExits})."""
 
 

@@ -53,6 +53,7 @@ calls may wait in a busy worker's pipe behind other short calls."""
 _SHORT_SAMPLES = 5
 _EWMA = 0.2
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+DEFAULT_START_TIMEOUT = 60.0
 _STOP_GRACE = 5.0
 _CANCEL_GRACE = 2.0
 _RESTART_BACKOFF_BASE = 0.1
@@ -211,6 +212,10 @@ class ProcessPool(Service):
     @param maxResult: results longer than this many bytes (as JSON) fail
         with L{TooLarge}.
     @param shutdownTimeout: how long L{stopService} lets calls finish.
+    @param startTimeout: how long a new worker has to import the task
+        modules and say it is ready; one that takes longer (an import that
+        hangs) is killed and started again, with back-off, as a worker that
+        exits before it is ready is.
     @param env: the workers' environment (default: this process's).
     @param includeTracebacks: put task tracebacks in L{TaskFailed} errors.
     @param memoryOf: how to read a worker's memory (for tests).
@@ -236,6 +241,7 @@ class ProcessPool(Service):
         maxMemory: int | None = None,
         maxResult: int = DEFAULT_MAX_RESULT,
         shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        startTimeout: float = DEFAULT_START_TIMEOUT,
         env: Mapping[str, str] | None = None,
         python: str = sys.executable,
         includeTracebacks: bool = False,
@@ -264,6 +270,7 @@ class ProcessPool(Service):
         self.maxMemory = maxMemory
         self.maxResult = maxResult
         self.shutdownTimeout = shutdownTimeout
+        self.startTimeout = startTimeout
         self.python = python
         self.includeTracebacks = includeTracebacks
         self._memoryOf = memoryOf
@@ -728,12 +735,34 @@ class ProcessPool(Service):
             env=self._env,
             childFDs={0: "w", 1: "r", 2: "r", COMMANDS_FD: "w", RESULTS_FD: "r"},
         )
+        worker.startTimer = self.reactor.callLater(
+            self.startTimeout, self._notReady, worker
+        )
         self.log.debug(
             "started worker {workerID} (pid {pid})",
             workerID=worker.workerID,
             pid=worker.pid,
         )
         return worker
+
+    def _notReady(self, worker: WorkerProcess) -> None:
+        """
+        C{worker} did not say it was ready within C{startTimeout}: kill it;
+        it is then started again as one that exited before it was ready.
+        """
+        worker.startTimer = None
+        if worker.state is not WorkerState.STARTING:
+            return
+        self.log.error(
+            "worker {workerID} (pid {pid}) not ready after {timeout:g}s"
+            " (a task module's import hangs?); killing it",
+            workerID=worker.workerID,
+            pid=worker.pid,
+            timeout=self.startTimeout,
+        )
+        self.workerExits["not_ready"] += 1
+        worker.notReadyInTime = True
+        worker.kill()
 
     def _replenish(self) -> None:
         """
@@ -869,6 +898,7 @@ class ProcessPool(Service):
             return
         if op == "ready":
             if worker.state is WorkerState.STARTING:
+                worker.stopStartTimer()
                 worker.setState(WorkerState.IDLE)
                 self._startFailures = 0
                 self._idle.append(worker)
@@ -905,7 +935,8 @@ class ProcessPool(Service):
         self._workers.discard(worker)
         if worker in self._idle:
             self._idle.remove(worker)
-        wasStarting = worker.state is WorkerState.STARTING
+        worker.stopStartTimer()
+        wasStarting = worker.state is WorkerState.STARTING or worker.notReadyInTime
         crashed = not worker.killedByPool and not wasStarting
         worker.setState(WorkerState.DEAD)
         calls, worker.calls = worker.calls, {}

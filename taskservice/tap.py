@@ -24,6 +24,7 @@ from taskservice.pool import (
     DEFAULT_MAX_TIMEOUT,
     DEFAULT_PIPELINE,
     DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_START_TIMEOUT,
     DEFAULT_TIMEOUT,
     EXAMPLE_TASKS,
 )
@@ -132,6 +133,14 @@ class Options(usage.Options):
             DEFAULT_SHUTDOWN_TIMEOUT,
             "On stop, seconds to let running calls finish.",
             _positive(float, "shutdown-timeout"),
+        ],
+        [
+            "worker-start-timeout",
+            None,
+            DEFAULT_START_TIMEOUT,
+            "Seconds a new worker has to import the tasks and say it is ready;"
+            " one that takes longer is killed and started again.",
+            _positive(float, "worker-start-timeout"),
         ],
         [
             "max-timeout",
@@ -590,6 +599,7 @@ def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
             ),
             maxResult=options["max-result"],
             shutdownTimeout=options["shutdown-timeout"],
+            startTimeout=options["worker-start-timeout"],
             includeTracebacks=bool(options["tracebacks"]),
             env=env,
             python=sys.executable,

@@ -349,7 +349,6 @@ def _refuseDeferred(result: Any) -> None:
 
 
 def _serveBlocking(worker: Worker) -> None:
-    _watchForHangUp(COMMANDS_FD)
     commands = _Commands(COMMANDS_FD, worker)
     channel = worker.channel
     channel.send({"op": "ready", "pid": os.getpid()}, flush=True)
@@ -434,7 +433,6 @@ def _serveAsync(worker: Worker, reactor: Any = None) -> None:
                     # calls still waiting in this batch.
                     pending.extend(commands.waiting())
 
-        _watchForHangUp(COMMANDS_FD)
         commands = _Commands(COMMANDS_FD, worker)
         loop.add_reader(COMMANDS_FD, readable)
         worker.channel.send({"op": "ready", "pid": os.getpid()})
@@ -457,6 +455,9 @@ def main(argv: list[str]) -> int:
     # our command pipe ends us.
     with contextlib.suppress(OSError):
         os.setsid()
+    # From the start: a task module whose import hangs must not keep us
+    # alive once the parent has gone or given up on us.
+    _watchForHangUp(COMMANDS_FD)
     args = argv[1:]
     maxResult = DEFAULT_MAX_RESULT
     reactor = None

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from taskservice.errors import (
@@ -328,6 +328,45 @@ def test_tracebacksOnRequest() -> None:
     assert next(w for w in reactor.workers if w.calls).calls[0]["tb"] is True
     reactor.runAllCalls(pool.registry)
     assert "Traceback" in failure(d, TaskFailed).data["traceback"]
+
+
+def test_workerNotReadyInTimeIsKilledAndStartedAgain() -> None:
+    """
+    A worker that has not said it is ready within C{startTimeout} (a task
+    module's import hangs) is killed, logged and counted, and started again
+    with the back-off of a worker that exits before it is ready; a ready
+    worker's start timer is gone.
+    """
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reactor, pool = makePool(size=2, startTimeout=5.0)
+        hung, fine = reactor.workers
+        hungPid = hung.pid
+        fine.ready()
+        reactor.advance(4.9)
+        assert hung.transport.signals == []
+        reactor.advance(0.1)
+        assert hung.transport.signals == ["KILL"]
+        assert fine.transport.signals == []
+        hung.reap()
+        assert len(reactor.workers) == 2, "started again after a back-off"
+        reactor.advance(0.1)
+        assert len(reactor.workers) == 3
+        reactor.workers[2].ready()
+        assert result(pool.whenReady()) is None
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert pool.workerExits == {"not_ready": 1}
+    assert pool.stats()["workers"]["idle"] == 2
+    assert reactor.getDelayedCalls() == []
+    errors = [formatEvent(e) for e in events if e["log_level"].name == "error"]
+    assert errors[0] == (
+        f"worker {hung.protocol.workerID} (pid {hungPid}) not ready after 5s"
+        " (a task module's import hangs?); killing it"
+    )
+    assert errors[1].startswith(f"worker {hung.protocol.workerID} exited before")
+    pool.stopService()
 
 
 def test_workerOutputIsLogged(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:

@@ -382,6 +382,29 @@ async def test_cancelReachesACallWaitingInTheWorker(
 
 
 @pytest_twisted.ensureDeferred
+async def test_workerWhoseImportHangsIsKilled() -> None:
+    """
+    A worker still importing its task modules after C{startTimeout} is
+    killed and started again with back-off, until the pool stops; stopping
+    ends the one importing at that moment at once (it exits when its
+    command pipe closes, import or not).
+    """
+    env = dict(os.environ, TASKSERVICE_TEST_HANG_IMPORT="1")
+    pool = ProcessPool(
+        reactor, ["tests.hangingimport"], size=1, env=env, startTimeout=0.3
+    )
+    pool.startService()
+    try:
+        await _until(lambda: pool.workerExits["not_ready"] >= 2)
+        assert pool.stats()["workers"]["idle"] == 0
+        await _until(lambda: pool.stats()["workers"]["starting"] == 1)
+    finally:
+        started = time.monotonic()
+        await pool.stopService()
+    assert time.monotonic() - started < 2, "not left to the stop's grace period"
+
+
+@pytest_twisted.ensureDeferred
 async def test_deferredTasksRunConcurrently() -> None:
     """
     Tasks declared @task(concurrent=True) that return Deferreds run on a

@@ -21,6 +21,7 @@ from taskservice._lines import DEFAULT_MAX_LINE
 from taskservice.pool import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_START_TIMEOUT,
     DEFAULT_TIMEOUT,
     ProcessPool,
 )
@@ -72,6 +73,7 @@ def test_defaultLimits() -> None:
     assert options["max-line"] == DEFAULT_MAX_LINE
     assert options["max-queue"] == DEFAULT_MAX_QUEUE
     assert options["shutdown-timeout"] == DEFAULT_SHUTDOWN_TIMEOUT
+    assert options["worker-start-timeout"] == DEFAULT_START_TIMEOUT
     assert options["smtp"] is None
     assert not options["tracebacks"]
 
@@ -152,6 +154,7 @@ _NUMERIC = [
     "max-line",
     "max-queue",
     "shutdown-timeout",
+    "worker-start-timeout",
     "max-timeout",
     "max-in-flight",
     "worker-concurrency",
@@ -186,7 +189,9 @@ def test_fractionRejectedForCounts(name: str) -> None:
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-@pytest.mark.parametrize("name", ["timeout", "shutdown-timeout"])
+@pytest.mark.parametrize(
+    "name", ["timeout", "shutdown-timeout", "worker-start-timeout"]
+)
 def test_nonFiniteDurationRejected(name: str, value: str) -> None:
     """
     A duration must be a finite positive number: NaN compares false with
@@ -290,6 +295,8 @@ def test_makeServiceTree() -> None:
         "5",
         "--shutdown-timeout",
         "3",
+        "--worker-start-timeout",
+        "20",
     )
     root = tap.makeService(options)
 
@@ -305,6 +312,7 @@ def test_makeServiceTree() -> None:
     assert pool.defaultTimeout == 12.0
     assert pool.maxQueue == 5
     assert pool.shutdownTimeout == 3.0
+    assert pool.startTimeout == 20.0
     assert not pool.includeTracebacks
     assert "echo" in set(pool.registry)
 
