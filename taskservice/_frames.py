@@ -38,6 +38,13 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
+    @property
+    def buffered(self) -> int:
+        """
+        Bytes of a frame begun but not complete yet.
+        """
+        return len(self._buffer)
+
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
         buffer += data

@@ -17,8 +17,9 @@ process exits at once, even in the middle of a task.
 Plain tasks run one at a time in the main thread. When the modules define
 coroutine tasks (C{async def}), the main thread runs an asyncio event loop
 instead: coroutine calls run concurrently on it and can be cancelled with a
-C{cancel} frame, while a plain call still has the worker to itself (the
-parent never sends anything else meanwhile).
+C{cancel} frame, while a plain call has the loop to itself (the pool sends
+such a worker no coroutine call meanwhile; only short plain calls pipelined
+behind it, and cancels of those).
 
 The standard library, msgspec (behind L{taskservice._json}) and the light
 L{taskservice._task} registry only: a worker
@@ -121,11 +122,14 @@ class _Commands:
 
     def waiting(self) -> list[dict[str, Any]]:
         """
-        The messages already in the pipe, without waiting for more.
+        Every message sent so far, without waiting for more: all the pipe
+        holds (more than one read takes, behind a large frame), and the rest
+        of a frame begun (the parent writes whole frames: it is on its way).
         """
-        if select.select([self._fd], [], [], 0)[0]:
-            return self.read()
-        return []
+        messages: list[dict[str, Any]] = []
+        while self._decoder.buffered or select.select([self._fd], [], [], 0)[0]:
+            messages += self.read()
+        return messages
 
 
 def describeError(error: BaseException, includeTraceback: bool) -> dict[str, Any]:
@@ -223,8 +227,8 @@ class Worker:
                     result = asyncio.run(_awaited(result))
                 else:
                     # A plain function that returned a coroutine, in a worker
-                    # whose event loop runs: finish it on the loop (the
-                    # parent sends nothing else meanwhile).
+                    # whose event loop runs: finish it on the loop (the pool
+                    # sends no coroutine call meanwhile).
                     finishing = loop.create_task(self._finish(cid, result, message))
                     self._finishing.add(finishing)
                     finishing.add_done_callback(self._finishing.discard)
@@ -425,13 +429,32 @@ def _serveAsync(worker: Worker, reactor: Any = None) -> None:
                     cancelled.cancel()
             return False
 
+        pending: deque[dict[str, Any]] = deque()
+        scheduled: list[asyncio.Handle] = []
+
         def readable() -> None:
-            pending = deque(commands.read())
-            while pending:
-                if handle(pending.popleft()) and pending:
-                    # A plain call ran: what came meanwhile may cancel
-                    # calls still waiting in this batch.
-                    pending.extend(commands.waiting())
+            # (Not a plain read: a step in the same turn of the loop may
+            # have read what made the pipe readable, and a read would block.)
+            pending.extend(commands.waiting())
+            if pending and not scheduled:
+                scheduled.append(loop.call_soon(step))
+
+        def step() -> None:
+            """
+            Handle what is pending, in order, up to the next plain call; after
+            it, the loop gets a turn (timers, I/O, coroutines) before the rest.
+            """
+            scheduled.clear()
+            try:
+                while pending:
+                    if handle(pending.popleft()):
+                        # A plain call ran: what came meanwhile may cancel
+                        # calls still waiting here.
+                        pending.extend(commands.waiting())
+                        break
+            finally:
+                if pending and not scheduled:
+                    scheduled.append(loop.call_soon(step))
 
         commands = _Commands(COMMANDS_FD, worker)
         loop.add_reader(COMMANDS_FD, readable)
