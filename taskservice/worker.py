@@ -82,7 +82,8 @@ def _exitOnHangUp(fd: int) -> None:
     The parent closed the pipe (to stop us) or died: leave at once, even if
     a task is running, so that workers never outlive their service. A poll
     for no events at all wakes on hang-up (or error) alone, never on the
-    commands that the main thread reads from the same pipe.
+    commands that the main thread reads from the same pipe (as Linux, where
+    the service runs, reports a pipe's hang-up: POLLHUP is always reported).
     """
     poller = select.poll()
     poller.register(fd, 0)
