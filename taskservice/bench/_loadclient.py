@@ -259,3 +259,33 @@ class Series:
             share = statistics.median(m.parentShare for m in self.runs)
             text += f" ({parent} {share:.2f})"
         return text
+
+
+def cpuRow(
+    scenario: str, ours: dict[str, Series], baseline: dict[str, Series]
+) -> list[str]:
+    """
+    The report row of the CPU shares of the load client and the servers,
+    for each mode (ours with its parent process alone beside its tree).
+    """
+    return [
+        f"{scenario} CPU in cores: load client vs server process tree (medians)",
+        "; ".join(f"{name} {series.cpu('parent')}" for name, series in ours.items()),
+        "; ".join(f"{name} {series.cpu()}" for name, series in baseline.items()),
+        "-",
+    ]
+
+
+def errorNotes(
+    prefix: str, ours: dict[str, Series], baselineName: str, baseline: dict[str, Series]
+) -> list[str]:
+    """
+    A note for each mode and server that got wrong or missing replies.
+    """
+    return [
+        f"{prefix}{name} {who}: {series.errors} wrong or missing replies"
+        f" (first: {series.firstError})"
+        for name, oursSeries in ours.items()
+        for who, series in (("taskservice", oursSeries), (baselineName, baseline[name]))
+        if series.errors
+    ]

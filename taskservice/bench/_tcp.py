@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from taskservice.bench import _faqserver, _pingpong, _twistedecho
-from taskservice.bench._loadclient import NO_COMPILER, Series, build, measure
+from taskservice.bench._loadclient import (
+    NO_COMPILER,
+    Series,
+    build,
+    cpuRow,
+    errorNotes,
+    measure,
+)
 from taskservice.bench._stats import percentile
 from taskservice.bench._websocket import HOST, freePort, stop, waitForPort
 
@@ -247,14 +254,7 @@ def _report(
             f"{f.p50 / o.p50:.2f}x (p50)",
         ]
     )
-    rows.append(
-        [
-            "2 CPU in cores: load client vs server process tree (medians)",
-            "; ".join(f"{name} {ours[name].cpu('parent')}" for name in ours),
-            "; ".join(f"{name} {faq[name].cpu()}" for name in faq),
-            "-",
-        ]
-    )
+    rows.append(cpuRow("2", ours, faq))
     notes.append(
         f"2 (TCP): the C epoll load client ({CONNECTIONS} connections for 2a/2b);"
         " rates are medians of the runs (min-max), latencies the medians of the"
@@ -282,13 +282,7 @@ def _report(
         " same machine, not this run): Workerman's FAQ pattern 14,852 calls/s"
         " with a connection per call."
     )
-    for name, oursSeries in ours.items():
-        for who, series in (("taskservice", oursSeries), ("FAQ-style", faq[name])):
-            if series.errors:
-                notes.append(
-                    f"{name} {who}: {series.errors} wrong or missing replies"
-                    f" (first: {series.firstError})"
-                )
+    notes.extend(errorNotes("", ours, "FAQ-style", faq))
 
 
 def met(condition: bool) -> str:

@@ -19,7 +19,14 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from taskservice.bench._loadclient import NO_COMPILER, Series, build, measure
+from taskservice.bench._loadclient import (
+    NO_COMPILER,
+    Series,
+    build,
+    cpuRow,
+    errorNotes,
+    measure,
+)
 from taskservice.bench._tcp import WORKERS, met, startTwistd
 from taskservice.bench._websocket import HOST, freePort, stop, waitForPort
 
@@ -157,14 +164,7 @@ def _report(
             f"{t.p50 / s.p50:.2f}x (p50)",
         ]
     )
-    rows.append(
-        [
-            "4 CPU in cores: load client vs server process tree (medians)",
-            "; ".join(f"{name} {ours[name].cpu('parent')}" for name in ours),
-            "; ".join(f"{name} {bare[name].cpu()}" for name in bare),
-            "-",
-        ]
-    )
+    rows.append(cpuRow("4", ours, bare))
     notes.append(
         f"4 (websocket): the C epoll load client, {CONNECTIONS} connections;"
         " rates are medians of the runs (min-max), latencies the medians of the"
@@ -175,10 +175,4 @@ def _report(
         " same machine, not this run): the FAQ's websocket front 9,314 msgs/s"
         " at p50 4.9 ms."
     )
-    for name, oursSeries in ours.items():
-        for who, series in (("taskservice", oursSeries), ("bare", bare[name])):
-            if series.errors:
-                notes.append(
-                    f"4 {name} {who}: {series.errors} wrong or missing replies"
-                    f" (first: {series.firstError})"
-                )
+    notes.extend(errorNotes("4 ", ours, "bare", bare))
