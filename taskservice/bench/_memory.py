@@ -283,29 +283,20 @@ def twistdTaskservice(workdir: Path) -> Iterator[Twistd]:
     C{twistd -n taskservice} as a user runs it (gateway, SMTP sink, a pool
     of L{WORKERS}), on free loopback ports.
     """
-    from taskservice.bench._websocket import freePort, stop, waitForPort
+    from taskservice.bench._websocket import freePort, startTwistd, stop, waitForPort
 
     taskPort, wsPort, sinkPort = freePort(), freePort(), freePort()
-    twistd = Path(sys.executable).parent / "twistd"
     with open(workdir / "twistd.log", "ab") as log:
-        process = subprocess.Popen(
-            [
-                str(twistd),
-                "-n",
-                "--pidfile=",
-                "taskservice",
-                "--workers",
-                str(WORKERS),
-                "--listen",
-                f"tcp:{taskPort}:interface={HOST}",
-                "--websocket",
-                f"tcp:{wsPort}:interface={HOST}",
-                "--smtp-sink",
-                f"tcp:{sinkPort}:interface={HOST}",
-            ],
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        process = startTwistd(
+            workdir,
+            "--listen",
+            f"tcp:{taskPort}:interface={HOST}",
+            "--websocket",
+            f"tcp:{wsPort}:interface={HOST}",
+            "--smtp-sink",
+            f"tcp:{sinkPort}:interface={HOST}",
+            workers=WORKERS,
+            output=log,
         )
     try:
         waitForPort(wsPort, process)

@@ -15,8 +15,6 @@ FAQ's way (L{taskservice.bench._faqserver}), interleaved over the runs.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,7 +30,13 @@ from taskservice.bench._loadclient import (
     measure,
 )
 from taskservice.bench._stats import percentile
-from taskservice.bench._websocket import HOST, freePort, stop, waitForPort
+from taskservice.bench._websocket import (
+    HOST,
+    freePort,
+    startTwistd,
+    stop,
+    waitForPort,
+)
 
 WORKERS = 2
 # One task process per core: each answers in-process, so more processes
@@ -57,31 +61,6 @@ class Sizes:
 SIZES = {False: Sizes(60_000, 10_000, 5_000), True: Sizes(20_000, 4_000, 1_000)}
 
 Rows = list[list[str]]
-
-
-def startTwistd(
-    workdir: Path, *args: str, workers: int = WORKERS
-) -> subprocess.Popen[bytes]:
-    """
-    C{twistd -n --pidfile= taskservice --workers 2 ARGS}, as a user runs it.
-    """
-    twistd = Path(sys.executable).parent / "twistd"
-    return subprocess.Popen(
-        [
-            str(twistd),
-            "-n",
-            "--pidfile=",
-            "taskservice",
-            "--workers",
-            str(workers),
-            "--no-smtp-sink",
-            *args,
-        ],
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def _waitForListeners(port: int, count: int, seconds: float = 30) -> None:
@@ -131,12 +110,15 @@ async def tcpScenario(runs: int, quick: bool, rows: Rows, notes: list[str]) -> N
         # The baseline's backlog: Twisted's default of 50 overflows when
         # 100 callers connect at once (SYNs dropped, retried after 1 s).
         listen = f"tcp:{port}:interface={HOST}:backlog={_faqserver.BACKLOG}"
-        server = startTwistd(Path(directory), "--no-websocket", "--listen", listen)
+        server = startTwistd(
+            Path(directory), "--no-smtp-sink", "--no-websocket", "--listen", listen
+        )
         # One parent per core: two task servers of one worker each on one
         # port (--reuse-port), as docs/deployment suggests.
         pair = [
             startTwistd(
                 Path(directory),
+                "--no-smtp-sink",
                 "--no-websocket",
                 "--reuse-port",
                 "--listen",

@@ -152,30 +152,44 @@ async def pingDuringSend(reactor: Any, port: int) -> tuple[float, list[float]]:
     return done[0], pings
 
 
-def startTaskservice(workdir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+def startTwistd(
+    workdir: Path, *args: str, workers: int = 2, output: Any = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
     """
-    The real product: twistd taskservice with its gateway and SMTP sink.
+    C{twistd -n --pidfile= taskservice --workers 2 ARGS}, as a user runs it,
+    in C{workdir}; its output (standard output and error) to C{output}.
     """
-    wsPort, sinkPort = freePort(), freePort()
     twistd = Path(sys.executable).parent / "twistd"
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [
             str(twistd),
             "-n",
             "--pidfile=",
             "taskservice",
             "--workers",
-            "2",
-            "--listen",
-            f"tcp:{freePort()}:interface={HOST}",
-            "--websocket",
-            f"tcp:{wsPort}:interface={HOST}",
-            "--smtp-sink",
-            f"tcp:{sinkPort}:interface={HOST}",
+            str(workers),
+            *args,
         ],
         cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def startTaskservice(workdir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+    """
+    The real product: twistd taskservice with its gateway and SMTP sink.
+    """
+    wsPort, sinkPort = freePort(), freePort()
+    process = startTwistd(
+        workdir,
+        "--listen",
+        f"tcp:{freePort()}:interface={HOST}",
+        "--websocket",
+        f"tcp:{wsPort}:interface={HOST}",
+        "--smtp-sink",
+        f"tcp:{sinkPort}:interface={HOST}",
     )
     waitForPort(wsPort, process)
     waitForPort(sinkPort, process)

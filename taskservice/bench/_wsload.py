@@ -27,8 +27,8 @@ from taskservice.bench._loadclient import (
     errorNotes,
     measure,
 )
-from taskservice.bench._tcp import WORKERS, met, startTwistd
-from taskservice.bench._websocket import HOST, freePort, stop, waitForPort
+from taskservice.bench._tcp import WORKERS, met
+from taskservice.bench._websocket import HOST, freePort, startTwistd, stop, waitForPort
 
 CONNECTIONS = 50
 TIMEOUT = 60
@@ -111,6 +111,7 @@ async def wsloadScenario(runs: int, quick: bool, rows: Rows, notes: list[str]) -
         wsPort = freePort()
         server = startTwistd(
             Path(directory),
+            "--no-smtp-sink",
             "--listen",
             f"tcp:{freePort()}:interface={HOST}",
             "--websocket",
