@@ -32,6 +32,52 @@ _progressHook: ContextVar[ProgressHook | None] = ContextVar(
 
 
 @dataclass(frozen=True)
+class JobContext:
+    """
+    What a task running as a durable job knows of its job (see
+    L{currentJob}).
+
+    @ivar id: the job's id.
+    @ivar attempt: which attempt this run is (1 for the first).
+    @ivar progress: the last progress update the journal holds from an
+        earlier attempt (the task's checkpoint), or L{None} on a first run.
+    """
+
+    id: str
+    attempt: int
+    progress: Mapping[str, Any] | None = None
+
+
+_jobContext: ContextVar[JobContext | None] = ContextVar("taskservice_job", default=None)
+
+
+def currentJob() -> JobContext | None:
+    """
+    The job the calling task runs as, or L{None} for a plain call (and
+    outside a worker).
+
+    A task that must be safe to run again after a crash (see docs/tasks)
+    reads C{currentJob().progress} to skip the work an earlier attempt
+    reported done, and uses C{currentJob().id} to build keys that let the
+    systems it calls drop a repeat.
+    """
+    return _jobContext.get()
+
+
+def jobContextFrom(frame: Mapping[str, Any] | None) -> JobContext | None:
+    """
+    The L{JobContext} of a call frame's C{"job"} field (L{None}: not a job).
+    """
+    if not frame:
+        return None
+    return JobContext(
+        id=str(frame["id"]),
+        attempt=int(frame.get("attempt", 1)),
+        progress=frame.get("progress"),
+    )
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """
     What the registry knows about one task.
@@ -44,6 +90,10 @@ class TaskSpec:
     @ivar concurrent: the function returns a Twisted C{Deferred} (or
         another awaitable): its calls share a worker, which then runs a
         Twisted reactor (on asyncio).
+    @ivar retries: for durable jobs, how many times a failed run is tried
+        again by default (a submit may say otherwise).
+    @ivar backoff: for durable jobs, the first retry's delay in seconds;
+        each further retry doubles it (with jitter).
     """
 
     name: str
@@ -51,6 +101,8 @@ class TaskSpec:
     timeout: float | None = None
     idempotent: bool = False
     concurrent: bool = False
+    retries: int = 0
+    backoff: float = 1.0
 
     @cached_property
     def signature(self) -> inspect.Signature:
@@ -111,6 +163,8 @@ def task(
     timeout: float | None = None,
     idempotent: bool = False,
     concurrent: bool = False,
+    retries: int = 0,
+    backoff: float = 1.0,
 ) -> Callable[[F], F]: ...
 
 
@@ -122,6 +176,8 @@ def task(
     timeout: float | None = None,
     idempotent: bool = False,
     concurrent: bool = False,
+    retries: int = 0,
+    backoff: float = 1.0,
 ) -> F | Callable[[F], F]:
     """
     Register a function as a task callable over the network.
@@ -130,6 +186,10 @@ def task(
     timeout=60)}). The function itself is returned unchanged, with its
     L{TaskSpec} attached, so it stays callable in-process.
 
+    C{retries} and C{backoff} are the defaults for the task's durable jobs
+    (C{$/submit}): a failed run is tried again up to C{retries} times, the
+    first after C{backoff} seconds, doubling each time, with jitter.
+
     C{concurrent=True} declares a function that returns a Twisted
     C{Deferred} (say, an C{@inlineCallbacks} function): its calls then run
     concurrently in a worker that runs Twisted's asyncio reactor. (C{async
@@ -137,6 +197,10 @@ def task(
     """
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be positive, not {timeout!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
+    if not backoff >= 0:
+        raise ValueError(f"backoff must be >= 0 seconds, not {backoff!r}")
 
     def register(f: F) -> F:
         taskName = f.__name__ if name is None else name
@@ -154,6 +218,8 @@ def task(
                 timeout=timeout,
                 idempotent=idempotent,
                 concurrent=concurrent,
+                retries=retries,
+                backoff=float(backoff),
             ),
         )
         return f

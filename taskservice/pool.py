@@ -113,6 +113,7 @@ class _Call:
         "abandoned",
         "args",
         "cid",
+        "context",
         "deferred",
         "kwargs",
         "onCancel",
@@ -137,8 +138,10 @@ class _Call:
         owner: object = None,
         queuedAt: float = 0.0,
         onCancel: Callable[[_Call], object] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> None:
         self.cid = cid
+        self.context = context
         self.onCancel = onCancel
         self.spec = spec
         self.args = args
@@ -375,6 +378,7 @@ class ProcessPool(Service):
         timeout: float | None = None,
         onProgress: ProgressCallback | None = None,
         owner: object = None,
+        job: Mapping[str, Any] | None = None,
     ) -> Deferred[Any]:
         """
         Run the task registered as C{name} in a worker.
@@ -384,6 +388,9 @@ class ProcessPool(Service):
         @param onProgress: called with each progress update of the task.
         @param owner: any object; L{dropQueued} forgets the queued calls of
             an owner (a connection that went away) in one pass.
+        @param job: for a durable job's run, C{{"id", "attempt",
+            "progress"}} (JSON), which the task reads with
+            L{taskservice.currentJob}.
         @return: a L{Deferred} firing with the task's result, or failing
             with a L{taskservice.errors.TaskServiceError}. Cancelling it
             removes a queued call, or stops the running one (a plain call's
@@ -391,6 +398,8 @@ class ProcessPool(Service):
         """
         try:
             call = self._accept(name, args, kwargs or {}, timeout, onProgress, owner)
+            if job is not None:
+                call.context = job
         except Exception as e:
             if self.observer is not None:
                 self._refused(name, e)
@@ -599,6 +608,8 @@ class ProcessPool(Service):
         }
         if self.includeTracebacks:
             message["tb"] = True
+        if call.context is not None:
+            message["job"] = call.context
         try:
             worker.send(message)
         except (TypeError, ValueError) as e:

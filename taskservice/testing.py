@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from taskservice import _json
 from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
-from taskservice._task import Registry, _progressHook
+from taskservice._task import Registry, _jobContext, _progressHook, jobContextFrom
 from taskservice.worker import cancelledMessage, describeError
 
 _SIGNALS = {"KILL": 9, "TERM": 15, "INT": 2, "HUP": 1}
@@ -241,6 +241,7 @@ class FakeWorker:
                 continue
             spec = registry[call["task"]]
             token = _progressHook.set(self._reporter(cid))
+            jobToken = _jobContext.set(jobContextFrom(call.get("job")))
             try:
                 result = spec.function(*call["args"], **call["kwargs"])
                 if spec.isAsync:
@@ -252,6 +253,7 @@ class FakeWorker:
                 self.send({"op": "result", "cid": cid, "result": result})
             finally:
                 _progressHook.reset(token)
+                _jobContext.reset(jobToken)
 
 
 @implementer(IReactorProcess)

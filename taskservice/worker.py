@@ -40,7 +40,13 @@ from typing import Any, BinaryIO
 
 from taskservice import _json
 from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
-from taskservice._task import Registry, TaskSpec, _progressHook
+from taskservice._task import (
+    Registry,
+    TaskSpec,
+    _jobContext,
+    _progressHook,
+    jobContextFrom,
+)
 
 EXIT_BAD_TASKS = 3
 DEFAULT_MAX_RESULT = 64 * 1024 * 1024
@@ -216,6 +222,7 @@ class Worker:
         if spec is None:
             return
         token = _progressHook.set(self._reporter(cid))
+        jobToken = _jobContext.set(jobContextFrom(message.get("job")))
         try:
             result = spec.function(*message["args"], **message["kwargs"])
             if hasattr(result, "__await__"):
@@ -240,6 +247,7 @@ class Worker:
             self.succeed(cid, result)
         finally:
             _progressHook.reset(token)
+            _jobContext.reset(jobToken)
 
     async def _finish(self, cid: int, awaitable: Any, message: dict[str, Any]) -> None:
         try:
@@ -260,6 +268,7 @@ class Worker:
             return
         cid = message["cid"]
         _progressHook.set(self._reporter(cid))  # this task's own context
+        _jobContext.set(jobContextFrom(message.get("job")))
         try:
             result = spec.function(*message["args"], **message["kwargs"])
             if _isDeferred(result):

@@ -5,11 +5,13 @@ purpose (crash, hang, print). Workers import this module by name.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
+from typing import Any
 
-from taskservice import progress, task
+from taskservice import currentJob, progress, task
 
 
 @task
@@ -121,3 +123,15 @@ def returnsDeferred() -> object:
     from twisted.internet.defer import succeed
 
     return succeed(1)
+
+
+@task
+def jobInfo() -> dict[str, Any] | None:
+    job = currentJob()
+    return None if job is None else dataclasses.asdict(job)
+
+
+@task
+async def asyncJobInfo() -> dict[str, Any] | None:
+    job = currentJob()
+    return None if job is None else dataclasses.asdict(job)

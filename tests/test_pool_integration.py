@@ -439,3 +439,18 @@ async def test_deferredTasksRunConcurrently() -> None:
         assert await pool.submit("pid") == worker.pid
     finally:
         await pool.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobContextReachesTheTask(pool: ProcessPool) -> None:
+    """
+    A call submitted with a job context shows it to plain and coroutine
+    tasks through taskservice.currentJob(); a plain call sees None, even on
+    the worker that just ran a job.
+    """
+    job = {"id": "j-1", "attempt": 2, "progress": {"done": 3, "total": 9}}
+    expected = {"id": "j-1", "attempt": 2, "progress": {"done": 3, "total": 9}}
+    assert await pool.submit("jobInfo", job=job) == expected
+    assert await pool.submit("asyncJobInfo", job=job) == expected
+    assert await gatherResults([pool.submit("jobInfo") for _ in range(4)]) == [None] * 4
+    assert await pool.submit("asyncJobInfo") is None

@@ -9,8 +9,8 @@ import types
 
 import pytest
 
-from taskservice import Registry, TaskSpec, progress, task
-from taskservice._task import _progressHook, specOf
+from taskservice import JobContext, Registry, TaskSpec, currentJob, progress, task
+from taskservice._task import _jobContext, _progressHook, jobContextFrom, specOf
 
 
 def test_bareDecorator() -> None:
@@ -203,3 +203,43 @@ def test_concurrentPolicy() -> None:
         (True, False),
         (False, False),
     ]
+
+
+def test_retryPolicy() -> None:
+    """
+    @task(retries=..., backoff=...) records a durable job's default retry
+    policy (none by default); nonsense values are refused at decoration.
+    """
+
+    @task(retries=3, backoff=0.5)
+    def flaky() -> None:
+        pass
+
+    @task
+    def plain() -> None:
+        pass
+
+    spec, default = specOf(flaky), specOf(plain)
+    assert spec is not None and default is not None
+    assert (spec.retries, spec.backoff) == (3, 0.5)
+    assert (default.retries, default.backoff) == (0, 1.0)
+    for bad in ({"retries": -1}, {"retries": True}, {"retries": 1.5}):
+        with pytest.raises(ValueError, match="retries"):
+            task(**bad)
+    with pytest.raises(ValueError, match="backoff"):
+        task(backoff=-1)
+
+
+def test_currentJobOutsideAWorker() -> None:
+    """
+    currentJob() is None outside a job, and a job frame's context reads as
+    a JobContext (attempt 1 unless the frame says otherwise).
+    """
+    assert currentJob() is None
+    assert jobContextFrom(None) is None
+    assert jobContextFrom({"id": "a"}) == JobContext("a", 1, None)
+    token = _jobContext.set(jobContextFrom({"id": "b", "attempt": 2}))
+    try:
+        assert currentJob() == JobContext("b", 2, None)
+    finally:
+        _jobContext.reset(token)
