@@ -30,6 +30,9 @@ class ErrorCode(IntEnum):
     TOO_LARGE = -32004
     UNAUTHORISED = -32005
     UNAVAILABLE = -32006
+    JOB_NOT_FOUND = -32007
+    INTERRUPTED = -32008
+    JOURNAL_UNAVAILABLE = -32009
     CANCELLED = -32800
 
 
@@ -153,6 +156,38 @@ class ServerLost(Unavailable):
     defaultMessage = "connection to the task server lost"
 
 
+class JobNotFound(TaskServiceError):
+    """
+    No job has this id (never submitted, or purged after C{--job-ttl}).
+    C{data} is C{{"job": id}}.
+    """
+
+    code = ErrorCode.JOB_NOT_FOUND
+    defaultMessage = "job not found"
+
+
+class Interrupted(TaskServiceError):
+    """
+    A durable job was running when its task server went away, and its task
+    is not safe to run again (not idempotent), or it ran too many times:
+    it is not run again. C{data} is C{{"job": id, "attempts": n}}.
+    """
+
+    code = ErrorCode.INTERRUPTED
+    defaultMessage = "interrupted"
+
+
+class JournalUnavailable(TaskServiceError):
+    """
+    The job journal cannot record a job (disk full, read-only, ...): the
+    job was not accepted. Plain calls are unaffected. C{data} is
+    C{{"reason": ...}}.
+    """
+
+    code = ErrorCode.JOURNAL_UNAVAILABLE
+    defaultMessage = "the job journal is unavailable"
+
+
 class Cancelled(TaskServiceError):
     code = ErrorCode.CANCELLED
     defaultMessage = "cancelled"
@@ -173,6 +208,9 @@ _BY_CODE: dict[int, type[TaskServiceError]] = {
         TooLarge,
         Unauthorised,
         Unavailable,
+        JobNotFound,
+        Interrupted,
+        JournalUnavailable,
         Cancelled,
     )
 }
@@ -229,6 +267,9 @@ OUTCOMES = (
     "too_large",
     "unavailable",
     "unauthorised",
+    "not_found",
+    "interrupted",
+    "journal_unavailable",
     "internal_error",
 )
 """Every outcome a call can have, as the metrics label it (see
@@ -247,6 +288,9 @@ _OUTCOME_BY_CODE: dict[int, str] = {
     ErrorCode.TOO_LARGE: "too_large",
     ErrorCode.UNAUTHORISED: "unauthorised",
     ErrorCode.UNAVAILABLE: "unavailable",
+    ErrorCode.JOB_NOT_FOUND: "not_found",
+    ErrorCode.INTERRUPTED: "interrupted",
+    ErrorCode.JOURNAL_UNAVAILABLE: "journal_unavailable",
     ErrorCode.CANCELLED: "cancelled",
 }
 

@@ -65,8 +65,12 @@ DEFAULT_BUCKETS = (
 """Upper bounds (seconds) of the call-time histograms' buckets: from a
 millisecond to the pool's longest default deadline."""
 
-POOL_OUTCOMES = tuple(o for o in OUTCOMES if o != "unauthorised")
-"""The outcomes a pool gives calls (authorisation is the server's)."""
+JOB_OUTCOMES = ("not_found", "interrupted", "journal_unavailable")
+"""Outcomes only the job methods give (never a pool's call)."""
+
+POOL_OUTCOMES = tuple(o for o in OUTCOMES if o not in ("unauthorised", *JOB_OUTCOMES))
+"""The outcomes a pool gives calls (authorisation is the server's, the
+job outcomes the job service's)."""
 
 WORKER_STATES = ("starting", "idle", "busy", "retiring")
 RESTART_CAUSES = (

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable
 from enum import Enum
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import (
@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from taskservice import _coalesce, _jsonrpc
 from taskservice._auth import AUTH, PRE_AUTH_MAX_LINE, Token
+from taskservice._jobrequest import parseJobId, parseListing, parseSubmit
 from taskservice._jsonrpc import Batch, Invalid, Request
 from taskservice._lines import DEFAULT_MAX_LINE, LineProtocol
 from taskservice.errors import (
@@ -47,9 +48,18 @@ from taskservice.errors import (
 )
 from taskservice.pool import ProcessPool
 
+if TYPE_CHECKING:
+    from taskservice.jobs import JobService
+
 PROGRESS = "$/progress"
 CANCEL = "$/cancelRequest"
 STATS = "$/stats"
+SUBMIT = "$/submit"
+JOB = "$/job"
+ATTACH = "$/attach"
+CANCEL_JOB = "$/cancelJob"
+JOBS = "$/jobs"
+JOB_METHODS = frozenset((SUBMIT, JOB, ATTACH, CANCEL_JOB, JOBS))
 
 DEFAULT_MAX_IN_FLIGHT = 1000
 HOLD_LIMIT = 1024 * 1024
@@ -177,6 +187,8 @@ class TaskServerProtocol(LineProtocol):
             # which a client making one connection per call would make us
             # do for every call.)
             self.pool.dropQueued(owner=self)
+            if self.factory.jobs is not None:
+                self.factory.jobs.detachAll(owner=self)
         waiters, self._closedWaiters = self._closedWaiters, []
         for d in waiters:
             d.callback(None)
@@ -467,13 +479,7 @@ class TaskServerProtocol(LineProtocol):
             return self._builtin(request)
         onProgress = None
         if not request.notification and not request.seed:
-            requestId = request.id
-
-            def onProgress(update: dict[str, Any]) -> None:
-                self._write(
-                    _jsonrpc.notificationObject(PROGRESS, {**update, "id": requestId})
-                )
-
+            onProgress = self._progressTo(request.id)
         return self.pool.submit(
             method,
             request.args,
@@ -490,6 +496,8 @@ class TaskServerProtocol(LineProtocol):
             if request.method == CANCEL:
                 self._cancel(request)
                 return succeed(None)
+            if request.method in JOB_METHODS:
+                return self._jobMethod(request)
             if request.method == AUTH:
                 # Already open: a token check that changes nothing.
                 token = self.factory.token
@@ -500,6 +508,42 @@ class TaskServerProtocol(LineProtocol):
         except TaskServiceError as e:
             self._refused(e)
             return fail(e)
+
+    def _jobMethod(self, request: Request) -> Deferred[Any]:
+        """
+        The durable-job methods, answered by the factory's job service.
+        """
+        jobs = self.factory.jobs
+        if jobs is None:
+            raise MethodNotFound(
+                "method not found",
+                f"{request.method}: this task server keeps no jobs (--jobs-db)",
+            )
+        if request.seed:
+            raise InvalidRequest(
+                "invalid request", "job methods are JSON-RPC only (no FAQ dialect)"
+            )
+        params = _objectParams(request)
+        return callJobMethod(
+            jobs,
+            self.pool,
+            request.method,
+            params,
+            owner=self,
+            onProgress=None if request.notification else self._progressTo(request.id),
+        )
+
+    def _progressTo(self, requestId: Any) -> Callable[[Any], None]:
+        """
+        Write a task's progress updates as C{$/progress} of C{requestId}.
+        """
+
+        def report(update: Any) -> None:
+            self._write(
+                _jsonrpc.notificationObject(PROGRESS, {**update, "id": requestId})
+            )
+
+        return report
 
     def _cancel(self, request: Request) -> None:
         """
@@ -599,8 +643,12 @@ class TaskServerFactory(Factory):
         maxLineLength: int = DEFAULT_MAX_LINE,
         maxInFlight: int = DEFAULT_MAX_IN_FLIGHT,
         token: Token | str | None = None,
+        jobs: JobService | None = None,
     ) -> None:
         self.pool = pool
+        self.jobs = jobs
+        """The durable-job service answering C{$/submit} and the other job
+        methods, or L{None} (they are then "method not found")."""
         self.maxLineLength = maxLineLength
         self.maxInFlight = maxInFlight
         self.token = Token(token) if isinstance(token, str) else token
@@ -616,7 +664,50 @@ class TaskServerFactory(Factory):
         stats = self.pool.stats()
         stats["connections"] = len(self.protocols)
         stats["refused"] = dict(self.refused)
+        if self.jobs is not None:
+            stats["jobs"] = self.jobs.stats()
         return stats
+
+
+def callJobMethod(
+    jobs: JobService,
+    pool: ProcessPool,
+    method: str,
+    params: object,
+    *,
+    owner: object = None,
+    onProgress: Callable[[Any], None] | None = None,
+) -> Deferred[Any]:
+    """
+    Run job method C{method} with its C{params} on C{jobs}: the one place
+    the task server and the gateway beside it turn a job method into a
+    call of the job service.
+    """
+    if method == SUBMIT:
+        return jobs.submit(parseSubmit(params, pool.registry, pool.maxTimeout))
+    if method == JOBS:
+        return jobs.jobs(*parseListing(params))
+    jobId = parseJobId(params, method)
+    if method == JOB:
+        return jobs.job(jobId)
+    if method == CANCEL_JOB:
+        return jobs.cancel(jobId)
+    assert method == ATTACH
+
+    def progress(update: Any) -> None:
+        if onProgress is not None:
+            onProgress({**update, "job": jobId})
+
+    return jobs.attach(jobId, progress, owner)
+
+
+def _objectParams(request: Request) -> object:
+    """
+    The params of a request as sent: an object, an array, or L{None}.
+    """
+    if request.kwargs:
+        return request.kwargs
+    return list(request.args) if request.args else None
 
 
 def _authToken(request: Request) -> object:

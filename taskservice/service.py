@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 
+from taskservice.jobs import JobService
 from taskservice.pool import ProcessPool
 from taskservice.server import TaskServerFactory
 
@@ -45,11 +46,13 @@ class TaskServerService(MultiService):
         endpoint: str | IStreamServerEndpoint,
         pool: ProcessPool,
         factory: TaskServerFactory,
+        jobs: JobService | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor
         self.pool = pool
         self.factory = factory
+        self.jobs = jobs
         self.listener: Service
         if isinstance(endpoint, str):
             self.listener = strports.service(endpoint, factory, reactor=reactor)
@@ -60,6 +63,8 @@ class TaskServerService(MultiService):
             listener._raiseSynchronously = True
             self.listener = listener
         pool.setServiceParent(self)
+        if jobs is not None:
+            jobs.setServiceParent(self)
         self.listener.setServiceParent(self)
 
     def stopService(self) -> Deferred[None]:
@@ -67,7 +72,13 @@ class TaskServerService(MultiService):
         d: Deferred[Any] = Deferred()
         d.callback(None)
         d.addCallback(lambda _: self.listener.stopService())
+        jobs = self.jobs
+        if jobs is not None:
+            # No job starts now; those running drain with the pool's calls.
+            d.addCallback(lambda _: jobs.stopService())
         d.addCallback(lambda _: self.pool.stopService())
+        if jobs is not None:
+            d.addCallback(lambda _: jobs.closeJournal())
         d.addCallback(lambda _: self._closeConnections())
         return d
 

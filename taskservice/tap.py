@@ -18,6 +18,7 @@ from taskservice._endpoints import splitDescription
 from taskservice._lines import DEFAULT_MAX_LINE
 from taskservice._origins import parseOrigin
 from taskservice._task import Registry
+from taskservice.jobs import DEFAULT_MAX_RUNNING, DEFAULT_TTL
 from taskservice.pool import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_QUEUE,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from taskservice.service import TaskServerService
 
 DEFAULT_LISTEN = "tcp:12345:interface=127.0.0.1"
+DEFAULT_JOBS_DB = "taskservice-jobs.sqlite3"
 DEFAULT_SMTP_SINK = "tcp:2525:interface=127.0.0.1"
 DEFAULT_WEBSOCKET = "tcp:8080:interface=127.0.0.1"
 # As in taskservice.gateway, which is not imported here (keep the plugin light).
@@ -133,6 +135,28 @@ class Options(usage.Options):
             DEFAULT_SHUTDOWN_TIMEOUT,
             "On stop, seconds to let running calls finish.",
             _positive(float, "shutdown-timeout"),
+        ],
+        [
+            "jobs-db",
+            None,
+            DEFAULT_JOBS_DB,
+            "The durable jobs' journal: an SQLite file, created if missing"
+            " (:memory: keeps jobs in memory only, lost on stop).",
+        ],
+        [
+            "job-ttl",
+            None,
+            DEFAULT_TTL,
+            "Seconds a finished job and its result are kept before purging.",
+            _positive(float, "job-ttl"),
+        ],
+        [
+            "job-concurrency",
+            None,
+            DEFAULT_MAX_RUNNING,
+            "Durable jobs handed to the workers at once (the rest wait in the"
+            " journal).",
+            _positive(int, "job-concurrency"),
         ],
         [
             "worker-start-timeout",
@@ -571,7 +595,9 @@ def _serveMetrics(options: Options, reactor: Any, root: Any, registry: Any) -> N
 
 
 def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
+    from taskservice._sqlitejournal import SQLiteJournal
     from taskservice.examples import SMTP_ENVIRONMENT
+    from taskservice.jobs import JobService
     from taskservice.pool import ProcessPool
     from taskservice.server import TaskServerFactory
     from taskservice.service import TaskServerService
@@ -606,11 +632,19 @@ def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
         )
     except (ImportError, ValueError) as e:
         raise usage.UsageError(f"cannot load the tasks: {e}") from e
+    jobs = JobService(
+        reactor,
+        pool,
+        SQLiteJournal(reactor, options["jobs-db"]),
+        ttl=options["job-ttl"],
+        maxRunning=options["job-concurrency"],
+    )
     factory = TaskServerFactory(
         pool,
         maxLineLength=options["max-line"],
         maxInFlight=options["max-in-flight"],
         token=options.get("token"),
+        jobs=jobs,
     )
     listen: Any = options["listen"]
     if options["reuse-port"]:
@@ -627,4 +661,4 @@ def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
         listen = SSL4ServerEndpoint(
             reactor, port, options["tls"], backlog=backlog, interface=interface
         )
-    return TaskServerService(reactor, listen, pool, factory)
+    return TaskServerService(reactor, listen, pool, factory, jobs)

@@ -1,0 +1,420 @@
+"""
+The job journal's contract: job records, their states, the interface every
+backend implements, and the group-commit writer the SQLite backend runs on.
+
+A journal is written only by the task server's parent process. Every
+operation returns a L{Deferred} that fires once what it wrote is committed
+(so an answer to C{$/submit} means the job is on disk). Operations queued in
+one reactor pass are committed together, in one transaction, by one writer
+thread (L{GroupCommitWriter}): a burst of submits costs one commit, not one
+each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+QUEUED = "queued"
+SCHEDULED = "scheduled"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+INTERRUPTED = "interrupted"
+
+PENDING_STATES = (QUEUED, SCHEDULED)
+"""States of a job waiting to run."""
+FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
+"""States a job never leaves (until it is purged)."""
+STATES = (QUEUED, SCHEDULED, RUNNING, *FINAL_STATES)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """
+    A job to record, as C{$/submit} validated it.
+
+    @ivar params: the task's params, already JSON text.
+    @ivar maxAttempts: how many runs it may have (retries + 1).
+    @ivar backoff: the first retry's delay in seconds.
+    @ivar runAt: when it may run (epoch seconds).
+    """
+
+    id: str
+    method: str
+    params: str
+    key: str | None
+    maxAttempts: int
+    backoff: float
+    timeout: float | None
+    runAt: float
+    createdAt: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """
+    A job as the journal holds it. Times are epoch seconds.
+
+    @ivar params: the task's params as JSON text.
+    @ivar result: the task's result as JSON text, once it succeeded.
+    @ivar error: the wire error object (code, message, data) of a failed,
+        cancelled or interrupted job, or of the last failed attempt of a
+        job waiting to be retried.
+    @ivar progress: the last progress update recorded, decoded.
+    """
+
+    id: str
+    method: str
+    params: str
+    key: str | None
+    state: str
+    attempts: int
+    maxAttempts: int
+    backoff: float
+    timeout: float | None
+    runAt: float
+    createdAt: float
+    startedAt: float | None
+    finishedAt: float | None
+    progress: Mapping[str, Any] | None
+    result: str | None
+    error: Mapping[str, Any] | None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """
+    What L{IJournal.claim} hands out: the jobs now running here, and when
+    the next job waiting for its time is due (L{None}: none waits).
+    """
+
+    jobs: Sequence[JobRecord]
+    nextRunAt: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """
+    What L{IJournal.recover} did with the jobs found running at start.
+    """
+
+    requeued: Sequence[str]
+    interrupted: Sequence[str]
+
+
+class IJournal(Protocol):
+    """
+    Where durable jobs live. Every method's Deferred fires once what it
+    wrote is committed, or fails with L{JournalError}.
+    """
+
+    def open(self) -> None:
+        """
+        Open (create or migrate) the journal, at once; raise L{JournalError}
+        for a file that is not a journal of ours, or cannot be opened.
+        """
+
+    def close(self) -> Deferred[None]:
+        """
+        Commit what is pending and close.
+        """
+
+    def submit(self, job: NewJob) -> Deferred[tuple[JobRecord, bool]]:
+        """
+        Record C{job}; fire with its record and whether it is new. With a
+        C{key} that an unpurged job already holds, that job is returned
+        instead (and nothing is written).
+        """
+
+    def claim(self, limit: int, now: float) -> Deferred[Claimed]:
+        """
+        Move up to C{limit} jobs due by C{now} (oldest first) to running,
+        counting an attempt each.
+        """
+
+    def progress(self, jobId: str, update: Mapping[str, Any]) -> None:
+        """
+        Remember C{update} as the running job's progress (written with the
+        next commit; only the latest per job is kept).
+        """
+
+    def finish(
+        self,
+        jobId: str,
+        state: str,
+        now: float,
+        expiresAt: float,
+        *,
+        result: str | None = None,
+        error: Mapping[str, Any] | None = None,
+        progress: Mapping[str, Any] | None = None,
+    ) -> Deferred[bool]:
+        """
+        End a running job in a final C{state}; fire with whether it was
+        running.
+        """
+
+    def retryAt(
+        self, jobId: str, runAt: float, error: Mapping[str, Any]
+    ) -> Deferred[bool]:
+        """
+        Put a running job back to wait until C{runAt}, with its last error.
+        """
+
+    def release(self, jobId: str) -> Deferred[bool]:
+        """
+        Put a running job back in the queue without counting the attempt
+        (it never started: the pool refused it).
+        """
+
+    def cancel(
+        self, jobId: str, now: float, expiresAt: float, error: Mapping[str, Any]
+    ) -> Deferred[JobRecord | None]:
+        """
+        Cancel a waiting job; fire with the job as it now is (a running or
+        finished job is returned unchanged), or L{None} if there is none.
+        """
+
+    def get(self, jobId: str) -> Deferred[JobRecord | None]:
+        """
+        The job C{jobId}, or L{None}.
+        """
+
+    def list(
+        self, state: str | None, method: str | None, limit: int
+    ) -> Deferred[list[JobRecord]]:
+        """
+        The newest C{limit} jobs, optionally only those in C{state} or of
+        C{method}.
+        """
+
+    def recover(
+        self, now: float, expiresAt: float, rerun: Callable[[JobRecord], bool]
+    ) -> Deferred[Recovered]:
+        """
+        At start: every job left running by an earlier process is queued
+        again where C{rerun(job)} allows, else interrupted.
+        """
+
+    def purge(self, now: float) -> Deferred[int]:
+        """
+        Delete finished jobs whose time to be kept has passed.
+        """
+
+    def counts(self) -> dict[str, int]:
+        """
+        Jobs by state, as last committed.
+        """
+
+    def sizeBytes(self) -> int:
+        """
+        The journal's size on disk.
+        """
+
+
+class JournalError(Exception):
+    """
+    The journal cannot be opened or written (not a journal of ours, a newer
+    schema, disk full, read-only ...). The message says which.
+    """
+
+
+class Batch:
+    """
+    What one transaction of the writer changed, handed to its operations:
+    they note state transitions here, applied to the counts only once the
+    transaction committed.
+    """
+
+    __slots__ = ("transitions",)
+
+    def __init__(self) -> None:
+        self.transitions: list[tuple[str | None, str | None]] = []
+
+    def moved(self, old: str | None, new: str | None) -> None:
+        self.transitions.append((old, new))
+
+
+@dataclass(slots=True)
+class _Operation(Generic[T]):
+    run: Callable[[Any, Batch], T]
+    deferred: Deferred[T]
+
+
+class GroupCommitWriter:
+    """
+    One thread owning one database connection, committing every operation
+    queued meanwhile in one transaction.
+
+    C{connect} opens the connection (in the thread). An operation is a
+    function of C{(connection, batch)}; its result fires its Deferred in
+    the reactor thread after the commit. If an operation raises, the batch
+    is rolled back and its operations are run again one transaction each,
+    so only the one at fault fails.
+
+    With C{threaded=False} operations run at once in the caller's thread
+    (deterministic unit tests on a fake reactor).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        connect: Callable[[], Any],
+        *,
+        threaded: bool = True,
+        onCommitted: Callable[[Batch], None] | None = None,
+        maxBatch: int = 10_000,
+    ) -> None:
+        self.reactor = reactor
+        self._connect = connect
+        self._threaded = threaded
+        self._onCommitted = onCommitted
+        self._maxBatch = maxBatch
+        self._queue: queue.SimpleQueue[_Operation[Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._connection: Any = None
+        self._stopped: Deferred[None] | None = None
+
+    def start(self) -> None:
+        """
+        Open the connection, here and now (so a journal that cannot be
+        opened fails the caller at once, with L{JournalError}), then start
+        the thread that uses it from then on.
+        """
+        self._connection = self._connect()
+        if self._threaded:
+            self._thread = threading.Thread(
+                target=self._main, name="taskservice-journal", daemon=True
+            )
+            self._thread.start()
+
+    def run(self, operation: Callable[[Any, Batch], T]) -> Deferred[T]:
+        """
+        Queue C{operation}; its Deferred fires after the commit.
+        """
+        d: Deferred[T] = Deferred()
+        op = _Operation(operation, d)
+        if not self._threaded:
+            self._runBatch([op], deliver=self._deliver)
+            return d
+        self._queue.put(op)
+        return d
+
+    def stop(self) -> Deferred[None]:
+        """
+        Commit what is queued, close the connection, end the thread.
+        """
+        if not self._threaded:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+            done: Deferred[None] = Deferred()
+            done.callback(None)
+            return done
+        if self._stopped is None:
+            self._stopped = Deferred()
+            self._queue.put(None)
+        return self._stopped
+
+    # -- the writer thread -------------------------------------------------
+
+    def _main(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch: list[_Operation[Any]] = []
+            stopping = first is None
+            if first is not None:
+                batch.append(first)
+            while not stopping and len(batch) < self._maxBatch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                else:
+                    batch.append(more)
+            if batch:
+                self._runBatch(
+                    batch,
+                    deliver=lambda results: self.reactor.callFromThread(
+                        self._deliver, results
+                    ),
+                )
+            if stopping:
+                self._connection.close()
+                self._connection = None
+                stopped = self._stopped
+                assert stopped is not None
+                self.reactor.callFromThread(stopped.callback, None)
+                return
+
+    def _runBatch(
+        self,
+        ops: list[_Operation[Any]],
+        deliver: Callable[[list[tuple[_Operation[Any], bool, Any, Batch]]], None],
+    ) -> None:
+        connection = self._connection
+        batch = Batch()
+        try:
+            results = [(op, True, op.run(connection, batch), batch) for op in ops]
+            connection.commit()
+        except BaseException as e:
+            _rollback(connection)
+            if len(ops) == 1:
+                deliver([(ops[0], False, e, Batch())])
+                return
+            # Find the one at fault: each again, alone.
+            results = []
+            for op in ops:
+                alone = Batch()
+                try:
+                    value = op.run(connection, alone)
+                    connection.commit()
+                except BaseException as error:
+                    _rollback(connection)
+                    results.append((op, False, error, Batch()))
+                else:
+                    results.append((op, True, value, alone))
+        deliver(results)
+
+    def _deliver(self, results: list[tuple[_Operation[Any], bool, Any, Batch]]) -> None:
+        seen: set[int] = set()
+        for _, ok, _, batch in results:
+            if ok and id(batch) not in seen and self._onCommitted is not None:
+                seen.add(id(batch))
+                self._onCommitted(batch)
+        for op, ok, value, _ in results:
+            if ok:
+                op.deferred.callback(value)
+            else:
+                op.deferred.errback(Failure(_asJournalError(value)))
+
+
+def _rollback(connection: Any) -> None:
+    with contextlib.suppress(Exception):
+        connection.rollback()
+
+
+def _asJournalError(error: BaseException) -> BaseException:
+    if isinstance(error, JournalError) or not isinstance(error, Exception):
+        return error
+    return JournalError(f"{type(error).__name__}: {error}")

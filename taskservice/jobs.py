@@ -1,0 +1,635 @@
+"""
+Durable jobs: a service in front of a L{ProcessPool} that records every job
+in a journal before it is accepted, runs it in the pool, and records its
+end, so a job survives a closed browser tab, a restart or a crash.
+
+The pool stays journal-free: this service calls its public C{submit} like
+any caller. See docs/jobs for the states and the guarantees.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from taskservice import _json
+from taskservice._jobrequest import JobRequest
+from taskservice._journal import (
+    CANCELLED,
+    FAILED,
+    PENDING_STATES,
+    RUNNING,
+    SUCCEEDED,
+    Claimed,
+    IJournal,
+    JobRecord,
+    JournalError,
+    NewJob,
+    Recovered,
+)
+from taskservice.errors import (
+    Cancelled,
+    InternalError,
+    JobNotFound,
+    JournalUnavailable,
+    Overloaded,
+    TaskFailed,
+    TaskServiceError,
+    TimedOut,
+    Unavailable,
+    WorkerLost,
+    fromWireError,
+    toWireError,
+)
+from taskservice.pool import ProcessPool
+
+DEFAULT_TTL = 86400.0
+"""Seconds a finished job (and its result) is kept: one day."""
+DEFAULT_MAX_RUNNING = 100
+"""Jobs handed to the pool at once."""
+DEFAULT_MAX_PENDING = 1_000_000
+"""Jobs that may wait; past it, C{$/submit} answers -32003."""
+RESTART_ALLOWANCE = 3
+"""Runs cut short by a stopped server that an idempotent job may have
+beyond its own attempts (so a job that takes its server down each time it
+runs stops being run)."""
+_RETRIED = (TaskFailed, TimedOut, WorkerLost)
+_PURGE_EVERY = 60.0
+_RELEASE_DELAY = 0.1
+
+ProgressCallback = Callable[[Mapping[str, Any]], None]
+
+
+class _Attacher:
+    """
+    One caller waiting for a job's end (C{$/attach}), with its progress
+    callback.
+    """
+
+    __slots__ = ("deferred", "onProgress", "owner")
+
+    def __init__(
+        self,
+        jobs: JobService,
+        jobId: str,
+        onProgress: ProgressCallback | None,
+        owner: object,
+    ) -> None:
+        self.onProgress = onProgress
+        self.owner = owner
+        self.deferred: Deferred[Any] = Deferred(lambda d: jobs._detach(jobId, self))
+
+
+class _Run:
+    """
+    A job running here: its pool call, latest progress, and who waits.
+    """
+
+    __slots__ = ("call", "cancelling", "job", "progress")
+
+    def __init__(self, job: JobRecord) -> None:
+        self.job = job
+        self.progress: Mapping[str, Any] | None = job.progress
+        self.call: Deferred[Any] | None = None
+        self.cancelling: list[Deferred[dict[str, Any]]] | None = None
+
+
+class JobService(Service):
+    """
+    Durable jobs over C{pool}, recorded in C{journal}.
+
+    @param ttl: seconds a finished job is kept before it is purged.
+    @param maxRunning: jobs handed to the pool at once (others wait in the
+        journal, not in the pool's queue).
+    @param maxPending: jobs that may wait at once.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        pool: ProcessPool,
+        journal: IJournal,
+        *,
+        ttl: float = DEFAULT_TTL,
+        maxRunning: int = DEFAULT_MAX_RUNNING,
+        maxPending: int = DEFAULT_MAX_PENDING,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.reactor = reactor
+        self.pool = pool
+        self.journal = journal
+        self.ttl = ttl
+        self.maxRunning = maxRunning
+        self.maxPending = maxPending
+        self._jitter = jitter
+        self._running: dict[str, _Run] = {}
+        self._attached: dict[str, list[_Attacher]] = {}
+        self._maybeDue = True
+        self._claiming = False
+        self._stopping = False
+        self._pumpCall: IDelayedCall | None = None
+        self._wake: IDelayedCall | None = None
+        self._purgeCall: IDelayedCall | None = None
+        self._journalBroken: str | None = None
+        self.submitted = 0
+        self.recovered: Recovered | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def startService(self) -> None:
+        """
+        Open the journal (a journal that cannot be opened stops the start
+        with L{JournalError}), recover the jobs an earlier process left
+        running, and start running jobs.
+        """
+        self.journal.open()
+        super().startService()
+        self._stopping = False
+        now = self.reactor.seconds()
+        self.journal.recover(now, now + self.ttl, self._mayRunAgain).addCallbacks(
+            self._recovered, self._journalFailed
+        )
+        self._purgeCall = self.reactor.callLater(_PURGE_EVERY, self._purge)
+
+    def _mayRunAgain(self, job: JobRecord) -> bool:
+        spec = self.pool.registry.get(job.method)
+        return (
+            spec is not None
+            and spec.idempotent
+            and job.attempts < job.maxAttempts + RESTART_ALLOWANCE
+        )
+
+    def _recovered(self, recovered: Recovered) -> None:
+        self.recovered = recovered
+        if recovered.requeued or recovered.interrupted:
+            self.log.info(
+                "jobs left running by the last run: {requeued} queued to run"
+                " again, {interrupted} interrupted",
+                requeued=len(recovered.requeued),
+                interrupted=len(recovered.interrupted),
+            )
+        self._schedulePump()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop starting jobs. Jobs running now are left to the pool's drain:
+        those that end meanwhile are recorded; those the pool stops (after
+        its shutdown timeout) stay running in the journal, for the next
+        start to recover. Call L{closeJournal} once the pool has stopped.
+        """
+        super().stopService()
+        self._stopping = True
+        for call in (self._pumpCall, self._wake, self._purgeCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._pumpCall = self._wake = self._purgeCall = None
+        d: Deferred[None] = Deferred()
+        d.callback(None)
+        return d
+
+    def closeJournal(self) -> Deferred[None]:
+        """
+        After the pool stopped: tell the callers still attached that this
+        server stopped, and close the journal.
+        """
+        attached, self._attached = self._attached, {}
+        for attachers in attached.values():
+            for attacher in attachers:
+                if not attacher.deferred.called:
+                    attacher.deferred.errback(
+                        Unavailable(
+                            "the task server stopped; the job stays in its"
+                            " journal: attach again once it is back"
+                        )
+                    )
+        self._running.clear()
+        return self.journal.close()
+
+    # -- the wire's job methods -------------------------------------------
+
+    def submit(self, request: JobRequest) -> Deferred[dict[str, Any]]:
+        """
+        C{$/submit}: record the job; fire with C{{"job", "state"}} once it
+        is committed.
+        """
+        if not self.running or self._stopping:
+            return fail(Unavailable("the task server is stopping"))
+        counts = self.journal.counts()
+        if sum(counts[s] for s in PENDING_STATES) >= self.maxPending:
+            return fail(
+                Overloaded("overloaded", {"retryAfter": 1.0, "limit": self.maxPending})
+            )
+        now = self.reactor.seconds()
+        job = NewJob(
+            id=secrets.token_urlsafe(12),
+            method=request.method,
+            params=request.paramsJSON,
+            key=request.key,
+            maxAttempts=request.retries + 1,
+            backoff=request.backoff,
+            timeout=request.timeout,
+            runAt=request.runAt(now),
+            createdAt=now,
+        )
+        d = self.journal.submit(job)
+
+        def submitted(outcome: tuple[JobRecord, bool]) -> dict[str, Any]:
+            record, new = outcome
+            self._journalRecovered()
+            if new:
+                self.submitted += 1
+                self._due(record.runAt)
+            reply: dict[str, Any] = {"job": record.id, "state": self._state(record)}
+            if not new:
+                reply["existing"] = True
+            return reply
+
+        return d.addCallbacks(submitted, self._refusedByJournal)
+
+    def job(self, jobId: str) -> Deferred[dict[str, Any]]:
+        """
+        C{$/job}: the job as it is now.
+        """
+        return self._get(jobId).addCallback(self._describe, True)
+
+    def jobs(
+        self, state: str | None, method: str | None, limit: int
+    ) -> Deferred[list[dict[str, Any]]]:
+        """
+        C{$/jobs}: the newest jobs, newest first (without params and
+        results: C{$/job} has them).
+        """
+        return self.journal.list(state, method, limit).addCallbacks(
+            lambda jobs: [self._describe(job, False) for job in jobs],
+            self._refusedByJournal,
+        )
+
+    def attach(
+        self,
+        jobId: str,
+        onProgress: ProgressCallback | None = None,
+        owner: object = None,
+    ) -> Deferred[Any]:
+        """
+        C{$/attach}: fire with the job's result, or fail with its error,
+        once it ends (at once if it has); C{onProgress} hears its progress
+        meanwhile, starting with the latest. Cancelling the Deferred
+        detaches, and leaves the job running.
+        """
+        attacher = _Attacher(self, jobId, onProgress, owner)
+        run = self._running.get(jobId)
+        if run is not None:
+            self._follow(jobId, attacher, run.progress)
+            return attacher.deferred
+
+        def found(job: JobRecord) -> None:
+            if attacher.deferred.called:
+                return
+            current = self._running.get(jobId)
+            if current is not None:
+                self._follow(jobId, attacher, current.progress)
+            elif job.final:
+                _deliver(attacher, job)
+            elif job.state == RUNNING:
+                # It ended between our read and now: read it again.
+                self._get(jobId).addCallbacks(found, attacher.deferred.errback)
+            else:
+                self._follow(jobId, attacher, job.progress)
+
+        self._get(jobId).addCallbacks(found, attacher.deferred.errback)
+        return attacher.deferred
+
+    def cancel(self, jobId: str) -> Deferred[dict[str, Any]]:
+        """
+        C{$/cancelJob}: cancel a waiting job at once, or stop a running one
+        (as C{$/cancelRequest} stops a call); fire with the job's state
+        after. A finished job is left as it is.
+        """
+        run = self._running.get(jobId)
+        if run is not None:
+            done: Deferred[dict[str, Any]] = Deferred()
+            if run.cancelling is None:
+                run.cancelling = []
+            run.cancelling.append(done)
+            if run.call is not None:
+                run.call.cancel()
+            return done
+        now = self.reactor.seconds()
+
+        def cancelled(job: JobRecord | None) -> dict[str, Any]:
+            if job is None:
+                raise JobNotFound("job not found", {"job": jobId})
+            if job.state == CANCELLED:
+                for attacher in self._attached.pop(jobId, []):
+                    _deliver(attacher, job)
+            return {"job": job.id, "state": self._state(job)}
+
+        return self.journal.cancel(
+            jobId, now, now + self.ttl, Cancelled().toWire()
+        ).addCallbacks(cancelled, self._refusedByJournal)
+
+    def detachAll(self, owner: object) -> None:
+        """
+        Forget every attach of C{owner} (a connection that went away).
+        """
+        for jobId in list(self._attached):
+            keep = [a for a in self._attached[jobId] if a.owner is not owner]
+            if keep:
+                self._attached[jobId] = keep
+            else:
+                del self._attached[jobId]
+
+    def stats(self) -> dict[str, Any]:
+        """
+        Jobs by state, and the journal's size, for C{$/stats}.
+        """
+        stats: dict[str, Any] = dict(self.journal.counts())
+        stats["submitted"] = self.submitted
+        stats["journalBytes"] = self.journal.sizeBytes()
+        stats["journal"] = "ok" if self._journalBroken is None else self._journalBroken
+        return stats
+
+    # -- running jobs ------------------------------------------------------
+
+    def _due(self, runAt: float) -> None:
+        if runAt <= self.reactor.seconds():
+            self._maybeDue = True
+            self._schedulePump()
+        else:
+            self._wakeAt(runAt)
+
+    def _wakeAt(self, runAt: float) -> None:
+        wake = self._wake
+        if wake is not None and wake.active():
+            if wake.getTime() <= runAt:
+                return
+            wake.cancel()
+        delay = max(0.0, runAt - self.reactor.seconds())
+        self._wake = self.reactor.callLater(delay, self._woken)
+
+    def _woken(self) -> None:
+        self._wake = None
+        self._maybeDue = True
+        self._pump()
+
+    def _schedulePump(self) -> None:
+        if self._pumpCall is None and not self._stopping:
+            self._pumpCall = self.reactor.callLater(0, self._pump)
+
+    def _pump(self) -> None:
+        self._pumpCall = None
+        if self._stopping or self._claiming or not self._maybeDue:
+            return
+        free = self.maxRunning - len(self._running)
+        if free <= 0:
+            return
+        self._claiming = True
+        self.journal.claim(free, self.reactor.seconds()).addCallbacks(
+            self._claimed, self._claimFailed, callbackArgs=(free,)
+        )
+
+    def _claimed(self, claimed: Claimed, asked: int) -> None:
+        self._claiming = False
+        if self._stopping:
+            # Claimed as we stopped: they never ran, so they wait again.
+            for job in claimed.jobs:
+                self.journal.release(job.id).addErrback(self._logFailure)
+            return
+        if len(claimed.jobs) < asked:
+            self._maybeDue = False
+        if claimed.nextRunAt is not None:
+            self._wakeAt(claimed.nextRunAt)
+        for job in claimed.jobs:
+            self._start(job)
+        if self._maybeDue:
+            self._schedulePump()
+
+    def _claimFailed(self, failure: Failure) -> None:
+        self._claiming = False
+        self._journalFailed(failure)
+        # Try again a little later, not in a loop.
+        self._wakeAt(self.reactor.seconds() + 1.0)
+
+    def _start(self, job: JobRecord) -> None:
+        run = _Run(job)
+        self._running[job.id] = run
+        params = _json.loads(job.params.encode())
+        args, kwargs = (
+            ((), params) if isinstance(params, dict) else (params or (), None)
+        )
+        context: dict[str, Any] = {"id": job.id, "attempt": job.attempts}
+        if job.progress is not None:
+            context["progress"] = job.progress
+
+        def progressed(update: Mapping[str, Any]) -> None:
+            run.progress = update
+            self.journal.progress(job.id, update)
+            for attacher in self._attached.get(job.id, ()):
+                if attacher.onProgress is not None:
+                    attacher.onProgress(update)
+
+        call = self.pool.submit(
+            job.method,
+            args,
+            kwargs,
+            timeout=job.timeout,
+            onProgress=progressed,
+            owner=self,
+            job=context,
+        )
+        run.call = call
+        call.addBoth(self._ran, run)
+
+    def _ran(self, outcome: Any, run: _Run) -> None:
+        job = run.job
+        self._running.pop(job.id, None)
+        self._schedulePump()
+        now = self.reactor.seconds()
+        if not isinstance(outcome, Failure):
+            try:
+                result = _json.dumps(outcome).decode()
+            except (TypeError, ValueError):
+                result = "null"
+            self._end(run, SUCCEEDED, now, result=result, value=outcome)
+            return
+        assert outcome.value is not None
+        error = toWireError(outcome.value)
+        if isinstance(error, InternalError) and error is not outcome.value:
+            self.log.failure("job {job} failed unexpectedly", outcome, job=job.id)
+        if self._stopping and (
+            isinstance(error, WorkerLost | Unavailable)
+            or (isinstance(error, Cancelled) and run.cancelling is None)
+        ):
+            # Cut short by our own stop: the journal keeps it running, and
+            # the next start recovers it.
+            return
+        if isinstance(error, Cancelled):
+            self._end(run, CANCELLED, now, error=error)
+        elif isinstance(error, Overloaded | Unavailable):
+            # The pool did not run it: it waits again, the attempt uncounted.
+            self.journal.release(job.id).addCallbacks(
+                lambda _: self._due(now + _RELEASE_DELAY), self._journalFailed
+            )
+        elif isinstance(error, _RETRIED) and job.attempts < job.maxAttempts:
+            delay = job.backoff * 2.0 ** (job.attempts - 1) * (0.5 + self._jitter())
+            self.log.info(
+                "job {job} ({method}) attempt {attempt} failed ({error});"
+                " retrying in {delay:.2f}s",
+                job=job.id,
+                method=job.method,
+                attempt=job.attempts,
+                error=error.message,
+                delay=delay,
+            )
+            self.journal.retryAt(job.id, now + delay, error.toWire()).addCallbacks(
+                lambda _: self._due(now + delay), self._journalFailed
+            )
+        else:
+            self._end(run, FAILED, now, error=error)
+
+    def _end(
+        self,
+        run: _Run,
+        state: str,
+        now: float,
+        *,
+        result: str | None = None,
+        value: Any = None,
+        error: TaskServiceError | None = None,
+    ) -> None:
+        job = run.job
+        wire = None if error is None else error.toWire()
+        d = self.journal.finish(
+            job.id,
+            state,
+            now,
+            now + self.ttl,
+            result=result,
+            error=wire,
+            progress=run.progress,
+        )
+
+        def recorded(_: object) -> None:
+            for attacher in self._attached.pop(job.id, []):
+                if error is None:
+                    attacher.deferred.callback(value)
+                else:
+                    attacher.deferred.errback(Failure(error))
+            for waiter in run.cancelling or ():
+                waiter.callback({"job": job.id, "state": state})
+
+        def notRecorded(failure: Failure) -> None:
+            self._journalFailed(failure)
+            for attacher in self._attached.pop(job.id, []):
+                attacher.deferred.errback(_journalError(failure))
+            for waiter in run.cancelling or ():
+                waiter.errback(_journalError(failure))
+
+        d.addCallbacks(recorded, notRecorded)
+
+    def _purge(self) -> None:
+        self._purgeCall = self.reactor.callLater(
+            min(_PURGE_EVERY, self.ttl), self._purge
+        )
+        self.journal.purge(self.reactor.seconds()).addErrback(self._journalFailed)
+
+    # -- attaching ---------------------------------------------------------
+
+    def _follow(
+        self, jobId: str, attacher: _Attacher, latest: Mapping[str, Any] | None
+    ) -> None:
+        self._attached.setdefault(jobId, []).append(attacher)
+        if latest is not None and attacher.onProgress is not None:
+            attacher.onProgress(latest)
+
+    def _detach(self, jobId: str, attacher: _Attacher) -> None:
+        attachers = self._attached.get(jobId)
+        if attachers is not None and attacher in attachers:
+            attachers.remove(attacher)
+            if not attachers:
+                del self._attached[jobId]
+
+    # -- reading -----------------------------------------------------------
+
+    def _get(self, jobId: str) -> Deferred[JobRecord]:
+        def found(job: JobRecord | None) -> JobRecord:
+            if job is None:
+                raise JobNotFound("job not found", {"job": jobId})
+            return job
+
+        return self.journal.get(jobId).addCallbacks(found, self._refusedByJournal)
+
+    def _state(self, job: JobRecord) -> str:
+        if job.state in PENDING_STATES and job.runAt <= self.reactor.seconds():
+            return "queued"
+        return job.state
+
+    def _describe(self, job: JobRecord, full: bool) -> dict[str, Any]:
+        run = self._running.get(job.id)
+        progress = run.progress if run is not None else job.progress
+        described: dict[str, Any] = {
+            "job": job.id,
+            "method": job.method,
+            "state": self._state(job),
+            "attempts": job.attempts,
+            "maxAttempts": job.maxAttempts,
+            "key": job.key,
+            "createdAt": job.createdAt,
+            "runAt": job.runAt,
+            "startedAt": job.startedAt,
+            "finishedAt": job.finishedAt,
+            "progress": progress,
+            "error": job.error,
+        }
+        if full:
+            described["params"] = _json.loads(job.params.encode())
+            described["result"] = (
+                None if job.result is None else _json.loads(job.result.encode())
+            )
+        return described
+
+    # -- journal trouble ---------------------------------------------------
+
+    def _refusedByJournal(self, failure: Failure) -> Failure:
+        if failure.check(JournalError):
+            self._journalFailed(failure)
+            return Failure(_journalError(failure))
+        return failure
+
+    def _journalFailed(self, failure: Failure) -> None:
+        reason = failure.getErrorMessage()
+        if self._journalBroken != reason:
+            self._journalBroken = reason
+            self.log.error("the job journal failed: {reason}", reason=reason)
+
+    def _journalRecovered(self) -> None:
+        if self._journalBroken is not None:
+            self.log.info("the job journal works again")
+            self._journalBroken = None
+
+    def _logFailure(self, failure: Failure) -> None:
+        self._journalFailed(failure)
+
+
+def _deliver(attacher: _Attacher, job: JobRecord) -> None:
+    if job.state == SUCCEEDED:
+        value = None if job.result is None else _json.loads(job.result.encode())
+        attacher.deferred.callback(value)
+    else:
+        attacher.deferred.errback(Failure(fromWireError(job.error or {})))
+
+
+def _journalError(failure: Failure) -> JournalUnavailable:
+    return JournalUnavailable(
+        "the job journal is unavailable", {"reason": failure.getErrorMessage()}
+    )
