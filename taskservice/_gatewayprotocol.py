@@ -25,7 +25,7 @@ from taskservice.errors import (
     TaskServiceError,
     toWireError,
 )
-from taskservice.server import CANCEL, PROGRESS, STATS
+from taskservice.server import CANCEL, JOB_METHODS, PROGRESS, STATS
 
 if TYPE_CHECKING:
     from taskservice.gateway import GatewayFactory
@@ -170,7 +170,7 @@ class GatewayProtocol(WebSocketServerProtocol):
             )
         if method == CANCEL:
             return self._cancel(request)
-        if method.startswith("$/") and method != STATS:
+        if method.startswith("$/") and method != STATS and method not in JOB_METHODS:
             if request.notification:
                 return None
             return self._error(requestId, MethodNotFound("method not found", method))

@@ -18,8 +18,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.python.failure import Failure
 
-from taskservice.errors import MethodNotFound
-from taskservice.server import STATS
+from taskservice.errors import MethodNotFound, TaskServiceError
+from taskservice.server import JOB_METHODS, STATS, callJobMethod
 
 if TYPE_CHECKING:
     from taskservice.server import TaskServerFactory
@@ -43,6 +43,7 @@ class PoolCaller(Service):
         self.server = server
         self.pool = server.pool
         self._upstream: dict[Deferred[Any], Deferred[Any]] = {}
+        self._jobCalls: set[Deferred[Any]] = set()
 
     def request(
         self,
@@ -58,21 +59,43 @@ class PoolCaller(Service):
         """
         if method == STATS:
             return succeed(self.server.stats())
-        if method.startswith("$/"):
+        jobs = self.server.jobs
+        if method in JOB_METHODS and jobs is not None:
+            try:
+                upstream = callJobMethod(
+                    jobs,
+                    self.pool,
+                    method,
+                    None if params is None else params,
+                    owner=self,
+                    onProgress=onProgress,
+                )
+            except TaskServiceError as e:
+                return fail(e)
+            self._jobCalls.add(upstream)
+            upstream.addBoth(self._jobCallEnded, upstream)
+        elif method.startswith("$/"):
             return fail(MethodNotFound("method not found", method))
-        args, kwargs = ((), params) if isinstance(params, Mapping) else (params, None)
-        upstream = self.pool.submit(
-            method,
-            args or (),
-            kwargs,
-            timeout=timeout,
-            onProgress=onProgress,
-            owner=self,
-        )
+        else:
+            args, kwargs = (
+                ((), params) if isinstance(params, Mapping) else (params, None)
+            )
+            upstream = self.pool.submit(
+                method,
+                args or (),
+                kwargs,
+                timeout=timeout,
+                onProgress=onProgress,
+                owner=self,
+            )
         result: Deferred[Any] = Deferred(lambda _: upstream.cancel())
         self._upstream[result] = upstream
         upstream.addBoth(self._answered, result)
         return result
+
+    def _jobCallEnded(self, outcome: Any, upstream: Deferred[Any]) -> Any:
+        self._jobCalls.discard(upstream)
+        return outcome
 
     def _answered(self, outcome: Any, result: Deferred[Any]) -> None:
         self._upstream.pop(result, None)
@@ -91,7 +114,11 @@ class PoolCaller(Service):
         with C{CancelledError}.
         """
         upstream = self._upstream.pop(d, None)
-        if upstream is not None and self.pool.cancelIfQueued(upstream):
+        if upstream is not None and upstream in self._jobCalls:
+            # A job method: giving up on it detaches (an attach) and leaves
+            # the job as it is.
+            upstream.cancel()
+        elif upstream is not None and self.pool.cancelIfQueued(upstream):
             return
         if not d.called:
             d.errback(Failure(CancelledError()))

@@ -135,6 +135,7 @@ class TaskServerProtocol(LineProtocol):
         self._readClosed = False
         self._outstanding = 0
         self._closedWaiters: list[Deferred[None]] = []
+        self._jobCalls: set[Deferred[Any]] = set()
 
     def connectionMade(self) -> None:
         self._connected = True
@@ -524,7 +525,7 @@ class TaskServerProtocol(LineProtocol):
                 "invalid request", "job methods are JSON-RPC only (no FAQ dialect)"
             )
         params = _objectParams(request)
-        return callJobMethod(
+        d = callJobMethod(
             jobs,
             self.pool,
             request.method,
@@ -532,6 +533,12 @@ class TaskServerProtocol(LineProtocol):
             owner=self,
             onProgress=None if request.notification else self._progressTo(request.id),
         )
+        self._jobCalls.add(d)
+        return d.addBoth(self._jobCallEnded, d)
+
+    def _jobCallEnded(self, outcome: Any, d: Deferred[Any]) -> Any:
+        self._jobCalls.discard(d)
+        return outcome
 
     def _progressTo(self, requestId: Any) -> Callable[[Any], None]:
         """
@@ -562,7 +569,9 @@ class TaskServerProtocol(LineProtocol):
             )
         d = self._inFlight.get(target)
         if d is not None:
-            if not onlyIfQueued:
+            if not onlyIfQueued or d in self._jobCalls:
+                # (A job method given up on: an attach detaches, and the
+                # job is left as it is.)
                 d.cancel()
             else:
                 self.pool.cancelIfQueued(d)
@@ -676,7 +685,7 @@ def callJobMethod(
     params: object,
     *,
     owner: object = None,
-    onProgress: Callable[[Any], None] | None = None,
+    onProgress: Callable[[Any], object] | None = None,
 ) -> Deferred[Any]:
     """
     Run job method C{method} with its C{params} on C{jobs}: the one place
