@@ -94,6 +94,11 @@ class TaskSpec:
         again by default (a submit may say otherwise).
     @ivar backoff: for durable jobs, the first retry's delay in seconds;
         each further retry doubles it (with jitter).
+    @ivar resumable: safe to run again as a durable job, though not as a
+        plain call: the task skips what L{currentJob}C{().progress} says an
+        earlier attempt did, and keys its effects by the job's id. A job of
+        a resumable (or idempotent) task that was running when its server
+        went away runs again; any other is marked interrupted.
     """
 
     name: str
@@ -103,6 +108,7 @@ class TaskSpec:
     concurrent: bool = False
     retries: int = 0
     backoff: float = 1.0
+    resumable: bool = False
 
     @cached_property
     def signature(self) -> inspect.Signature:
@@ -165,6 +171,7 @@ def task(
     concurrent: bool = False,
     retries: int = 0,
     backoff: float = 1.0,
+    resumable: bool = False,
 ) -> Callable[[F], F]: ...
 
 
@@ -178,6 +185,7 @@ def task(
     concurrent: bool = False,
     retries: int = 0,
     backoff: float = 1.0,
+    resumable: bool = False,
 ) -> F | Callable[[F], F]:
     """
     Register a function as a task callable over the network.
@@ -220,6 +228,7 @@ def task(
                 concurrent=concurrent,
                 retries=retries,
                 backoff=float(backoff),
+                resumable=resumable,
             ),
         )
         return f

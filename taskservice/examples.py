@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from taskservice import progress, task
+from taskservice import currentJob, progress, task
 
 SMTP_ENVIRONMENT = "TASKSERVICE_SMTP"
 DEFAULT_SMTP = "127.0.0.1:25"
@@ -73,7 +73,7 @@ def smtpServer() -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-@task(timeout=900)
+@task(timeout=900, resumable=True)
 def send_mail(
     to: str | list[str],
     subject: str = "Hello from taskservice",
@@ -112,12 +112,24 @@ def send_mail(
 
     host, port = smtpServer()
     total = len(recipients)
+    # Run as a durable job, this may be a second attempt (the server went
+    # away mid-send): skip the recipients the first reported done, and give
+    # each message a Message-ID of the job and recipient, so that a mail
+    # store which drops repeats (most do) drops the few sent after the last
+    # progress the journal recorded. See docs/tasks ("Tasks safe to run
+    # again").
+    job = currentJob()
+    start = 0
+    if job is not None and job.progress is not None:
+        start = min(total, max(0, int(job.progress.get("done", 0))))
     with smtplib.SMTP(host, port, timeout=30) as smtp:
-        for done, address in enumerate(recipients, 1):
+        for done, address in enumerate(recipients[start:], start + 1):
             message = EmailMessage()
             message["From"] = sender
             message["To"] = address
             message["Subject"] = subject
+            if job is not None:
+                message["Message-ID"] = f"<{job.id}.{done}@taskservice.invalid>"
             message.set_content(body)
             smtp.send_message(message)
             progress(done, total)

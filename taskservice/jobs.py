@@ -165,7 +165,7 @@ class JobService(Service):
         spec = self.pool.registry.get(job.method)
         return (
             spec is not None
-            and spec.idempotent
+            and (spec.idempotent or spec.resumable)
             and job.attempts < job.maxAttempts + RESTART_ALLOWANCE
         )
 

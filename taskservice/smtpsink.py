@@ -10,6 +10,13 @@ one SMTP transaction counts 2. C{send_mail} sends one message per recipient,
 so a C{send_mail} to 1,000 users shows C{received == 1000}, whichever way a
 client groups its recipients.
 
+Repeats: like most mail stores, the sink drops a copy whose C{Message-ID}
+it has already accepted for the same recipient, and counts it in
+L{SMTPSink.duplicates} instead (it remembers the last L{SEEN_LIMIT} ids).
+A message without a C{Message-ID} is never a repeat. This is what lets a
+durable C{send_mail} job that ran again after a crash deliver each message
+once (docs/tasks).
+
 Embedding::
 
     sink = SMTPSink()
@@ -24,7 +31,7 @@ does not touch the reactor.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,6 +48,9 @@ if TYPE_CHECKING:
 
 RECENT_LIMIT = 100
 """How many recent envelopes an L{SMTPSink} keeps by default."""
+SEEN_LIMIT = 100_000
+"""How many (Message-ID, recipient) pairs an L{SMTPSink} remembers to drop
+repeats."""
 IDLE_TIMEOUT = 600
 """Seconds of silence after which the sink drops a client (Twisted's
 default for its SMTP server)."""
@@ -71,15 +81,23 @@ class SMTPSink:
 
     @ivar received: copies delivered so far: one per recipient of each
         complete message (a message cut short by a lost connection does not
-        count).
+        count), repeats left out.
+    @ivar duplicates: copies dropped as repeats (a C{Message-ID} already
+        accepted for that recipient).
     """
 
-    def __init__(self, recentLimit: int = RECENT_LIMIT) -> None:
+    def __init__(
+        self, recentLimit: int = RECENT_LIMIT, seenLimit: int = SEEN_LIMIT
+    ) -> None:
         """
         @param recentLimit: how many of the latest envelopes L{recent} keeps.
+        @param seenLimit: how many message ids are remembered for repeats.
         """
         self.received = 0
+        self.duplicates = 0
         self._recent: deque[Envelope] = deque(maxlen=recentLimit)
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._seenLimit = seenLimit
 
     @property
     def recent(self) -> list[Envelope]:
@@ -94,7 +112,7 @@ class SMTPSink:
         The counters, as JSON-ready data (the gateway's C{/stats} shows them
         as C{"smtpSink"}).
         """
-        return {"received": self.received}
+        return {"received": self.received, "duplicates": self.duplicates}
 
     def factory(
         self, reactor: IReactorTime | None = None, timeout: int = IDLE_TIMEOUT
@@ -110,7 +128,15 @@ class SMTPSink:
 
         return SinkSMTPFactory(_Delivery(self), reactor, timeout, DOMAIN)
 
-    def _delivered(self, envelope: Envelope) -> None:
+    def _delivered(self, envelope: Envelope, messageId: str | None = None) -> None:
+        if messageId is not None:
+            seen = (messageId, envelope.recipient)
+            if seen in self._seen:
+                self.duplicates += 1
+                return
+            self._seen[seen] = None
+            if len(self._seen) > self._seenLimit:
+                self._seen.popitem(last=False)
         self.received += 1
         self._recent.append(envelope)
 
@@ -169,12 +195,21 @@ class _Message:
         self._sender = sender
         self._recipient = recipient
         self._size = 0
+        self._inHeaders = True
+        self._messageId: str | None = None
 
     def lineReceived(self, line: bytes) -> None:
         self._size += len(line) + 2
+        if self._inHeaders:
+            if not line:
+                self._inHeaders = False
+            elif line[:11].lower() == b"message-id:":
+                self._messageId = line[11:].strip().decode("ascii", "replace")
 
     def eomReceived(self) -> Deferred[None]:
-        self._sink._delivered(Envelope(self._sender, self._recipient, self._size))
+        self._sink._delivered(
+            Envelope(self._sender, self._recipient, self._size), self._messageId
+        )
         return succeed(None)
 
     def connectionLost(self) -> None:

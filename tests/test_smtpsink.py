@@ -124,7 +124,7 @@ def test_conversationCountsEachRecipient() -> None:
         Envelope("a@example.com", "b@example.com", MESSAGE_SIZE),
         Envelope("a@example.com", "c@example.com", MESSAGE_SIZE),
     ]
-    assert sink.stats() == {"received": 2}
+    assert sink.stats() == {"received": 2, "duplicates": 0}
     assert talk.codes(b"QUIT") == [221]
     assert talk.dropped()
 
@@ -454,3 +454,29 @@ async def test_faqCallerSendMail(monkeypatch: pytest.MonkeyPatch) -> None:
             send_mail(to="a@example.com", colour="red")
     finally:
         await port.stopListening()
+
+
+def test_repeatedMessageIdIsDroppedPerRecipient() -> None:
+    """
+    A copy whose Message-ID the sink already accepted for that recipient is
+    a repeat: counted in duplicates, not received. The same id to another
+    recipient, and messages without a Message-ID, are not repeats; the
+    memory of ids is bounded (the oldest is forgotten first).
+    """
+    sink = SMTPSink(seenLimit=2)
+    talk = Conversation(sink)
+    assert talk.codes(b"HELO client.example") == [250]
+
+    def message(messageId: bytes) -> list[bytes]:
+        return [b"Message-ID: " + messageId, b"Subject: hi", b"", b"body"]
+
+    talk.send(b"a@example.com", [b"b@example.com"], message(b"<1@x>"))
+    talk.send(b"a@example.com", [b"b@example.com"], message(b"<1@x>"))
+    talk.send(b"a@example.com", [b"c@example.com"], message(b"<1@x>"))
+    talk.send(b"a@example.com", [b"b@example.com"], MESSAGE)
+    talk.send(b"a@example.com", [b"b@example.com"], MESSAGE)
+    assert sink.stats() == {"received": 4, "duplicates": 1}
+    talk.send(b"a@example.com", [b"b@example.com"], message(b"<2@x>"))
+    # <1@x> for b was the oldest of three remembered pairs: forgotten.
+    talk.send(b"a@example.com", [b"b@example.com"], message(b"<1@x>"))
+    assert sink.stats() == {"received": 6, "duplicates": 1}

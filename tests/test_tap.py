@@ -715,7 +715,7 @@ def test_makeServiceRunsTheSMTPSink() -> None:
     pool = only(ProcessPool, root)
     assert pool._env["TASKSERVICE_SMTP"] == "127.0.0.1:2525"
     (provider,) = only(GatewayService, root).factory._statsProviders
-    assert provider() == {"smtpSink": {"received": 0}}
+    assert provider() == {"smtpSink": {"received": 0, "duplicates": 0}}
 
 
 @pytest.mark.parametrize(
