@@ -292,6 +292,8 @@ class GroupCommitWriter:
         self._thread: threading.Thread | None = None
         self._connection: Any = None
         self._stopped: Deferred[None] | None = None
+        self.commits = 0
+        """Transactions committed so far (a group of operations each)."""
 
     def start(self) -> None:
         """
@@ -399,9 +401,11 @@ class GroupCommitWriter:
     def _deliver(self, results: list[tuple[_Operation[Any], bool, Any, Batch]]) -> None:
         seen: set[int] = set()
         for _, ok, _, batch in results:
-            if ok and id(batch) not in seen and self._onCommitted is not None:
+            if ok and id(batch) not in seen:
                 seen.add(id(batch))
-                self._onCommitted(batch)
+                self.commits += 1
+                if self._onCommitted is not None:
+                    self._onCommitted(batch)
         for op, ok, value, _ in results:
             if ok:
                 op.deferred.callback(value)

@@ -338,7 +338,9 @@ class SQLiteJournal:
         progress: Mapping[str, Any] | None = None,
     ) -> Deferred[bool]:
         assert state in FINAL_STATES
-        self._progress.pop(jobId, None)
+        pending = self._progress.pop(jobId, None)
+        if progress is None:
+            progress = pending
         errorText = None if error is None else _json.dumps(error).decode()
         progressText = None if progress is None else _json.dumps(progress).decode()
 
