@@ -159,7 +159,9 @@ class JobService(Service):
         self.journal.recover(now, now + self.ttl, self._mayRunAgain).addCallbacks(
             self._recovered, self._journalFailed
         )
-        self._purgeCall = self.reactor.callLater(_PURGE_EVERY, self._purge)
+        self._purgeCall = self.reactor.callLater(
+            min(_PURGE_EVERY, self.ttl), self._purge
+        )
 
     def _mayRunAgain(self, job: JobRecord) -> bool:
         spec = self.pool.registry.get(job.method)
@@ -254,7 +256,7 @@ class JobService(Service):
                 reply["existing"] = True
             return reply
 
-        return d.addCallbacks(submitted, self._refusedByJournal)
+        return _detached(d.addCallbacks(submitted, self._refusedByJournal))
 
     def job(self, jobId: str) -> Deferred[dict[str, Any]]:
         """
@@ -334,9 +336,11 @@ class JobService(Service):
                     _deliver(attacher, job)
             return {"job": job.id, "state": self._state(job)}
 
-        return self.journal.cancel(
-            jobId, now, now + self.ttl, Cancelled().toWire()
-        ).addCallbacks(cancelled, self._refusedByJournal)
+        return _detached(
+            self.journal.cancel(
+                jobId, now, now + self.ttl, Cancelled().toWire()
+            ).addCallbacks(cancelled, self._refusedByJournal)
+        )
 
     def detachAll(self, owner: object) -> None:
         """
@@ -619,6 +623,16 @@ class JobService(Service):
 
     def _logFailure(self, failure: Failure) -> None:
         self._journalFailed(failure)
+
+
+def _detached(d: Deferred[Any]) -> Deferred[Any]:
+    """
+    A Deferred firing as C{d} does, whose cancelling (a caller giving up)
+    leaves C{d}, and the bookkeeping its callbacks do, alone.
+    """
+    out: Deferred[Any] = Deferred()
+    d.chainDeferred(out)
+    return out
 
 
 def _deliver(attacher: _Attacher, job: JobRecord) -> None:

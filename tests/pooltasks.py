@@ -135,3 +135,8 @@ def jobInfo() -> dict[str, Any] | None:
 async def asyncJobInfo() -> dict[str, Any] | None:
     job = currentJob()
     return None if job is None else dataclasses.asdict(job)
+
+
+@task
+def boom(message: str = "boom") -> None:
+    raise ValueError(message)

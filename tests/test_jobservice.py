@@ -1,0 +1,184 @@
+"""
+Unit tests of the job service's logic: a pool on the in-memory
+FakeProcessReactor (no processes, no real time) and an SQLite journal run
+inline on a real file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from taskservice._jobrequest import parseSubmit
+from taskservice._journal import JobRecord, NewJob
+from taskservice._sqlitejournal import SQLiteJournal
+from taskservice.errors import JobNotFound, TaskFailed
+from taskservice.jobs import JobService
+from taskservice.pool import ProcessPool
+from taskservice.testing import FakeProcessReactor
+
+_case = SynchronousTestCase()
+result = _case.successResultOf
+noResult = _case.assertNoResult
+
+
+def failure(d: Deferred[Any], *types: type[BaseException]) -> BaseException:
+    return _case.failureResultOf(d, *types).value
+
+
+class Rig:
+    """
+    A started pool of ready fake workers and a job service over an inline
+    SQLite journal, with a deterministic jitter.
+    """
+
+    def __init__(self, tmp_path: Path, journal: SQLiteJournal | None = None) -> None:
+        self.reactor = FakeProcessReactor()
+        self.reactor.advance(1_000_000)
+        self.pool = ProcessPool(
+            self.reactor, ["tests.pooltasks"], size=1, defaultTimeout=10.0
+        )
+        self.pool.startService()
+        self.reactor.readyAll()
+        self.journal = journal or SQLiteJournal(
+            self.reactor, str(tmp_path / "jobs.sqlite3"), threaded=False
+        )
+        self.jobs = JobService(
+            self.reactor, self.pool, self.journal, jitter=lambda: 0.5
+        )
+        self.jobs.startService()
+
+    def submit(self, **params: Any) -> Deferred[dict[str, Any]]:
+        return self.jobs.submit(
+            parseSubmit(params, self.pool.registry, self.pool.maxTimeout)
+        )
+
+    def turn(self) -> None:
+        """
+        One reactor pass (the pump runs), then every worker runs its calls.
+        """
+        self.reactor.advance(0)
+        self.reactor.runAllCalls(self.pool.registry)
+        self.reactor.advance(0)
+
+    def state(self, jobId: str) -> dict[str, Any]:
+        return result(self.jobs.job(jobId))
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    return Rig(tmp_path)
+
+
+def test_submitRunAttach(rig: Rig) -> None:
+    """
+    A submitted job is answered queued, runs in the pool with its job
+    context, ends succeeded with its result, and an attach after the end
+    gets the result at once.
+    """
+    submitted = result(rig.submit(method="jobInfo"))
+    assert submitted["state"] == "queued"
+    attached = rig.jobs.attach(submitted["job"])
+    noResult(attached)
+    rig.turn()
+    context = result(attached)
+    assert context == {"id": submitted["job"], "attempt": 1, "progress": None}
+    state = rig.state(submitted["job"])
+    assert (state["state"], state["attempts"], state["result"]) == (
+        "succeeded",
+        1,
+        context,
+    )
+    assert result(rig.jobs.attach(submitted["job"])) == context
+
+
+def test_retriesWithBackoffThenFails(rig: Rig) -> None:
+    """
+    A job whose task raises is retried after backoff, 2 x backoff (jitter
+    0.5 gives a factor of 1), ... and fails with the task's error once its
+    retries are used; an attached caller hears only the final error.
+    """
+    jobId = result(rig.submit(method="boom", retries=2, backoff=1.0))["job"]
+    attached = rig.jobs.attach(jobId)
+    rig.turn()
+    assert rig.state(jobId)["state"] == "scheduled"
+    assert rig.state(jobId)["error"]["code"] == -32000
+    rig.reactor.advance(0.99)
+    rig.turn()
+    assert rig.state(jobId)["attempts"] == 1
+    rig.reactor.advance(0.01)
+    rig.turn()
+    assert rig.state(jobId)["attempts"] == 2
+    rig.reactor.advance(1.99)
+    rig.turn()
+    assert rig.state(jobId)["attempts"] == 2
+    noResult(attached)
+    rig.reactor.advance(0.01)
+    rig.turn()
+    final = rig.state(jobId)
+    assert (final["state"], final["attempts"]) == ("failed", 3)
+    assert isinstance(failure(attached, TaskFailed), TaskFailed)
+
+
+class HeldJournal(SQLiteJournal):
+    """
+    A journal whose submits are answered only when the test says so (as a
+    commit that takes a while).
+    """
+
+    held: list[tuple[Deferred[Any], Deferred[Any]]]
+
+    def submit(self, job: NewJob) -> Deferred[tuple[JobRecord, bool]]:
+        inner = super().submit(job)
+        outer: Deferred[tuple[JobRecord, bool]] = Deferred()
+        self.held.append((inner, outer))
+        return outer
+
+    def commit(self) -> None:
+        held, self.held = self.held, []
+        for inner, outer in held:
+            inner.chainDeferred(outer)
+
+
+def test_aCallerGivingUpOnSubmitLeavesTheJob(tmp_path: Path) -> None:
+    """
+    A caller that cancels its $/submit before the commit (a browser that
+    went away) gets CancelledError, and the job, once committed, still runs.
+    """
+    journal = HeldJournal(
+        FakeProcessReactor(), str(tmp_path / "jobs.sqlite3"), threaded=False
+    )
+    journal.held = []
+    rig = Rig(tmp_path, journal)
+    rig.turn()  # the first look at the journal: nothing to run
+    submitted = rig.submit(method="add", params=[1, 2])
+    submitted.cancel()
+    failure(submitted, CancelledError)
+    journal.commit()
+    rig.turn()
+    [job] = result(rig.jobs.jobs(None, None, 10))
+    assert job["state"] == "succeeded"
+
+
+def test_cancelWaitingAndRunning(rig: Rig) -> None:
+    """
+    $/cancelJob ends a scheduled job at once (an attached caller hears
+    -32800) and stops a running one; an unknown id is "not found".
+    """
+    later = result(rig.submit(method="add", params=[1, 2], delay=60))["job"]
+    attached = rig.jobs.attach(later)
+    assert result(rig.jobs.cancel(later)) == {"job": later, "state": "cancelled"}
+    assert failure(attached).__class__.__name__ == "Cancelled"
+    running = result(rig.submit(method="hang", params=[30]))["job"]
+    rig.reactor.advance(0)
+    assert rig.state(running)["state"] == "running"
+    stopped = rig.jobs.cancel(running)
+    rig.reactor.reapAll()
+    rig.reactor.advance(0)
+    assert result(stopped) == {"job": running, "state": "cancelled"}
+    assert isinstance(failure(rig.jobs.cancel("nope"), JobNotFound), JobNotFound)
+    assert isinstance(failure(rig.jobs.job("nope"), JobNotFound), JobNotFound)
