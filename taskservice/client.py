@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from taskservice import _coalesce, _json, _jsonrpc
 from taskservice._auth import AUTH, Token
+from taskservice._jobclient import Job, submitJob
 from taskservice._lines import LineProtocol
 from taskservice._tls import describeTLSFailure
 from taskservice.errors import (
@@ -544,6 +545,27 @@ class TaskClient(Service):
 
         waiting.addBoth(relay)
         return result
+
+    def submit(
+        self,
+        method: str,
+        params: Sequence[Any] | Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Deferred[Job]:
+        """
+        Submit a durable job (C{$/submit}, see docs/jobs): fire with its
+        L{Job} handle once the server has it on disk. C{options}: C{key},
+        C{delay}, C{at}, C{retries}, C{backoff}, C{timeout}, and
+        C{onProgress} for the handle's C{result()}.
+        """
+        return submitJob(self, method, params, **options)
+
+    def attach(self, jobId: str, onProgress: ProgressCallback | None = None) -> Job:
+        """
+        A L{Job} handle for a job submitted earlier (by anyone): its
+        C{result()} waits for the job's end (C{$/attach}).
+        """
+        return Job(self, jobId, onProgress)
 
 
 def callParams(args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
