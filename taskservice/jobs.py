@@ -353,6 +353,13 @@ class JobService(Service):
             else:
                 del self._attached[jobId]
 
+    @property
+    def journalWorks(self) -> bool:
+        """
+        Whether the journal's last write went through.
+        """
+        return self._journalBroken is None
+
     def stats(self) -> dict[str, Any]:
         """
         Jobs by state, and the journal's size, for C{$/stats}.

@@ -264,14 +264,23 @@ class TaskServerMetrics:
         return self._families()
 
     def collect(self) -> Iterable[Metric]:
-        connections, refused = families = self._families()
+        families = self._families()
+        connections, refused = families[:2]
         connections.add_metric([], len(self.factory.protocols))
         for reason, count in list(self.factory.refused.items()):
             refused.add_metric([reason], count)
+        jobs = self.factory.jobs
+        if jobs is not None:
+            byState, submitted, size, up = families[2:]
+            for state, count in jobs.journal.counts().items():
+                byState.add_metric([state], count)
+            submitted.add_metric([], jobs.submitted)
+            size.add_metric([], jobs.journal.sizeBytes())
+            up.add_metric([], 1 if jobs.journalWorks else 0)
         return families
 
     def _families(self) -> list[Any]:
-        return [
+        families = [
             GaugeMetricFamily(
                 "taskservice_connections", "Open client connections to the task server."
             ),
@@ -282,6 +291,27 @@ class TaskServerMetrics:
                 labels=["reason"],
             ),
         ]
+        if self.factory.jobs is not None:
+            families += [
+                GaugeMetricFamily(
+                    "taskservice_jobs",
+                    "Durable jobs in the journal, by state.",
+                    labels=["state"],
+                ),
+                CounterMetricFamily(
+                    "taskservice_jobs_submitted",
+                    "Durable jobs recorded since the task server started.",
+                ),
+                GaugeMetricFamily(
+                    "taskservice_journal_bytes",
+                    "Size of the job journal on disk (the file and its WAL).",
+                ),
+                GaugeMetricFamily(
+                    "taskservice_journal_up",
+                    "1 while the job journal is written without error, else 0.",
+                ),
+            ]
+        return families
 
 
 class GatewayMetrics:

@@ -182,3 +182,27 @@ def test_cancelWaitingAndRunning(rig: Rig) -> None:
     assert result(stopped) == {"job": running, "state": "cancelled"}
     assert isinstance(failure(rig.jobs.cancel("nope"), JobNotFound), JobNotFound)
     assert isinstance(failure(rig.jobs.job("nope"), JobNotFound), JobNotFound)
+
+
+def test_jobMetricsAndStats(rig: Rig) -> None:
+    """
+    A task server with jobs exports them by state, the submits counted, the
+    journal's size and whether it works, in /metrics and in $/stats.
+    """
+    from prometheus_client import generate_latest
+
+    from taskservice.metrics import makeRegistry
+    from taskservice.server import TaskServerFactory
+
+    factory = TaskServerFactory(rig.pool, jobs=rig.jobs)
+    result(rig.submit(method="add", params=[1, 2]))
+    rig.turn()
+    text = generate_latest(makeRegistry(server=factory, processMetrics=False)).decode()
+    assert 'taskservice_jobs{state="succeeded"} 1.0' in text
+    assert 'taskservice_jobs{state="queued"} 0.0' in text
+    assert "taskservice_jobs_submitted_total 1.0" in text
+    assert "taskservice_journal_up 1.0" in text
+    size = rig.journal.sizeBytes()
+    assert size > 0 and f"taskservice_journal_bytes {float(size)}" in text
+    stats = factory.stats()["jobs"]
+    assert (stats["succeeded"], stats["submitted"], stats["journal"]) == (1, 1, "ok")
