@@ -176,8 +176,9 @@ def test_restartRecoversRunningJobs(tmp_path: Path) -> None:
     After a crash, on the same file: queued and scheduled jobs wait as they
     were; a running job of an idempotent task runs again as attempt 2; one
     of a resumable task too, with its last progress in the job context; a
-    running job of a non-idempotent task is interrupted (-32008), and is
-    not run.
+    running job of a non-idempotent task (even one with no retries left)
+    is interrupted, -32008 saying its task is not safe to run again, and
+    is not run.
     """
     path = tmp_path / "jobs.sqlite3"
     first = Server(path, size=3)
@@ -200,6 +201,7 @@ def test_restartRecoversRunningJobs(tmp_path: Path) -> None:
     assert error["code"] == -32008
     assert error["data"]["job"] == once
     assert error["data"]["attempts"] == 1
+    assert "not safe to run again" in error["data"]["reason"], error
     assert sorted(second.running()) == sorted([again, resume, queued])
     assert second.runningOn(again)[1]["job"]["attempt"] == 2
     resumed = second.runningOn(resume)[1]["job"]
