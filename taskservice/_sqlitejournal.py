@@ -467,7 +467,9 @@ class SQLiteJournal:
                             "attempts": job.attempts,
                             "reason": "the task server stopped while it ran, and"
                             " its task is not safe to run again"
-                            if job.attempts < job.maxAttempts
+                            # (Only a job that may run again, refused past
+                            # its restart allowance, is beyond maxAttempts.)
+                            if job.attempts <= job.maxAttempts
                             else "the task server stopped while it ran, and it"
                             " has run as many times as it may",
                         },

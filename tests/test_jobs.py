@@ -1,0 +1,351 @@
+"""
+Unit tests of the durable jobs' logic on faults, without processes or real
+time: a L{JobService} over a L{ProcessPool} of fake workers
+(L{FakeProcessReactor}) and an L{SQLiteJournal} on a real file, run inline
+(C{threaded=False}), so every journal write is done when the call returns.
+
+A "crash" of the parent is the journal closed with jobs running in it, and
+a new service on a new fake reactor started on the same file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, fail
+from twisted.trial.unittest import SynchronousTestCase
+
+from taskservice._jobrequest import JobRequest, parseSubmit
+from taskservice._journal import JobRecord, JournalError, NewJob
+from taskservice._sqlitejournal import APPLICATION_ID, SCHEMA_VERSION, SQLiteJournal
+from taskservice.errors import (
+    JobNotFound,
+    JournalUnavailable,
+    Unavailable,
+    WorkerLost,
+)
+from taskservice.jobs import RESTART_ALLOWANCE, JobService
+from taskservice.pool import ProcessPool
+from taskservice.testing import FakeProcessReactor, FakeWorker
+
+_case = SynchronousTestCase()
+result = _case.successResultOf
+noResult = _case.assertNoResult
+
+
+def failure(d: Deferred[Any], *types: type[BaseException]) -> BaseException:
+    return _case.failureResultOf(d, *types).value
+
+
+class Server:
+    """
+    One "process" of a task server: a fake reactor, a pool of two fake
+    workers, and a job service on the journal at C{path}.
+    """
+
+    def __init__(
+        self, path: Path, journal: SQLiteJournal | None = None, size: int = 2
+    ) -> None:
+        self.reactor = FakeProcessReactor()
+        # Start at a realistic epoch, as the real reactor does.
+        self.reactor.advance(1_000_000.0)
+        self.pool = ProcessPool(
+            self.reactor, ["tests.jobtasks"], size=size, defaultTimeout=600.0
+        )
+        self.pool.startService()
+        self.reactor.readyAll()
+        if journal is None:
+            journal = SQLiteJournal(self.reactor, str(path), threaded=False)
+        self.journal = journal
+        self.jobs = JobService(self.reactor, self.pool, journal, jitter=lambda: 0.5)
+        self.jobs.startService()
+        self.settle()
+
+    def settle(self, seconds: float = 0.0) -> None:
+        """
+        Let C{seconds} pass, then run what is due now (replacement workers
+        say they are ready).
+        """
+        self.reactor.advance(seconds)
+        self.reactor.readyAll()
+        self.reactor.advance(0)
+
+    def request(self, method: str, params: Any, **options: Any) -> JobRequest:
+        return parseSubmit(
+            {"method": method, "params": params, **options},
+            self.pool.registry,
+            self.pool.maxTimeout,
+        )
+
+    def submit(self, method: str, params: Any, **options: Any) -> str:
+        jobId: str = result(self.jobs.submit(self.request(method, params, **options)))[
+            "job"
+        ]
+        self.settle()
+        return jobId
+
+    def job(self, jobId: str) -> dict[str, Any]:
+        return result(self.jobs.job(jobId))
+
+    def runningOn(self, jobId: str) -> tuple[FakeWorker, dict[str, Any]]:
+        """
+        The fake worker running job C{jobId}, and its call.
+        """
+        for worker in self.reactor.alive:
+            for call in worker.calls:
+                if call.get("job", {}).get("id") == jobId:
+                    return worker, call
+        raise AssertionError(f"job {jobId} is not running on any worker")
+
+    def running(self) -> list[str]:
+        return [
+            call["job"]["id"]
+            for worker in self.reactor.alive
+            for call in worker.calls
+            if "job" in call
+        ]
+
+    def crash(self) -> None:
+        """
+        The parent dies: nothing more is written (the jobs running stay
+        running in the journal) and the file is let go.
+        """
+        result(self.journal.close())
+
+
+def test_workerLostRetriedWithBackoffThenFailed(tmp_path: Path) -> None:
+    """
+    A job whose worker dies is scheduled again after backoff * 2**(n-1)
+    (times 0.5 + jitter, here 1), not earlier, as the next attempt, until
+    its attempts are spent: then it is failed with -32002 worker lost, and
+    runs no more.
+    """
+    server = Server(tmp_path / "jobs.sqlite3")
+    jobId = server.submit("killsWorker", ["/nowhere", "x"], retries=2, backoff=10.0)
+    for attempt, wait in ((1, 10.0), (2, 20.0)):
+        worker, call = server.runningOn(jobId)
+        assert call["job"]["attempt"] == attempt
+        lostAt = server.reactor.seconds()
+        worker.exit(signal=9)
+        server.settle()
+        job = server.job(jobId)
+        assert job["state"] == "scheduled", job
+        assert job["attempts"] == attempt
+        assert job["runAt"] == lostAt + wait
+        assert job["error"]["code"] == -32002, job
+        server.settle(wait - 0.5)
+        assert server.running() == []
+        server.settle(0.5)
+        assert server.running() == [jobId]
+    worker, call = server.runningOn(jobId)
+    assert call["job"]["attempt"] == 3
+    worker.exit(signal=9)
+    server.settle()
+    job = server.job(jobId)
+    assert (job["state"], job["attempts"], job["maxAttempts"]) == ("failed", 3, 3)
+    assert job["error"]["code"] == -32002
+    assert job["error"]["message"] == "worker lost"
+    error = failure(server.jobs.attach(jobId), WorkerLost)
+    assert isinstance(error, WorkerLost)
+    server.settle(3600.0)
+    assert server.running() == []
+
+
+def test_taskRetryPolicyIsTheDefault(tmp_path: Path) -> None:
+    """
+    A submit without retries/backoff takes its task's @task(retries=,
+    backoff=): alwaysKillsWorker's jobs have 3 attempts, the first retry
+    0.2 s after the loss.
+    """
+    server = Server(tmp_path / "jobs.sqlite3")
+    jobId = server.submit("alwaysKillsWorker", ["/nowhere", "x"])
+    assert server.job(jobId)["maxAttempts"] == 3
+    worker, _ = server.runningOn(jobId)
+    lostAt = server.reactor.seconds()
+    worker.exit(signal=9)
+    server.settle()
+    assert server.job(jobId)["runAt"] == pytest.approx(lostAt + 0.2)
+
+
+def test_restartRecoversRunningJobs(tmp_path: Path) -> None:
+    """
+    After a crash, on the same file: queued and scheduled jobs wait as they
+    were; a running job of an idempotent task runs again as attempt 2; one
+    of a resumable task too, with its last progress in the job context; a
+    running job of a non-idempotent task (even one with no retries left)
+    is interrupted, -32008 saying its task is not safe to run again, and
+    is not run.
+    """
+    path = tmp_path / "jobs.sqlite3"
+    first = Server(path, size=3)
+    first.jobs.maxRunning = 3
+    again = first.submit("again", ["/nowhere", "a"])
+    once = first.submit("once", ["/nowhere", "o"])
+    resume = first.submit("resume", ["/nowhere", "r"])
+    worker, call = first.runningOn(resume)
+    worker.progress({"done": 2, "total": 4}, cid=call["cid"])
+    first.settle()
+    queued = first.submit("quick", ["/nowhere", "q"])
+    scheduled = first.submit("quick", ["/nowhere", "s"], delay=60.0)
+    assert sorted(first.running()) == sorted([again, once, resume])
+    runAt = first.job(scheduled)["runAt"]
+    first.crash()
+
+    second = Server(path, size=3)
+    assert second.job(once)["state"] == "interrupted"
+    error = second.job(once)["error"]
+    assert error["code"] == -32008
+    assert error["data"]["job"] == once
+    assert error["data"]["attempts"] == 1
+    assert "not safe to run again" in error["data"]["reason"], error
+    assert sorted(second.running()) == sorted([again, resume, queued])
+    assert second.runningOn(again)[1]["job"]["attempt"] == 2
+    resumed = second.runningOn(resume)[1]["job"]
+    assert resumed["attempt"] == 2
+    assert resumed["progress"] == {"done": 2, "total": 4}
+    assert second.job(scheduled)["state"] == "scheduled"
+    assert second.job(scheduled)["runAt"] == runAt
+
+
+def test_jobThatKeepsTakingItsServerDownStops(tmp_path: Path) -> None:
+    """
+    An idempotent job running each time its server dies runs again at
+    each restart only up to its attempts + RESTART_ALLOWANCE: then it is
+    interrupted, saying it has run as many times as it may.
+    """
+    path = tmp_path / "jobs.sqlite3"
+    server = Server(path)
+    jobId = server.submit("again", ["/nowhere", "a"])
+    for attempt in range(1, 1 + 1 + RESTART_ALLOWANCE):
+        assert server.runningOn(jobId)[1]["job"]["attempt"] == attempt
+        server.crash()
+        server = Server(path)
+    job = server.job(jobId)
+    assert job["state"] == "interrupted", job
+    assert job["attempts"] == 1 + RESTART_ALLOWANCE
+    assert "as many times as it may" in job["error"]["data"]["reason"]
+    assert server.running() == []
+
+
+def test_stopRecordsWhatEndsAndLeavesTheRest(tmp_path: Path) -> None:
+    """
+    Stopping: a job that ends during the pool's drain is recorded; one the
+    pool's shutdown timeout cuts short (its worker killed) stays running in
+    the journal, for the next start to recover; no job starts meanwhile.
+    """
+    path = tmp_path / "jobs.sqlite3"
+    server = Server(path)
+    ends = server.submit("once", ["/nowhere", "e"])
+    cut = server.submit("again", ["/nowhere", "c"])
+    server.jobs.stopService()
+    stopped = server.pool.stopService()
+    refused = server.jobs.submit(server.request("quick", ["/nowhere", "q"]))
+    assert isinstance(failure(refused, Unavailable), Unavailable)
+    worker, call = server.runningOn(ends)
+    worker.reply(1, cid=call["cid"])
+    server.settle(server.pool.shutdownTimeout)
+    server.reactor.reapAll()
+    server.settle(10.0)
+    server.reactor.reapAll()
+    result(stopped)
+    result(server.jobs.closeJournal())
+
+    after = Server(path)
+    assert after.job(ends)["state"] == "succeeded"
+    assert after.job(ends)["result"] == 1
+    assert after.runningOn(cut)[1]["job"]["attempt"] == 2
+
+
+class _FullJournal(SQLiteJournal):
+    """
+    An SQLite journal whose writes fail while C{full} is set, as a full
+    disk makes them.
+    """
+
+    full = False
+
+    def submit(self, job: NewJob) -> Deferred[tuple[JobRecord, bool]]:
+        if self.full:
+            return fail(JournalError("OperationalError: database or disk is full"))
+        return super().submit(job)
+
+
+def test_journalUnavailable(tmp_path: Path) -> None:
+    """
+    A submit the journal cannot record fails with -32009 giving the reason,
+    which $/stats shows until a submit is recorded again.
+    """
+    reactor = FakeProcessReactor()
+    journal = _FullJournal(reactor, str(tmp_path / "jobs.sqlite3"), threaded=False)
+    server = Server(tmp_path / "unused", journal)
+    journal.full = True
+    request = server.request("quick", ["/nowhere", "x"])
+    error = failure(server.jobs.submit(request), JournalUnavailable)
+    assert isinstance(error, JournalUnavailable)
+    wire: Mapping[str, Any] = error.toWire()
+    assert wire["code"] == -32009
+    assert wire["data"] == {"reason": "OperationalError: database or disk is full"}
+    assert server.jobs.stats()["journal"] == wire["data"]["reason"]
+    journal.full = False
+    server.submit("quick", ["/nowhere", "x"])
+    assert server.jobs.stats()["journal"] == "ok"
+
+
+def test_unknownJobIds(tmp_path: Path) -> None:
+    """
+    $/job, $/attach and $/cancelJob of an unknown id fail with -32007
+    naming it.
+    """
+    server = Server(tmp_path / "jobs.sqlite3")
+    for d in (
+        server.jobs.job("nope"),
+        server.jobs.attach("nope"),
+        server.jobs.cancel("nope"),
+    ):
+        error = failure(d, JobNotFound)
+        assert isinstance(error, JobNotFound)
+        assert error.toWire()["code"] == -32007
+        assert error.toWire()["data"] == {"job": "nope"}
+
+
+def _refused(path: Path, *expected: str) -> None:
+    before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+    journal = SQLiteJournal(None, str(path), threaded=False)
+    with pytest.raises(JournalError) as raised:
+        journal.open()
+    assert str(path) in str(raised.value)
+    for text in expected:
+        assert text in str(raised.value)
+    assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before
+
+
+def test_filesThatAreNotOurJournalAreRefused(tmp_path: Path) -> None:
+    """
+    Opening a journal on a file that is not SQLite, an SQLite database of
+    another application, or a journal of a newer schema raises
+    JournalError naming the file, and changes nothing on disk.
+    """
+    text = tmp_path / "text" / "notes.txt"
+    text.parent.mkdir()
+    text.write_bytes(b"hello\n" * 1000)
+    _refused(text, "is not an SQLite database")
+
+    foreign = tmp_path / "foreign" / "app.sqlite3"
+    foreign.parent.mkdir()
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+    db.close()
+    _refused(foreign, "another application")
+
+    newer = tmp_path / "newer" / "jobs.sqlite3"
+    newer.parent.mkdir()
+    with sqlite3.connect(newer) as db:
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        db.execute("CREATE TABLE jobs (id TEXT)")
+    db.close()
+    _refused(newer, f"schema {SCHEMA_VERSION + 1}")
