@@ -282,12 +282,14 @@ class GroupCommitWriter:
         threaded: bool = True,
         onCommitted: Callable[[Batch], None] | None = None,
         maxBatch: int = 10_000,
+        name: str = "the job journal",
     ) -> None:
         self.reactor = reactor
         self._connect = connect
         self._threaded = threaded
         self._onCommitted = onCommitted
         self._maxBatch = maxBatch
+        self._name = name
         self._queue: queue.SimpleQueue[_Operation[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._connection: Any = None
@@ -410,7 +412,7 @@ class GroupCommitWriter:
             if ok:
                 op.deferred.callback(value)
             else:
-                op.deferred.errback(Failure(_asJournalError(value)))
+                op.deferred.errback(Failure(_asJournalError(value, self._name)))
 
 
 def _rollback(connection: Any) -> None:
@@ -418,7 +420,7 @@ def _rollback(connection: Any) -> None:
         connection.rollback()
 
 
-def _asJournalError(error: BaseException) -> BaseException:
+def _asJournalError(error: BaseException, name: str) -> BaseException:
     if isinstance(error, JournalError) or not isinstance(error, Exception):
         return error
-    return JournalError(f"{type(error).__name__}: {error}")
+    return JournalError(f"{name}: {type(error).__name__}: {error}")

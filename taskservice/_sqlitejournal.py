@@ -114,7 +114,11 @@ class SQLiteJournal:
         self._progress: dict[str, Mapping[str, Any]] = {}
         self._progressQueued = False
         self._writer = GroupCommitWriter(
-            reactor, self._connect, threaded=threaded, onCommitted=self._committed
+            reactor,
+            self._connect,
+            threaded=threaded,
+            onCommitted=self._committed,
+            name=path,
         )
 
     def __repr__(self) -> str:

@@ -64,6 +64,8 @@ runs stops being run)."""
 _RETRIED = (TaskFailed, TimedOut, WorkerLost)
 _PURGE_EVERY = 60.0
 _RELEASE_DELAY = 0.1
+_REWRITE_DELAY = 1.0
+"""Seconds before a job's end the journal could not take is written again."""
 
 ProgressCallback = Callable[[Mapping[str, Any]], None]
 
@@ -141,6 +143,8 @@ class JobService(Service):
         self._wake: IDelayedCall | None = None
         self._purgeCall: IDelayedCall | None = None
         self._journalBroken: str | None = None
+        self._unrecorded: dict[str, IDelayedCall] = {}
+        self._closed = False
         self.submitted = 0
         self.recovered: Recovered | None = None
 
@@ -154,7 +158,7 @@ class JobService(Service):
         """
         self.journal.open()
         super().startService()
-        self._stopping = False
+        self._stopping = self._closed = False
         now = self.reactor.seconds()
         self.journal.recover(now, now + self.ttl, self._mayRunAgain).addCallbacks(
             self._recovered, self._journalFailed
@@ -204,6 +208,11 @@ class JobService(Service):
         After the pool stopped: tell the callers still attached that this
         server stopped, and close the journal.
         """
+        self._closed = True
+        unrecorded, self._unrecorded = self._unrecorded, {}
+        for retry in unrecorded.values():
+            if retry.active():
+                retry.cancel()
         attached, self._attached = self._attached, {}
         for attachers in attached.values():
             for attacher in attachers:
@@ -302,7 +311,7 @@ class JobService(Service):
                 self._follow(jobId, attacher, current.progress)
             elif job.final:
                 _deliver(attacher, job)
-            elif job.state == RUNNING:
+            elif job.state == RUNNING and jobId not in self._unrecorded:
                 # It ended between our read and now: read it again.
                 self._get(jobId).addCallbacks(found, attacher.deferred.errback)
             else:
@@ -531,6 +540,7 @@ class JobService(Service):
         )
 
         def recorded(_: object) -> None:
+            self._journalRecovered()
             for attacher in self._attached.pop(job.id, []):
                 if error is None:
                     attacher.deferred.callback(value)
@@ -540,13 +550,31 @@ class JobService(Service):
                 waiter.callback({"job": job.id, "state": state})
 
         def notRecorded(failure: Failure) -> None:
+            # The journal still says running. Keep the outcome and write it
+            # again a little later: the job did end, and its attached
+            # callers wait for that to be on disk.
             self._journalFailed(failure)
-            for attacher in self._attached.pop(job.id, []):
-                attacher.deferred.errback(_journalError(failure))
-            for waiter in run.cancelling or ():
-                waiter.errback(_journalError(failure))
+            if self._closed:
+                for attacher in self._attached.pop(job.id, []):
+                    attacher.deferred.errback(_journalError(failure))
+                for waiter in run.cancelling or ():
+                    waiter.errback(_journalError(failure))
+                return
+            retry = self.reactor.callLater(
+                _REWRITE_DELAY,
+                self._rewrite,
+                job.id,
+                lambda: self._end(
+                    run, state, now, result=result, value=value, error=error
+                ),
+            )
+            self._unrecorded[job.id] = retry
 
         d.addCallbacks(recorded, notRecorded)
+
+    def _rewrite(self, jobId: str, end: Callable[[], None]) -> None:
+        self._unrecorded.pop(jobId, None)
+        end()
 
     def _purge(self) -> None:
         self._purgeCall = self.reactor.callLater(

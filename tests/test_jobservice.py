@@ -206,3 +206,50 @@ def test_jobMetricsAndStats(rig: Rig) -> None:
     assert size > 0 and f"taskservice_journal_bytes {float(size)}" in text
     stats = factory.stats()["jobs"]
     assert (stats["succeeded"], stats["submitted"], stats["journal"]) == (1, 1, "ok")
+
+
+class FlakyJournal(SQLiteJournal):
+    """
+    A journal whose next C{finish} fails, as on a full disk.
+    """
+
+    failNext = 0
+
+    def finish(self, jobId: str, state: str, *args: Any, **kw: Any) -> Deferred[bool]:
+        if self.failNext:
+            self.failNext -= 1
+            from twisted.internet.defer import fail
+
+            from taskservice._journal import JournalError
+
+            return fail(JournalError("disk full"))
+        return super().finish(jobId, state, *args, **kw)
+
+
+def test_anEndTheJournalCouldNotTakeIsWrittenAgain(tmp_path: Path) -> None:
+    """
+    When the journal cannot record a job's end, the outcome is kept and
+    written again a second later: the job ends succeeded with its result
+    (not left running for the next start to re-run or interrupt), and a
+    caller attached meanwhile gets the result once it is recorded.
+    """
+    journal = FlakyJournal(
+        FakeProcessReactor(), str(tmp_path / "jobs.sqlite3"), threaded=False
+    )
+    journal.failNext = 2
+    rig = Rig(tmp_path, journal)
+    jobId = result(rig.submit(method="add", params=[2, 3]))["job"]
+    attached = rig.jobs.attach(jobId)
+    rig.turn()
+    assert rig.state(jobId)["state"] == "running"
+    assert rig.jobs.stats()["journal"] == "disk full"
+    late = rig.jobs.attach(jobId)
+    noResult(attached)
+    noResult(late)
+    rig.reactor.advance(1.0)
+    assert rig.state(jobId)["state"] == "running"
+    rig.reactor.advance(1.0)
+    state = rig.state(jobId)
+    assert (state["state"], state["result"]) == ("succeeded", 5)
+    assert result(attached) == result(late) == 5
+    assert rig.jobs.stats()["journal"] == "ok"
