@@ -203,6 +203,13 @@ class SQLiteJournal:
     def open(self) -> None:
         self._writer.start()
 
+    def check(self) -> None:
+        """
+        Open the file as L{open} does (creating or migrating it), and close
+        it again: raise L{JournalError} if the server could not use it.
+        """
+        self._connect().close()
+
     def close(self) -> Deferred[None]:
         self._flushProgress()
         return self._writer.stop()

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 DEFAULT_LISTEN = "tcp:12345:interface=127.0.0.1"
 DEFAULT_JOBS_DB = "taskservice-jobs.sqlite3"
+MEMORY = ":memory:"
 DEFAULT_SMTP_SINK = "tcp:2525:interface=127.0.0.1"
 DEFAULT_WEBSOCKET = "tcp:8080:interface=127.0.0.1"
 # As in taskservice.gateway, which is not imported here (keep the plugin light).
@@ -359,6 +360,8 @@ class Options(usage.Options):
             if port == 0:
                 raise usage.UsageError("--smtp-sink needs a fixed port")
             self["sink-address"] = f"{host}:{port}"
+        if self["no-websocket"] or not self["task-servers"]:
+            _checkJournal(self["jobs-db"])
 
     def _checkSecurity(self) -> None:
         """
@@ -487,6 +490,24 @@ def _tcpListenAddress(listen: str, option: str) -> tuple[int, str, int]:
     if not (backlog.isascii() and backlog.isdigit()):
         raise usage.UsageError(f"--listen {listen!r}: no valid backlog")
     return int(port), interface, int(backlog)
+
+
+def _checkJournal(path: str) -> None:
+    """
+    Open an existing --jobs-db file now, so that one the server would refuse
+    at start (not a journal, a newer schema, in use by another server) is a
+    usage error with its reason, before twistd goes into the background. A
+    missing file is created at start.
+    """
+    if path == MEMORY or not os.path.exists(path):
+        return
+    from taskservice._journal import JournalError
+    from taskservice._sqlitejournal import SQLiteJournal
+
+    try:
+        SQLiteJournal(None, path).check()
+    except JournalError as e:
+        raise usage.UsageError(f"--jobs-db: {e}") from None
 
 
 def makeService(options: Options) -> IService:

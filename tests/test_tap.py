@@ -764,3 +764,23 @@ def test_taskModuleErrorsAreUsageErrors(
         parse("--tasks", "boomtasks")
     with pytest.raises(usage.UsageError, match="two tasks are registered as 'add'"):
         parse("--tasks", "duptasks")
+
+
+def test_jobsDbCheckedBeforeStart(tmp_path: Path) -> None:
+    """
+    An existing --jobs-db the server would refuse is a usage error naming
+    it (so twistd says why before going into the background) and is left
+    unchanged; a missing one is not created by parsing the options; a
+    gateway alone (--task-server) keeps no journal and checks none.
+    """
+    foreign = tmp_path / "notes.txt"
+    foreign.write_bytes(b"not a journal\n")
+    with pytest.raises(usage.UsageError, match="--jobs-db: .*notes.txt is not an"):
+        parse("--jobs-db", str(foreign))
+    assert foreign.read_bytes() == b"not a journal\n"
+    missing = tmp_path / "new.sqlite3"
+    options = parse("--jobs-db", str(missing))
+    assert options["jobs-db"] == str(missing) and not missing.exists()
+    parse("--jobs-db", str(foreign), "--task-server", "tcp:127.0.0.1:1")
+    assert parse()["jobs-db"] == "taskservice-jobs.sqlite3"
+    assert (parse()["job-ttl"], parse()["job-concurrency"]) == (86400.0, 100)
