@@ -775,7 +775,7 @@ def test_jobsDbCheckedBeforeStart(tmp_path: Path) -> None:
     """
     foreign = tmp_path / "notes.txt"
     foreign.write_bytes(b"not a journal\n")
-    with pytest.raises(usage.UsageError, match="--jobs-db: .*notes.txt is not an"):
+    with pytest.raises(usage.UsageError, match=r"--jobs-db: .*notes\.txt is not an"):
         parse("--jobs-db", str(foreign))
     assert foreign.read_bytes() == b"not a journal\n"
     missing = tmp_path / "new.sqlite3"
