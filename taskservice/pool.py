@@ -286,6 +286,7 @@ class ProcessPool(Service):
         self._nextWorkerID = 1
         self._nextCallID = 1
         self._startFailures = 0
+        self._spawnFailures = 0
         self._crashes: deque[float] = deque()
         self._respawn: IDelayedCall | None = None
         self._readyWaiters: list[Deferred[None]] = []
@@ -729,23 +730,38 @@ class ProcessPool(Service):
 
     # -- workers -----------------------------------------------------------
 
-    def _spawn(self) -> WorkerProcess:
+    def _spawn(self) -> WorkerProcess | None:
+        """
+        Start one worker; L{None} if C{spawnProcess} failed (no worker then
+        exists: the failure counts as a failed start, retried with back-off).
+        """
         worker = WorkerProcess(self, self._nextWorkerID)
         self._nextWorkerID += 1
-        self._workers.add(worker)
         args = [self.python, "-m", "taskservice.worker"]
         if self.maxResult != DEFAULT_MAX_RESULT:
             args += ["--max-result", str(self.maxResult)]
         if any(spec.needsReactor for spec in self.registry.values()):
             args.append("--reactor")
         args += self.registry.modules
-        self.reactor.spawnProcess(
-            worker,
-            self.python,
-            args,
-            env=self._env,
-            childFDs={0: "w", 1: "r", 2: "r", COMMANDS_FD: "w", RESULTS_FD: "r"},
-        )
+        try:
+            self.reactor.spawnProcess(
+                worker,
+                self.python,
+                args,
+                env=self._env,
+                childFDs={0: "w", 1: "r", 2: "r", COMMANDS_FD: "w", RESULTS_FD: "r"},
+            )
+        except OSError as e:
+            self._spawnFailed(e)
+            return None
+        self._workers.add(worker)
+        if self._spawnFailures:
+            self.log.info(
+                "started worker {workerID} after {failures} failed attempts",
+                workerID=worker.workerID,
+                failures=self._spawnFailures,
+            )
+            self._spawnFailures = 0
         worker.startTimer = self.reactor.callLater(
             self.startTimeout, self._notReady, worker
         )
@@ -755,6 +771,24 @@ class ProcessPool(Service):
             pid=worker.pid,
         )
         return worker
+
+    def _spawnFailed(self, error: OSError) -> None:
+        """
+        C{spawnProcess} raised (no file descriptors or processes left, say):
+        count it, log it once per episode, and try again after a back-off.
+        """
+        self.workerExits["spawn_failed"] += 1
+        self._spawnFailures += 1
+        self._startFailures += 1
+        delay = _backoff(self._startFailures)
+        if self._spawnFailures == 1:
+            self.log.error(
+                "could not start a worker: {error}; retrying with back-off"
+                " (first in {delay:.1f}s) until one starts",
+                error=error,
+                delay=delay,
+            )
+        self._scheduleReplenish(delay)
 
     def _notReady(self, worker: WorkerProcess) -> None:
         """
@@ -786,7 +820,8 @@ class ProcessPool(Service):
             if w.state not in (WorkerState.RETIRING, WorkerState.DEAD)
         )
         for _ in range(self.size - active):
-            self._spawn()
+            if self._spawn() is None:
+                return
 
     def _scheduleReplenish(self, delay: float) -> None:
         if self._respawn is None:
@@ -841,8 +876,10 @@ class ProcessPool(Service):
             return
         if self._startFailures or self._closing:
             return  # workers cannot start now: keep this one
-        worker.successor = self._spawn()
-        worker.successor.predecessor = worker
+        successor = self._spawn()
+        if successor is not None:
+            successor.predecessor = worker
+        worker.successor = successor
 
     def _dueForRetirement(self, worker: WorkerProcess, cause: str) -> None:
         worker.retireCause = worker.retireCause or cause

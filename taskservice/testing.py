@@ -260,11 +260,19 @@ class FakeWorker:
 class FakeProcessReactor(MemoryReactorClock):
     """
     A memory reactor with a clock whose C{spawnProcess} makes L{FakeWorker}s.
+
+    @ivar spawnProcessException: an exception C{spawnProcess} raises instead
+        of starting a worker, while set (as Twisted's own
+        C{DummyProcessReactor}): C{OSError(errno.EMFILE, ...)} plays a
+        machine out of file descriptors.
+    @ivar spawnFailures: how many times C{spawnProcess} raised it.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.workers: list[FakeWorker] = []
+        self.spawnProcessException: BaseException | None = None
+        self.spawnFailures = 0
         self._nextPid = 1000
 
     def spawnProcess(
@@ -279,6 +287,9 @@ class FakeProcessReactor(MemoryReactorClock):
         usePTY: bool = False,
         childFDs: Mapping[int, int | str] | None = None,
     ) -> Any:
+        if self.spawnProcessException is not None:
+            self.spawnFailures += 1
+            raise self.spawnProcessException
         self._nextPid += 1
         worker = FakeWorker(
             self,
