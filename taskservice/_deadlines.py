@@ -26,8 +26,8 @@ CANCEL_GRACE = 2.0
 
 class Deadlines:
     """
-    Starts each running call's deadline timer, and stops calls whose caller
-    has had its outcome.
+    Ends calls whose deadline passed or whose caller cancelled, and stops
+    them in their workers.
 
     @param kill: kills a worker to stop a call, with the cause to count.
     @param unqueue: takes a queued call out of the queue.
@@ -43,13 +43,11 @@ class Deadlines:
         self._kill = kill
         self._unqueue = unqueue
 
-    def start(self, call: Call) -> None:
+    def timedOut(self, call: Call) -> None:
         """
-        C{call} was just sent to its worker: its deadline runs from now.
+        C{call}'s deadline passed (its timer, set when the call was sent to
+        its worker, fired).
         """
-        call.timer = self.reactor.callLater(call.timeout, self._timedOut, call)
-
-    def _timedOut(self, call: Call) -> None:
         call.timer = None
         worker = call.worker
         poolLog.warn(

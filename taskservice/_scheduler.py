@@ -193,11 +193,19 @@ class Scheduler:
         as overloaded if it would have to wait in a full queue.
         """
         queue = self.queue
+        if not len(queue):
+            # Nothing waits: place it at once if a worker can take it.
+            supervisor = self.supervisor
+            worker = self.placement.workerFor(call, supervisor.workers, supervisor.idle)
+            if worker is not None:
+                self._run(worker, call)
+                return call.deferred
         queue.push(call)
-        if len(queue) == 1:
-            # Calls already waiting mean the last dispatch could not place
-            # the first of them (whatever frees a worker or removes a queued
-            # call dispatches again): this one, behind it, waits too.
+        if queue.peek() is call:
+            # It is next (first, or before the others in a queue that is not
+            # FIFO). Otherwise the call that is next could not be placed at
+            # the last dispatch (whatever frees a worker or removes a queued
+            # call dispatches again), and this one, behind it, waits too.
             self.dispatch()
         if call.state is CallState.QUEUED and len(queue) > self.maxQueue:
             # It would have to wait, and the waiting room is full.
@@ -283,7 +291,7 @@ class Scheduler:
             )
             return
         call.started(worker)
-        self.deadlines.start(call)
+        call.timer = self.reactor.callLater(call.timeout, self.deadlines.timedOut, call)
 
     # -- what workers say (SupervisorClient) -----------------------------------
 
@@ -292,7 +300,28 @@ class Scheduler:
 
     def callMessage(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         op = message.get("op")
-        if op == "progress":
+        if op in {"result", "error"}:
+            if worker.state is WorkerState.DEAD:
+                # A late answer from a killed worker: its callers have had
+                # (or will get, when it exits) their one outcome.
+                return
+            blocking = worker.blocking
+            call = worker.take(message.get("cid", -1))
+            if call is None:
+                return
+            if blocking:
+                self.placement.measure(worker, call, self.reactor.seconds())
+            call.release()
+            self.supervisor.recycler.afterCall(worker)
+            if call.outcome is None:
+                if op == "result":
+                    call.complete(Outcome("ok", message["result"]))
+                else:
+                    call.complete(Outcome.failure(self._taskError(message)))
+            self.dispatch()
+            if self._drainWaiters:
+                self.checkDrained()
+        elif op == "progress":
             call = worker.calls.get(message.get("cid", -1))
             if (
                 call is not None
@@ -300,28 +329,6 @@ class Scheduler:
                 and call.outcome is None
             ):
                 call.onProgress(message["update"])
-            return
-        if op not in ("result", "error"):
-            return
-        if worker.state is WorkerState.DEAD:
-            # A late answer from a killed worker: its callers have had (or
-            # will get, when it exits) their one outcome.
-            return
-        blocking = worker.blocking
-        call = worker.take(message.get("cid", -1))
-        if call is None:
-            return
-        if blocking:
-            self.placement.measure(worker, call, self.reactor.seconds())
-        call.release()
-        self.supervisor.recycler.afterCall(worker)
-        if call.outcome is None:
-            if op == "result":
-                call.complete(Outcome.ok(message["result"]))
-            else:
-                call.complete(Outcome.failure(self._taskError(message)))
-        self.dispatch()
-        self.checkDrained()
 
     def _taskError(self, message: dict[str, Any]) -> TaskServiceError:
         error = message.get("error", {})

@@ -303,6 +303,9 @@ class Supervisor:
 
     def workerMessage(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         op = message.get("op")
+        if op not in {"ready", "fatal"}:
+            self.client.callMessage(worker, message)
+            return
         if op == "ready":
             if worker.state is WorkerState.STARTING:
                 worker.stopStartTimer()
@@ -328,8 +331,6 @@ class Supervisor:
                 message=error.get("message"),
                 traceback=error.get("traceback", ""),
             )
-            return
-        self.client.callMessage(worker, message)
 
     def workerEnded(self, worker: WorkerProcess, reason: BaseException) -> None:
         self.workers.discard(worker)

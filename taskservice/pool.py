@@ -375,7 +375,8 @@ class ProcessPool(Service):
     @property
     def restarts(self) -> int:
         """
-        Workers replaced so far (crashed, killed, or recycled).
+        Workers replaced so far (crashed, killed, or recycled), and failed
+        spawns: the sum of L{workerExits}.
         """
         return sum(self._supervisor.workerExits.values())
 
