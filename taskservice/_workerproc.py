@@ -10,12 +10,18 @@ Lifecycle (L{WorkerState})::
 
 A worker takes calls only when IDLE, or when BUSY with coroutine calls and
 room for more. RETIRING workers finish their calls and take no new ones.
+
+A L{WorkerProcess} knows nothing of the pool: it tells its L{WorkerOwner}
+(the supervisor) of each frame, each change of state and its end.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Mapping
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
@@ -26,11 +32,21 @@ from twisted.python.failure import Failure
 
 from taskservice import _coalesce, _json
 from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
+from taskservice._task import Registry
+from taskservice.worker import DEFAULT_MAX_RESULT
 
 if TYPE_CHECKING:
-    from taskservice.pool import ProcessPool, _Call
+    from taskservice._call import Call
 
 _MAX_OUTPUT_LINE = 64 * 1024
+CHILD_FDS: Mapping[int, str] = {
+    0: "w",
+    1: "r",
+    2: "r",
+    COMMANDS_FD: "w",
+    RESULTS_FD: "r",
+}
+"""A worker's file descriptors (see docs/pool.rst, "Processes")."""
 
 
 class WorkerState(Enum):
@@ -50,11 +66,35 @@ _ALLOWED = {
 }
 
 
+class WorkerOwner(Protocol):
+    """
+    What a L{WorkerProcess} tells the one who started it.
+    """
+
+    def workerMessage(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        """
+        C{worker} sent a frame.
+        """
+
+    def workerStateChanged(
+        self, worker: WorkerProcess, old: WorkerState, new: WorkerState
+    ) -> None:
+        """
+        C{worker} went from C{old} to C{new} (called for every change).
+        """
+
+    def workerEnded(self, worker: WorkerProcess, reason: BaseException) -> None:
+        """
+        C{worker}'s process has exited and its pipes are closed.
+        """
+
+
 class WorkerProcess(ProcessProtocol):
     """
     One worker, as the pool sees it.
 
-    @ivar calls: the calls it is running, by call id.
+    @ivar calls: the calls it holds (running or waiting in its pipe), by
+        call id; changed only through L{assign} and L{take}.
     @ivar blocking: whether it is running plain (blocking) calls; such a
         worker takes no coroutine call until it is done.
     @ivar shortOnly: all its plain calls are of tasks measured to be short:
@@ -66,15 +106,18 @@ class WorkerProcess(ProcessProtocol):
         death is not a crash.
     @ivar notReadyInTime: it was killed for not being ready within the
         pool's C{startTimeout}.
+
+    C{successor}, C{predecessor}, C{retireCause}, C{startTimer} and
+    C{notReadyInTime} are the supervisor's notes about this worker.
     """
 
     log = Logger()
 
-    def __init__(self, pool: ProcessPool, workerID: int) -> None:
-        self.pool = pool
+    def __init__(self, owner: WorkerOwner, workerID: int) -> None:
+        self.owner = owner
         self.workerID = workerID
         self.state = WorkerState.STARTING
-        self.calls: dict[int, _Call] = {}
+        self.calls: dict[int, Call] = {}
         self.blocking = False
         self.shortOnly = False
         self.lastAnswerAt = 0.0
@@ -100,11 +143,46 @@ class WorkerProcess(ProcessProtocol):
             timer.cancel()
 
     def setState(self, new: WorkerState) -> None:
-        if new is self.state:
+        old = self.state
+        if new is old:
             return
-        if new not in _ALLOWED[self.state]:
-            raise RuntimeError(f"worker {self.workerID}: {self.state} -> {new}")
+        if new not in _ALLOWED[old]:
+            raise RuntimeError(f"worker {self.workerID}: {old} -> {new}")
         self.state = new
+        self.owner.workerStateChanged(self, old, new)
+
+    def assign(self, call: Call, short: bool) -> None:
+        """
+        C{call} is being sent to this worker (C{short}: its task is measured
+        to be short, so more short calls may wait behind it).
+        """
+        self.setState(WorkerState.BUSY)
+        self.shortOnly = short and (self.shortOnly or not self.calls)
+        self.calls[call.cid] = call
+        self.blocking = not call.spec.isAsync  # type: ignore[union-attr]
+
+    def take(self, cid: int, answered: bool = True) -> Call | None:
+        """
+        Forget call C{cid} (answered, or never sent: C{answered} false), and
+        return it; when no call is left, the worker is free again.
+        """
+        call = self.calls.pop(cid, None)
+        if call is None:
+            return None
+        if answered:
+            self.completed += 1
+        if not self.calls:
+            self.blocking = self.shortOnly = False
+            if self.state is WorkerState.BUSY:
+                self.setState(WorkerState.IDLE)
+        return call
+
+    def takeAll(self) -> list[Call]:
+        """
+        Forget every call it holds (it is dead), and return them.
+        """
+        calls, self.calls = self.calls, {}
+        return list(calls.values())
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -150,7 +228,7 @@ class WorkerProcess(ProcessProtocol):
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == RESULTS_FD:
             for payload in self._frames.feed(data):
-                self.pool._messageReceived(self, _json.loads(payload))
+                self.owner.workerMessage(self, _json.loads(payload))
             return
         lines = (self._partial.get(childFD, b"") + data).split(b"\n")
         rest = lines.pop()
@@ -183,8 +261,32 @@ class WorkerProcess(ProcessProtocol):
             if rest:
                 self._logOutput(childFD, rest)
         assert reason.value is not None
-        self.pool._workerEnded(self, reason.value)
+        self.owner.workerEnded(self, reason.value)
         self.ended.callback(None)
+
+
+def workerCommand(python: str, registry: Registry, maxResult: int) -> list[str]:
+    """
+    The command line of a worker running C{registry}'s modules.
+    """
+    args = [python, "-m", "taskservice.worker"]
+    if maxResult != DEFAULT_MAX_RESULT:
+        args += ["--max-result", str(maxResult)]
+    if any(spec.needsReactor for spec in registry.values()):
+        args.append("--reactor")
+    return args + list(registry.modules)
+
+
+def workerEnvironment(env: Mapping[str, str] | None) -> dict[str, str]:
+    """
+    The workers' environment: C{env} (default: this process's), unbuffered,
+    with this process's import path unless C{PYTHONPATH} is set.
+    """
+    found = dict(os.environ if env is None else env)
+    found["PYTHONUNBUFFERED"] = "1"
+    path = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+    found.setdefault("PYTHONPATH", os.pathsep.join(path))
+    return found
 
 
 def exitDescription(reason: BaseException) -> dict[str, int]:

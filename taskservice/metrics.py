@@ -81,8 +81,10 @@ RESTART_CAUSES = (
     "recycled",
     "memory",
     "not_ready",
+    "spawn_failed",
 )
-"""Why the pool replaces workers (C{ProcessPool.workerExits})."""
+"""Why the pool replaces workers (C{ProcessPool.workerExits}); C{spawn_failed}
+counts attempts to start a worker that C{spawnProcess} refused."""
 
 
 class _Histogram:

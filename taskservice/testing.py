@@ -31,7 +31,13 @@ from zope.interface import implementer
 from taskservice import _json
 from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
 from taskservice._task import Registry, _jobContext, _progressHook, jobContextFrom
-from taskservice.worker import cancelledMessage, describeError
+from taskservice.worker import (
+    DEFAULT_MAX_RESULT,
+    cancelledMessage,
+    describeError,
+    resultPayload,
+    unknownTaskMessage,
+)
 
 _SIGNALS = {"KILL": 9, "TERM": 15, "INT": 2, "HUP": 1}
 
@@ -86,6 +92,8 @@ class FakeWorker:
 
     @ivar calls: the C{call} messages sent to it that it has not answered.
     @ivar messages: every message the parent sent it.
+    @ivar maxResult: the C{--max-result} it was started with: results whose
+        JSON is longer fail as too large in L{runCalls}, as in a real worker.
     """
 
     def __init__(
@@ -106,6 +114,9 @@ class FakeWorker:
         self.messages: list[dict[str, Any]] = []
         self.calls: list[dict[str, Any]] = []
         self.saidReady = False
+        self.maxResult = DEFAULT_MAX_RESULT
+        if "--max-result" in self.args:
+            self.maxResult = int(self.args[self.args.index("--max-result") + 1])
         self._decoder = FrameDecoder()
 
     @property
@@ -234,12 +245,16 @@ class FakeWorker:
         while self.calls and self.alive and not self.killed:
             call = self.calls.pop(0)
             cid = call["cid"]
-            if cid in self.cancelled and not registry[call["task"]].isAsync:
+            spec = registry.get(call["task"])
+            if spec is None:
+                # A task this worker's modules lack, as the real one says.
+                self.send(unknownTaskMessage(cid))
+                continue
+            if cid in self.cancelled and not spec.isAsync:
                 # Cancelled while waiting in the pipe: skipped, as the real
                 # worker does.
                 self.send(cancelledMessage(cid))
                 continue
-            spec = registry[call["task"]]
             token = _progressHook.set(self._reporter(cid))
             jobToken = _jobContext.set(jobContextFrom(call.get("job")))
             try:
@@ -250,7 +265,10 @@ class FakeWorker:
                 error = describeError(e, bool(call.get("tb")))
                 self.send({"op": "error", "cid": cid, "error": error})
             else:
-                self.send({"op": "result", "cid": cid, "result": result})
+                # Encoded as the real worker does: a result that is not
+                # JSON, or longer than --max-result, is an error frame.
+                payload = resultPayload(cid, result, self.maxResult)
+                self.protocol.childDataReceived(RESULTS_FD, frame(payload))
             finally:
                 _progressHook.reset(token)
                 _jobContext.reset(jobToken)
@@ -260,11 +278,19 @@ class FakeWorker:
 class FakeProcessReactor(MemoryReactorClock):
     """
     A memory reactor with a clock whose C{spawnProcess} makes L{FakeWorker}s.
+
+    @ivar spawnProcessException: an exception C{spawnProcess} raises instead
+        of starting a worker, while set (as Twisted's own
+        C{DummyProcessReactor}): C{OSError(errno.EMFILE, ...)} plays a
+        machine out of file descriptors.
+    @ivar spawnFailures: how many times C{spawnProcess} raised it.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.workers: list[FakeWorker] = []
+        self.spawnProcessException: BaseException | None = None
+        self.spawnFailures = 0
         self._nextPid = 1000
 
     def spawnProcess(
@@ -279,6 +305,9 @@ class FakeProcessReactor(MemoryReactorClock):
         usePTY: bool = False,
         childFDs: Mapping[int, int | str] | None = None,
     ) -> Any:
+        if self.spawnProcessException is not None:
+            self.spawnFailures += 1
+            raise self.spawnProcessException
         self._nextPid += 1
         worker = FakeWorker(
             self,

@@ -202,13 +202,7 @@ class Worker:
     def _spec(self, message: dict[str, Any]) -> TaskSpec | None:
         spec = self.registry.get(message["task"])
         if spec is None:
-            self.channel.send(
-                {
-                    "op": "error",
-                    "cid": message["cid"],
-                    "error": {"type": "LookupError", "message": "no such task here"},
-                }
-            )
+            self.channel.send(unknownTaskMessage(message["cid"]))
         return spec
 
     def runBlocking(self, message: dict[str, Any]) -> None:
@@ -289,39 +283,7 @@ class Worker:
         self.channel.send(cancelledMessage(cid))
 
     def succeed(self, cid: int, result: Any) -> None:
-        try:
-            payload = _json.dumps({"op": "result", "cid": cid, "result": result})
-        except (TypeError, ValueError) as e:
-            self.channel.send(
-                {
-                    "op": "error",
-                    "cid": cid,
-                    "error": {
-                        "type": type(e).__qualname__,
-                        "message": f"the task's result cannot be sent as JSON: {e}",
-                    },
-                }
-            )
-            return
-        if len(payload) > self.maxResult:
-            # The limit is on the result's JSON, not on our frame around it.
-            envelope = len(_json.dumps({"op": "result", "cid": cid, "result": 0})) - 1
-            size = len(payload) - envelope
-            if size > self.maxResult:
-                self.channel.send(
-                    {
-                        "op": "error",
-                        "cid": cid,
-                        "code": "too_large",
-                        "error": {
-                            "type": "TooLarge",
-                            "message": f"the result is {size} bytes of JSON,"
-                            f" over the limit of {self.maxResult}",
-                        },
-                    }
-                )
-                return
-        self.channel.sendEncoded(payload)
+        self.channel.sendEncoded(resultPayload(cid, result, self.maxResult))
 
     def fail(self, cid: int, error: BaseException, message: dict[str, Any]) -> None:
         self.channel.send(
@@ -331,6 +293,56 @@ class Worker:
                 "error": describeError(error, bool(message.get("tb"))),
             }
         )
+
+
+def unknownTaskMessage(cid: int) -> dict[str, Any]:
+    """
+    The frame answering call C{cid} of a task this worker does not have.
+    """
+    return {
+        "op": "error",
+        "cid": cid,
+        "error": {"type": "LookupError", "message": "no such task here"},
+    }
+
+
+def resultPayload(cid: int, result: Any, maxResult: int) -> bytes:
+    """
+    The frame payload answering call C{cid} with C{result}: a C{result}
+    frame, or an C{error} frame if the result is not JSON or its JSON is
+    longer than C{maxResult} bytes (C{"code": "too_large"}).
+    """
+    try:
+        payload = _json.dumps({"op": "result", "cid": cid, "result": result})
+    except (TypeError, ValueError) as e:
+        return _json.dumps(
+            {
+                "op": "error",
+                "cid": cid,
+                "error": {
+                    "type": type(e).__qualname__,
+                    "message": f"the task's result cannot be sent as JSON: {e}",
+                },
+            }
+        )
+    if len(payload) > maxResult:
+        # The limit is on the result's JSON, not on our frame around it.
+        envelope = len(_json.dumps({"op": "result", "cid": cid, "result": 0})) - 1
+        size = len(payload) - envelope
+        if size > maxResult:
+            return _json.dumps(
+                {
+                    "op": "error",
+                    "cid": cid,
+                    "code": "too_large",
+                    "error": {
+                        "type": "TooLarge",
+                        "message": f"the result is {size} bytes of JSON,"
+                        f" over the limit of {maxResult}",
+                    },
+                }
+            )
+    return payload
 
 
 def cancelledMessage(cid: int) -> dict[str, Any]:

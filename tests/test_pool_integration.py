@@ -454,3 +454,34 @@ async def test_jobContextReachesTheTask(pool: ProcessPool) -> None:
     assert await pool.submit("asyncJobInfo", job=job) == expected
     assert await gatherResults([pool.submit("jobInfo") for _ in range(4)]) == [None] * 4
     assert await pool.submit("asyncJobInfo") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_failedSpawnIsRetriedUntilItWorks(tmp_path: Any) -> None:
+    """
+    A real C{spawnProcess} that fails (here: the pool's python executable
+    does not exist yet, which C{posix_spawnp} reports as C{OSError} in the
+    parent, as it reports C{EMFILE}) is a failed start, not a worker: the
+    pool shows nothing starting, counts C{spawn_failed}, retries with
+    back-off, and serves as soon as a spawn works; it stops cleanly.
+    """
+    python = tmp_path / "python"
+    pool = ProcessPool(reactor, ["tests.pooltasks"], size=1, python=str(python))
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    pool.startService()
+    try:
+        ready = pool.whenReady()
+        await _until(lambda: pool.workerExits["spawn_failed"] >= 2)
+        assert pool.workers == frozenset()
+        assert pool.stats()["workers"]["starting"] == 0
+        assert not ready.called
+        python.symlink_to(sys.executable)
+        await ready
+        assert await pool.submit("add", [1, 2]) == 3
+    finally:
+        await pool.stopService()
+        globalLogPublisher.removeObserver(events.append)
+    failed = [e for e in events if e.get("log_format", "").startswith("could not")]
+    assert len(failed) == 1, "logged once"
+    assert [e for e in events if e["log_level"].name == "critical"] == []

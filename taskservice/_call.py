@@ -1,0 +1,273 @@
+"""
+One call to the pool, from submission to its single outcome, and what the
+pool tells observers about it.
+
+Lifecycle (L{CallState})::
+
+    QUEUED --dispatched--> RUNNING --answered--> DONE
+      |                      |
+      |                      +--deadline, cancel--> ABANDONED --released--> DONE
+      |                      +--worker lost------------------------------> DONE
+      +--cancelled, dropped, pool stopped, overloaded--> DONE
+
+    (a call refused at submission is created, and completed, at once)
+
+Every end goes through L{Call.complete}: it records the L{Outcome} and its
+time, tells the pool (which counts it and tells every observer), and only
+then fires the caller's L{Deferred}. A call whose caller has its outcome
+while a worker still holds it (a deadline or cancel of a coroutine or
+pipelined call, or a plain call whose worker was killed and has not yet
+exited) is ABANDONED: whatever the worker answers later is dropped, and the
+call is DONE when the worker lets it go (L{Call.release}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from enum import Enum
+from typing import Any, NamedTuple, Protocol
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from taskservice._task import TaskSpec
+from taskservice.errors import TaskServiceError, outcomeOf
+
+poolLog = Logger(namespace="taskservice.pool.ProcessPool")
+"""The log of the pool's parts: their events keep the namespace they had
+before the pool was split (log filters name it)."""
+
+ProgressCallback = Callable[[dict[str, Any]], object]
+
+FAILED = frozenset({"task_error", "too_large", "timeout", "worker_lost"})
+"""The outcomes counted as C{failed} in the pool's stats."""
+
+
+class CallState(Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    ABANDONED = "abandoned"
+    DONE = "done"
+
+
+class Outcome(NamedTuple):
+    """
+    How a call ended: C{kind} is C{"ok"} (then C{value} is the task's
+    result) or an error outcome of L{taskservice.errors.OUTCOMES} (then
+    C{error} is the exception the caller gets).
+    """
+
+    kind: str
+    value: Any = None
+    error: BaseException | None = None
+
+    @classmethod
+    def ok(cls, value: Any) -> Outcome:
+        return cls("ok", value)
+
+    @classmethod
+    def failure(cls, error: BaseException) -> Outcome:
+        if isinstance(error, TaskServiceError):
+            return cls(outcomeOf(error), None, error)
+        if isinstance(error, CancelledError):
+            return cls("cancelled", None, error)
+        return cls("internal_error", None, error)
+
+
+class CallObserver(Protocol):
+    """
+    What a pool tells about each call it answers (see
+    L{taskservice.metrics.PoolMetrics}); set it as C{pool.observer}.
+    """
+
+    def callFinished(
+        self,
+        task: str,
+        outcome: str,
+        queuedSeconds: float | None,
+        runSeconds: float | None,
+    ) -> None:
+        """
+        A call got its one outcome. Called in the reactor thread, once per
+        call, on the pool's hot path: keep it cheap and never raise.
+
+        @param task: the registered task name; C{""} for a call naming no
+            registered task (never a name taken from the network).
+        @param outcome: C{"ok"}, or the error's outcome (see
+            L{taskservice.errors.OUTCOMES}).
+        @param queuedSeconds: from submission until a worker took the call
+            (or, for a call that never ran, until its outcome); L{None} for
+            a call refused at submission.
+        @param runSeconds: from dispatch to a worker until the outcome;
+            L{None} for a call that never ran.
+        """
+
+
+class CallListener(Protocol):
+    """
+    Hears everything about each call's end, at one point: the task, the
+    call's arguments and options, its outcome (the result value or the
+    error) and its timings. Add one with C{pool.addCallListener}; a job
+    journal is one.
+    """
+
+    def callEnded(self, call: Call) -> None:
+        """
+        C{call} has just got its outcome (C{call.outcome}); its caller is
+        told right after. Called in the reactor thread, once per call
+        (refused calls included), on the pool's hot path: read what you
+        need, keep no reference to the call, never raise.
+        """
+
+
+class Call:
+    """
+    One call, from submission to its single outcome.
+
+    @ivar cid: the pool's call id (0 for a call refused at submission).
+    @ivar task: the registered task name, or C{""} for a call naming none.
+    @ivar spec: the task's policy (L{None} for a call naming no task).
+    @ivar args: the positional arguments.
+    @ivar kwargs: the keyword arguments.
+    @ivar timeout: the deadline in seconds, from dispatch.
+    @ivar owner: the caller's owner object (see C{ProcessPool.submit}).
+    @ivar job: the durable job context sent to the worker, or L{None}.
+    @ivar queuedAt: when it was accepted; L{None} if it never was (refused
+        at submission, or overloaded).
+    @ivar startedAt: when it was sent to a worker; L{None} if never.
+    @ivar endedAt: when it got its outcome.
+    @ivar outcome: its L{Outcome}, once it has one.
+    @ivar worker: the worker holding it, while one does.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_ended",
+        "args",
+        "cid",
+        "deferred",
+        "endedAt",
+        "job",
+        "kwargs",
+        "onProgress",
+        "outcome",
+        "owner",
+        "queuedAt",
+        "spec",
+        "startedAt",
+        "state",
+        "task",
+        "timeout",
+        "timer",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        clock: Any,
+        ended: Callable[[Call], object],
+        cid: int,
+        task: str,
+        spec: TaskSpec | None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        timeout: float = 0.0,
+        onProgress: ProgressCallback | None = None,
+        owner: object = None,
+        job: Mapping[str, Any] | None = None,
+        canceller: Callable[[Call], object] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._ended = ended
+        self.cid = cid
+        self.task = task
+        self.spec = spec
+        self.args = args
+        self.kwargs = kwargs if kwargs is not None else {}
+        self.timeout = timeout
+        self.onProgress = onProgress
+        self.owner = owner
+        self.job = job
+        self.state = CallState.QUEUED
+        if canceller is None:
+            self.deferred: Deferred[Any] = Deferred()
+        else:
+
+            def cancel(d: Deferred[Any]) -> None:
+                canceller(self)
+
+            self.deferred = Deferred(cancel)
+        self.worker: Any = None
+        self.timer: IDelayedCall | None = None
+        self.queuedAt: float | None = clock.seconds()
+        self.startedAt: float | None = None
+        self.endedAt: float | None = None
+        self.outcome: Outcome | None = None
+
+    def __repr__(self) -> str:
+        return f"<Call {self.cid} {self.task!r} {self.state.value}>"
+
+    @property
+    def queuedSeconds(self) -> float | None:
+        """
+        From acceptance until a worker took it, or until its outcome if
+        none did; L{None} if it was never accepted.
+        """
+        if self.queuedAt is None:
+            return None
+        until = self.startedAt if self.startedAt is not None else self.endedAt
+        return None if until is None else until - self.queuedAt
+
+    @property
+    def runSeconds(self) -> float | None:
+        """
+        From dispatch until its outcome; L{None} if it never ran.
+        """
+        if self.startedAt is None or self.endedAt is None:
+            return None
+        return self.endedAt - self.startedAt
+
+    def started(self, worker: Any) -> None:
+        """
+        It was sent to C{worker}.
+        """
+        self.state = CallState.RUNNING
+        self.worker = worker
+        self.startedAt = self._clock.seconds()
+
+    def stopTimer(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def complete(self, outcome: Outcome) -> bool:
+        """
+        End the call with C{outcome}, unless it has ended already: the pool
+        counts it and tells every observer, then the caller is told.
+        Returns whether this was its end.
+        """
+        if self.outcome is not None:
+            return False
+        self.stopTimer()
+        self.outcome = outcome
+        self.endedAt = self._clock.seconds()
+        self.state = CallState.DONE if self.worker is None else CallState.ABANDONED
+        self._ended(self)
+        deferred = self.deferred
+        if not deferred.called:
+            if outcome.error is None:
+                deferred.callback(outcome.value)
+            else:
+                deferred.errback(Failure(outcome.error))
+        return True
+
+    def release(self) -> None:
+        """
+        The worker no longer holds it (it answered, or it exited).
+        """
+        self.worker = None
+        if self.state is CallState.ABANDONED:
+            self.stopTimer()
+            self.state = CallState.DONE

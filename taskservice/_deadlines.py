@@ -1,0 +1,119 @@
+"""
+Deadlines and cancellation of calls.
+
+A call's deadline starts when it is sent to a worker. At the deadline, or
+when the caller cancels, the caller gets its outcome at once
+(L{taskservice.errors.TimedOut}, C{CancelledError}) and the call is
+stopped in its worker: a plain call's worker is killed; a coroutine call,
+or a short call waiting in (or running from) a worker's pipe, is cancelled
+in the worker, which is killed if it has not answered within a grace
+period. A queued call that is cancelled simply leaves the queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import CancelledError
+
+from taskservice._call import Call, CallState, Outcome, poolLog
+from taskservice._workerproc import WorkerProcess, WorkerState
+from taskservice.errors import TimedOut
+
+CANCEL_GRACE = 2.0
+
+
+class Deadlines:
+    """
+    Ends calls whose deadline passed or whose caller cancelled, and stops
+    them in their workers.
+
+    @param kill: kills a worker to stop a call, with the cause to count.
+    @param unqueue: takes a queued call out of the queue.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        kill: Callable[[WorkerProcess, str], object],
+        unqueue: Callable[[Call], object],
+    ) -> None:
+        self.reactor = reactor
+        self._kill = kill
+        self._unqueue = unqueue
+
+    def timedOut(self, call: Call) -> None:
+        """
+        C{call}'s deadline passed (its timer, set when the call was sent to
+        its worker, fired).
+        """
+        call.timer = None
+        worker = call.worker
+        poolLog.warn(
+            "task {task} (call {cid}) passed its {timeout}s deadline"
+            " in worker {workerID}",
+            task=call.task,
+            cid=call.cid,
+            timeout=call.timeout,
+            workerID=worker.workerID if worker else None,
+            pid=worker.pid if worker else None,
+        )
+        call.complete(Outcome.failure(TimedOut("timed out", {"timeout": call.timeout})))
+        self._stop(call, "timeout")
+
+    def cancel(self, call: Call) -> None:
+        """
+        The canceller of a call's Deferred (which thus fails with
+        C{CancelledError}, shown on the wire as "cancelled").
+        """
+        if call.state is CallState.QUEUED:
+            self._unqueue(call)
+            call.complete(Outcome.failure(CancelledError()))
+            return
+        call.complete(Outcome.failure(CancelledError()))
+        worker = call.worker
+        if worker is None:
+            return
+        poolLog.info(
+            "call {cid} ({task}) cancelled while running in worker {workerID}",
+            cid=call.cid,
+            task=call.task,
+            workerID=worker.workerID,
+            pid=worker.pid,
+        )
+        self._stop(call, "cancel")
+
+    def _stop(self, call: Call, cause: str) -> None:
+        """
+        Stop a running call whose caller has had its outcome: kill a plain
+        call's worker; ask the worker to cancel a coroutine call, or to skip
+        a short call still waiting in its pipe (one already running is let
+        finish: it is short), and kill it if it does not answer within a
+        grace period.
+        """
+        worker = call.worker
+        if worker is None or worker.state is WorkerState.DEAD:
+            return
+        assert call.spec is not None
+        if call.spec.isAsync or worker.shortOnly:
+            worker.send({"op": "cancel", "cid": call.cid})
+            call.timer = self.reactor.callLater(
+                CANCEL_GRACE, self._unresponsive, worker, call
+            )
+        else:
+            self._kill(worker, cause)
+
+    def _unresponsive(self, worker: WorkerProcess, call: Call) -> None:
+        call.timer = None
+        if worker.calls.get(call.cid) is call and worker.state is not WorkerState.DEAD:
+            poolLog.warn(
+                "worker {workerID} did not cancel call {cid} ({task}) within"
+                " {grace}s; killing it",
+                workerID=worker.workerID,
+                pid=worker.pid,
+                cid=call.cid,
+                task=call.task,
+                grace=CANCEL_GRACE,
+            )
+            self._kill(worker, "unresponsive")

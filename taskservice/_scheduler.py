@@ -1,0 +1,377 @@
+"""
+Running calls: the queue in front of the workers, dispatch to the workers
+that L{taskservice._placement} chooses, the workers' answers, and the end
+of every call (counted, and told to every observer, in one place:
+L{Scheduler.callEnded}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+
+from taskservice._call import (
+    FAILED,
+    Call,
+    CallListener,
+    CallObserver,
+    CallState,
+    Outcome,
+    ProgressCallback,
+    poolLog,
+)
+from taskservice._deadlines import Deadlines
+from taskservice._placement import Placement
+from taskservice._queue import CallQueue
+from taskservice._supervisor import PoolState, Supervisor
+from taskservice._task import Registry
+from taskservice._workerproc import WorkerProcess, WorkerState
+from taskservice.errors import (
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    Overloaded,
+    TaskFailed,
+    TaskServiceError,
+    TooLarge,
+    Unavailable,
+    WorkerLost,
+)
+
+
+class Scheduler:
+    """
+    Places queued calls on workers and delivers their outcomes.
+
+    @ivar completed: calls that returned a result.
+    @ivar failed: calls that ended in a task error, a too-large result, a
+        deadline or a lost worker.
+    @ivar observer: the pool's L{CallObserver}, or L{None}.
+    @ivar listeners: the L{CallListener}s, told of every call's end.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        queue: CallQueue,
+        placement: Placement,
+        registry: Registry,
+        *,
+        defaultTimeout: float,
+        maxTimeout: float,
+        maxQueue: int,
+        maxResult: int,
+        includeTracebacks: bool,
+    ) -> None:
+        self.reactor = reactor
+        self.queue = queue
+        self.placement = placement
+        self.registry = registry
+        self.defaultTimeout = defaultTimeout
+        self.maxTimeout = maxTimeout
+        self.maxQueue = maxQueue
+        self._nextCallID = 1
+        self.maxResult = maxResult
+        self.includeTracebacks = includeTracebacks
+        self.completed = 0
+        self.failed = 0
+        self.startedAt: float | None = None
+        self.observer: CallObserver | None = None
+        self.listeners: list[CallListener] = []
+        self._drainWaiters: list[Deferred[None]] = []
+        # Set by the pool once the supervisor exists (it needs us first).
+        self.supervisor: Supervisor = None  # type: ignore[assignment]
+        self.deadlines = Deadlines(reactor, self._kill, self.unqueue)
+
+    def _kill(self, worker: WorkerProcess, cause: str) -> None:
+        self.supervisor.kill(worker, cause)
+
+    # -- the end of every call ------------------------------------------------
+
+    def callEnded(self, call: Call) -> None:
+        """
+        C{call} got its outcome (from L{Call.complete}): count it, and tell
+        the observer and every listener.
+        """
+        outcome = call.outcome
+        assert outcome is not None
+        kind = outcome.kind
+        if kind == "ok":
+            self.completed += 1
+        elif kind in FAILED:
+            self.failed += 1
+        observer = self.observer
+        if observer is not None:
+            observer.callFinished(call.task, kind, call.queuedSeconds, call.runSeconds)
+        for listener in self.listeners:
+            listener.callEnded(call)
+
+    # -- admission -------------------------------------------------------------
+
+    def accept(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        timeout: float | None,
+        onProgress: ProgressCallback | None,
+        owner: object,
+        job: Mapping[str, Any] | None,
+    ) -> Call:
+        if self.supervisor.state is not PoolState.RUNNING:
+            raise Unavailable("the pool is not running")
+        spec = self.registry.get(name)
+        if spec is None:
+            raise MethodNotFound("method not found", name)
+        try:
+            spec.checkArguments(args, kwargs)
+        except TypeError as e:
+            raise InvalidParams("invalid params", str(e)) from None
+        if timeout is None:
+            timeout = spec.timeout if spec.timeout is not None else self.defaultTimeout
+        elif not 0 < timeout <= self.maxTimeout:
+            raise InvalidRequest(
+                "invalid request",
+                f"timeout must be more than 0 and at most {self.maxTimeout:g} seconds",
+            )
+        call = Call(
+            self.reactor,
+            self.callEnded,
+            self._nextCallID,
+            spec.name,
+            spec,
+            args,
+            kwargs,
+            timeout,
+            onProgress,
+            owner,
+            job,
+            self.deadlines.cancel,
+        )
+        self._nextCallID += 1
+        return call
+
+    def refuse(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        timeout: float | None,
+        owner: object,
+        job: Mapping[str, Any] | None,
+        error: Exception,
+    ) -> Deferred[Any]:
+        """
+        End a call refused at submission; its task is named only if C{name}
+        is registered (never a name taken from the network).
+        """
+        known = isinstance(name, str) and name in self.registry
+        call = Call(
+            self.reactor,
+            self.callEnded,
+            0,
+            name if known else "",
+            self.registry[name] if known else None,
+            args,
+            kwargs,
+            timeout or 0.0,
+            None,
+            owner,
+            job,
+        )
+        call.queuedAt = None
+        call.complete(Outcome.failure(error))
+        return call.deferred
+
+    # -- the queue -------------------------------------------------------------
+
+    def enqueue(self, call: Call) -> Deferred[Any]:
+        """
+        Queue an accepted call (placing it at once if it can be); refuse it
+        as overloaded if it would have to wait in a full queue.
+        """
+        queue = self.queue
+        if not len(queue):
+            # Nothing waits: place it at once if a worker can take it.
+            supervisor = self.supervisor
+            worker = self.placement.workerFor(call, supervisor.workers, supervisor.idle)
+            if worker is not None:
+                self._run(worker, call)
+                return call.deferred
+        queue.push(call)
+        if queue.peek() is call:
+            # It is next (first, or before the others in a queue that is not
+            # FIFO). Otherwise the call that is next could not be placed at
+            # the last dispatch (whatever frees a worker or removes a queued
+            # call dispatches again), and this one, behind it, waits too.
+            self.dispatch()
+        if call.state is CallState.QUEUED and len(queue) > self.maxQueue:
+            # It would have to wait, and the waiting room is full.
+            queue.remove(call)
+            call.queuedAt = None  # refused: it never waited
+            call.complete(
+                Outcome.failure(
+                    Overloaded(
+                        "overloaded",
+                        {"retryAfter": self.retryAfter(), "queued": len(queue)},
+                    )
+                )
+            )
+        return call.deferred
+
+    def unqueue(self, call: Call) -> None:
+        self.queue.remove(call)
+        self.dispatch()
+        self.checkDrained()
+
+    def dropQueued(self, owner: object) -> int:
+        mine = self.queue.removeWhere(lambda call: call.owner is owner)
+        for call in mine:
+            call.complete(Outcome.failure(CancelledError()))
+        if mine:
+            self.dispatch()
+            self.checkDrained()
+        return len(mine)
+
+    def refuseQueued(self) -> None:
+        for call in self.queue.clear():
+            call.complete(
+                Outcome.failure(Unavailable("the pool stopped before this call ran"))
+            )
+
+    def retryAfter(self) -> float:
+        """
+        A hint for callers refused as overloaded: roughly how long the queue
+        ahead of them takes to drain, from the calls completed so far.
+        """
+        uptime = self.reactor.seconds() - (self.startedAt or 0.0)
+        rate = self.completed / uptime if uptime > 0 and self.completed else 0.0
+        if not rate:
+            return 1.0
+        return round(min(60.0, max(0.1, len(self.queue) / rate)), 1)
+
+    # -- dispatch --------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        queue = self.queue
+        supervisor = self.supervisor
+        workerFor = self.placement.workerFor
+        while True:
+            call = queue.peek()
+            if call is None:
+                return
+            worker = workerFor(call, supervisor.workers, supervisor.idle)
+            if worker is None:
+                return
+            queue.pop()
+            self._run(worker, call)
+
+    def _run(self, worker: WorkerProcess, call: Call) -> None:
+        worker.assign(call, self.placement.isShort(call.task))
+        message: dict[str, Any] = {
+            "op": "call",
+            "cid": call.cid,
+            "task": call.task,
+            "args": call.args,
+            "kwargs": call.kwargs,
+        }
+        if self.includeTracebacks:
+            message["tb"] = True
+        if call.job is not None:
+            message["job"] = call.job
+        try:
+            worker.send(message)
+        except (TypeError, ValueError) as e:
+            worker.take(call.cid, answered=False)
+            self.supervisor.recycler.afterCall(worker)
+            call.complete(
+                Outcome.failure(InvalidParams("invalid params", f"not JSON: {e}"))
+            )
+            return
+        call.started(worker)
+        call.timer = self.reactor.callLater(call.timeout, self.deadlines.timedOut, call)
+
+    # -- what workers say (SupervisorClient) -----------------------------------
+
+    def workerReady(self, worker: WorkerProcess) -> None:
+        self.dispatch()
+
+    def callMessage(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        if op in {"result", "error"}:
+            if worker.state is WorkerState.DEAD:
+                # A late answer from a killed worker: its callers have had
+                # (or will get, when it exits) their one outcome.
+                return
+            blocking = worker.blocking
+            call = worker.take(message.get("cid", -1))
+            if call is None:
+                return
+            if blocking:
+                self.placement.measure(worker, call, self.reactor.seconds())
+            call.release()
+            self.supervisor.recycler.afterCall(worker)
+            if call.outcome is None:
+                if op == "result":
+                    call.complete(Outcome("ok", message["result"]))
+                else:
+                    call.complete(Outcome.failure(self._taskError(message)))
+            self.dispatch()
+            if self._drainWaiters:
+                self.checkDrained()
+        elif op == "progress":
+            call = worker.calls.get(message.get("cid", -1))
+            if (
+                call is not None
+                and call.onProgress is not None
+                and call.outcome is None
+            ):
+                call.onProgress(message["update"])
+
+    def _taskError(self, message: dict[str, Any]) -> TaskServiceError:
+        error = message.get("error", {})
+        if message.get("code") == "too_large":
+            return TooLarge(
+                error.get("message", "too large"), {"limit": self.maxResult}
+            )
+        return TaskFailed(f"{error.get('type')}: {error.get('message')}", error)
+
+    def workerLost(
+        self, worker: WorkerProcess, calls: list[Call], how: dict[str, int]
+    ) -> None:
+        for call in calls:
+            call.release()
+            if call.outcome is not None:
+                continue
+            poolLog.warn(
+                "worker {workerID} (pid {pid}) died running {task} (call {cid}): {how}",
+                workerID=worker.workerID,
+                pid=worker.pid,
+                task=call.task,
+                cid=call.cid,
+                how=how,
+            )
+            call.complete(Outcome.failure(WorkerLost("worker lost", how)))
+        self.supervisor.checkReady()
+        self.checkDrained()
+        self.dispatch()
+
+    # -- draining --------------------------------------------------------------
+
+    def busy(self) -> int:
+        return sum(1 for w in self.supervisor.workers if w.calls)
+
+    def whenDrained(self) -> Deferred[None]:
+        if not len(self.queue) and not self.busy():
+            return succeed(None)
+        d: Deferred[None] = Deferred(self._drainWaiters.remove)
+        self._drainWaiters.append(d)
+        return d
+
+    def checkDrained(self) -> None:
+        if self._drainWaiters and not len(self.queue) and not self.busy():
+            waiters, self._drainWaiters = self._drainWaiters, []
+            for d in waiters:
+                d.callback(None)
