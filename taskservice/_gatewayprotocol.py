@@ -25,7 +25,7 @@ from taskservice.errors import (
     TaskServiceError,
     toWireError,
 )
-from taskservice.server import CANCEL, PROGRESS, STATS
+from taskservice.wire import CANCEL, PROGRESS, STATS
 
 if TYPE_CHECKING:
     from taskservice.gateway import GatewayFactory

@@ -19,7 +19,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 from taskservice.errors import MethodNotFound
-from taskservice.server import STATS
+from taskservice.wire import RESERVED_PREFIX, STATS
 
 if TYPE_CHECKING:
     from taskservice.server import TaskServerFactory
@@ -58,7 +58,7 @@ class PoolCaller(Service):
         """
         if method == STATS:
             return succeed(self.server.stats())
-        if method.startswith("$/"):
+        if method.startswith(RESERVED_PREFIX):
             return fail(MethodNotFound("method not found", method))
         args, kwargs = ((), params) if isinstance(params, Mapping) else (params, None)
         upstream = self.pool.submit(

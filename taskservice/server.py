@@ -30,9 +30,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from taskservice import _coalesce, _jsonrpc
-from taskservice._auth import AUTH, PRE_AUTH_MAX_LINE, Token
+from taskservice._auth import Token
 from taskservice._jsonrpc import Batch, Invalid, Request
-from taskservice._lines import DEFAULT_MAX_LINE, LineProtocol
+from taskservice._lines import LineProtocol
 from taskservice.errors import (
     Cancelled,
     ErrorCode,
@@ -46,10 +46,14 @@ from taskservice.errors import (
     toWireError,
 )
 from taskservice.pool import ProcessPool
-
-PROGRESS = "$/progress"
-CANCEL = "$/cancelRequest"
-STATS = "$/stats"
+from taskservice.wire import (
+    AUTH,
+    CANCEL,
+    DEFAULT_MAX_LINE,
+    PRE_AUTH_MAX_LINE,
+    PROGRESS,
+    STATS,
+)
 
 DEFAULT_MAX_IN_FLIGHT = 1000
 HOLD_LIMIT = 1024 * 1024
