@@ -21,7 +21,9 @@ L{LineSplitter} is the framing, sans-I/O: bytes in, complete lines out::
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # -- protocol methods ------------------------------------------------------------
 #
@@ -52,6 +54,23 @@ PROTOCOL_METHODS = frozenset({AUTH, CANCEL, PROGRESS, STATS})
 
 ONLY_IF_QUEUED = "onlyIfQueued"
 """The member of L{CANCEL}'s params that spares a call already running."""
+
+
+# -- params --------------------------------------------------------------------
+
+
+def callParams(args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    """
+    The JSON-RPC params of a call made with C{args} or C{kwargs}: JSON-RPC
+    has no form for both at once, so passing both raises L{TypeError}.
+    """
+    if args and kwargs:
+        raise TypeError(
+            "JSON-RPC params are by position or by name, not both; "
+            "use positional or keyword arguments only"
+        )
+    return kwargs if kwargs else list(args)
+
 
 # -- line limits -----------------------------------------------------------------
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from taskservice import _auth, _lines, client, server, wire
-from taskservice.wire import LineSplitter, LineTooLong
+from taskservice.wire import LineSplitter, LineTooLong, callParams
 
 
 def drain(splitter: LineSplitter) -> list[bytes | LineTooLong]:
@@ -55,6 +56,18 @@ def test_protocolMethods() -> None:
     assert (_auth.AUTH, _auth.PRE_AUTH_MAX_LINE) == (wire.AUTH, wire.PRE_AUTH_MAX_LINE)
     assert _lines.DEFAULT_MAX_LINE == wire.DEFAULT_MAX_LINE == 16 * 1024 * 1024
     assert client.CLIENT_MAX_LINE == wire.CLIENT_MAX_LINE
+
+
+def test_callParams() -> None:
+    """
+    Positional or keyword arguments become list or object params; both at
+    once is a L{TypeError}.
+    """
+    assert callParams((1, 2), {}) == [1, 2]
+    assert callParams((), {"a": 1}) == {"a": 1}
+    assert callParams((), {}) == []
+    with pytest.raises(TypeError, match="not both"):
+        callParams((1,), {"a": 1})
 
 
 def test_linesAcrossChunks() -> None:
