@@ -3,7 +3,9 @@ Shared-secret tokens for the task protocol: the secret as a value that never
 shows itself, and reading it from a file.
 
 A connection to a task server that has a token proves it knows the token
-with C{$/auth} before anything else (see L{taskservice.server}).
+with C{$/auth} before anything else (see L{taskservice.server}). Clients
+without Twisted use L{Token} too, so this module imports no Twisted (but for
+the warning L{readTokenFile} may log).
 """
 
 from __future__ import annotations
@@ -12,17 +14,12 @@ import hmac
 import os
 import stat
 
-from twisted.logger import Logger
+from taskservice.wire import AUTH, PRE_AUTH_MAX_LINE
 
-AUTH = "$/auth"
+__all__ = ["AUTH", "MAX_TOKEN_FILE", "PRE_AUTH_MAX_LINE", "Token", "readTokenFile"]
 
 MAX_TOKEN_FILE = 4096
 """The largest token file read, in bytes: a token is a short secret."""
-
-PRE_AUTH_MAX_LINE = 8192
-"""The longest line a connection may send before it has authenticated."""
-
-_log = Logger()
 
 
 class Token:
@@ -94,7 +91,9 @@ def readTokenFile(path: str) -> Token:
     if "\n" in text or "\r" in text:
         raise ValueError(f"token file {path}: more than one line")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        _log.warn(
+        from twisted.logger import Logger
+
+        Logger(namespace=__name__).warn(
             "token file {path} is accessible to group or others (mode {mode:04o}):"
             " chmod 600 it",
             path=path,

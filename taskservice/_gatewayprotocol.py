@@ -25,7 +25,7 @@ from taskservice.errors import (
     TaskServiceError,
     toWireError,
 )
-from taskservice.server import CANCEL, JOB_METHODS, PROGRESS, STATS
+from taskservice.wire import CANCEL, JOB_METHODS, PROGRESS, STATS
 
 if TYPE_CHECKING:
     from taskservice.gateway import GatewayFactory

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
-from taskservice.server import ATTACH, CANCEL_JOB, JOB, SUBMIT
+from taskservice.wire import ATTACH, CANCEL_JOB, JOB, SUBMIT
 
 ProgressCallback = Callable[[dict[str, Any]], object]
 

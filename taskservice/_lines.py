@@ -1,11 +1,13 @@
 """
-Newline-delimited framing with a length limit that never drops the connection.
+Newline-delimited framing with a length limit that never drops the connection:
+the Twisted shell over L{taskservice.wire.LineSplitter}.
 
 Twisted's C{LineReceiver} hands an overlong line to C{lineLengthExceeded}
 together with every line buffered after it and, by default, disconnects; its
 buffer is re-split per line. This protocol discards only the overlong line,
 reports it once through L{LineProtocol.lineTooLong}, and keeps going with the
-next line; it buffers in a C{bytearray} so a 10 MB line costs linear time.
+next line; the splitting itself (linear buffering, C{\\r\\n}) is the
+splitter's, which programs without Twisted use too.
 """
 
 from __future__ import annotations
@@ -13,13 +15,20 @@ from __future__ import annotations
 from twisted.internet.interfaces import ITCPTransport, ITransport
 from twisted.internet.protocol import Protocol
 
-DEFAULT_MAX_LINE = 16 * 1024 * 1024
+from taskservice.wire import DEFAULT_MAX_LINE, LineSplitter, LineTooLong
+
+__all__ = ["DEFAULT_MAX_LINE", "LineProtocol"]
 
 
 class LineProtocol(Protocol):
     """
     Calls L{lineReceived} with each C{\\n}-terminated line (without the
     delimiter) and L{lineTooLong} once for each line over L{maxLineLength}.
+
+    @ivar maxLineLength: the limit; a subclass may change it at any time, a
+        line (C{$/auth}, say) included: it applies from the next line on.
+    @ivar tooLongPrefix: the start of the last overlong line (its first 256
+        bytes), for L{lineTooLong}.
     """
 
     maxLineLength: int = DEFAULT_MAX_LINE
@@ -33,55 +42,37 @@ class LineProtocol(Protocol):
         super().makeConnection(transport)
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._discarding = False
+        self._splitter = LineSplitter()
         self.tooLongPrefix = b""
-        """The start of the last overlong line (its first 256 bytes)."""
+
+    @property
+    def _buffer(self) -> bytearray:
+        """
+        The start of a line awaiting its end (what tests check stays within
+        the limit).
+        """
+        return self._splitter.buffered
 
     def dataReceived(self, data: bytes) -> None:
-        if (
-            not self._buffer
-            and not self._discarding
-            and len(data) <= self.maxLineLength
-            and data.find(b"\n") == len(data) - 1 >= 0
-        ):
-            # The common case, a read holding exactly one whole line: no
-            # buffering.
-            self.lineReceived(data[:-1])
+        splitter = self._splitter
+        splitter.maxLength = self.maxLineLength
+        whole = splitter.wholeLine(data)
+        if whole is not None:
+            # The common case: a read holding exactly one whole line.
+            self.lineReceived(whole)
             return
-        if self._discarding:
-            end = data.find(b"\n")
-            if end < 0:
+        splitter.feed(data)
+        while True:
+            # Read each time: a line may change the limit.
+            splitter.maxLength = self.maxLineLength
+            line = splitter.nextLine()
+            if line is None:
                 return
-            self._discarding = False
-            data = data[end + 1 :]
-        buffer = self._buffer
-        searchFrom = len(buffer)
-        buffer += data
-        start = 0
-        try:
-            while True:
-                end = buffer.find(b"\n", searchFrom)
-                if end < 0:
-                    break
-                line = bytes(buffer[start:end])
-                start = searchFrom = end + 1
-                # A \r before the \n does not count against the limit,
-                # which a line may change (read each time).
-                if len(line) - line.endswith(b"\r") > self.maxLineLength:
-                    self.tooLongPrefix = line[:256]
-                    self.lineTooLong()
-                else:
-                    self.lineReceived(line)
-        finally:
-            if start:
-                del buffer[:start]
-        # (A trailing \r may be the end of a line whose \n is on its way.)
-        if len(buffer) - buffer.endswith(b"\r") > self.maxLineLength:
-            self.tooLongPrefix = bytes(buffer[:256])
-            buffer.clear()
-            self._discarding = True
-            self.lineTooLong()
+            if isinstance(line, LineTooLong):
+                self.tooLongPrefix = line.prefix
+                self.lineTooLong()
+            else:
+                self.lineReceived(line)
 
     def lineReceived(self, line: bytes) -> None:
         raise NotImplementedError

@@ -19,7 +19,8 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 from taskservice.errors import MethodNotFound, TaskServiceError
-from taskservice.server import JOB_METHODS, STATS, callJobMethod
+from taskservice.server import callJobMethod
+from taskservice.wire import JOB_METHODS, RESERVED_PREFIX, STATS
 
 if TYPE_CHECKING:
     from taskservice.server import TaskServerFactory
@@ -74,7 +75,7 @@ class PoolCaller(Service):
                 return fail(e)
             self._jobCalls.add(upstream)
             upstream.addBoth(self._jobCallEnded, upstream)
-        elif method.startswith("$/"):
+        elif method.startswith(RESERVED_PREFIX):
             return fail(MethodNotFound("method not found", method))
         else:
             args, kwargs = (

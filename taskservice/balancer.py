@@ -54,7 +54,7 @@ from taskservice.errors import (
     Unavailable,
     Unreachable,
 )
-from taskservice.server import STATS
+from taskservice.wire import STATS
 
 __all__ = ["Balancer"]
 

@@ -33,295 +33,21 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from taskservice import _coalesce, _json, _jsonrpc
-from taskservice._auth import AUTH, Token
+from taskservice import _coalesce
+from taskservice._auth import Token
+from taskservice._clientcore import ProgressCallback, copyError
+from taskservice._clientprotocol import TaskClientProtocol
 from taskservice._jobclient import Job, submitJob
-from taskservice._lines import LineProtocol
-from taskservice._tls import describeTLSFailure
-from taskservice.errors import (
-    ErrorCode,
-    ServerLost,
-    TaskServiceError,
-    Unauthorised,
-    Unavailable,
-    Unreachable,
-    fromWireError,
-)
+from taskservice.errors import TaskServiceError, Unreachable
+from taskservice.wire import CLIENT_MAX_LINE, callParams
 
-ProgressCallback = Callable[[dict[str, Any]], object]
-CLIENT_MAX_LINE = 1 << 30
-
-
-class _Pending:
-    __slots__ = ("deferred", "onProgress")
-
-    def __init__(self, deferred: Deferred[Any], onProgress: ProgressCallback | None):
-        self.deferred = deferred
-        self.onProgress = onProgress
-
-
-class TaskClientProtocol(LineProtocol):
-    """
-    One connection to a task server; calls are matched to responses by id.
-
-    @param authenticate: send C{$/auth} first (always so with a C{token});
-        calls may be sent right behind it. If the server refuses it, every
-        call in flight and every later call fails with L{Unauthorised}, and
-        the connection is closed.
-    @param token: the server's shared secret, or L{None}.
-    @param onReady: called with this protocol once C{$/auth} succeeded.
-
-    @ivar ready: C{True} once the server accepted C{$/auth} (at once when
-        not authenticating).
-    @ivar refusal: the L{Unauthorised} error the server refused with, or
-        L{None}.
-    @ivar lostReason: why the connection was lost, in words, once it is.
-    """
-
-    log = Logger()
-    maxLineLength = CLIENT_MAX_LINE
-
-    def __init__(
-        self,
-        onMade: Callable[[TaskClientProtocol], object] | None = None,
-        onLost: Callable[[TaskClientProtocol], object] | None = None,
-        *,
-        authenticate: bool = False,
-        token: Token | str | None = None,
-        onReady: Callable[[TaskClientProtocol], object] | None = None,
-    ) -> None:
-        super().__init__()
-        self._onMade = onMade
-        self._onLost = onLost
-        self._onReady = onReady
-        self._token = Token(token) if isinstance(token, str) else token
-        self._authenticate = authenticate or self._token is not None
-        self._authId: int | None = None
-        self.ready = not self._authenticate
-        self.refusal: TaskServiceError | None = None
-        self.lostReason: str | None = None
-        self._givenUp: set[object] = set()
-        self._pending: dict[int, _Pending] = {}
-        self._nextId = 1
-        self._lost: Failure | None = None
-
-    @property
-    def inFlight(self) -> int:
-        return len(self._pending)
-
-    def request(
-        self,
-        method: str,
-        params: Sequence[Any] | Mapping[str, Any] | None = None,
-        *,
-        onProgress: ProgressCallback | None = None,
-        timeout: float | None = None,
-    ) -> Deferred[Any]:
-        """
-        Call C{method} with C{params} (a list, a dict, or L{None}).
-
-        Cancelling the returned Deferred sends C{$/cancelRequest}: the
-        server removes the call from its queue, or kills the worker running
-        it. The Deferred then fails with C{CancelledError}.
-
-        @param timeout: the caller's own deadline in seconds (the request's
-            C{"timeout"} member), or L{None} for the task's default.
-        """
-        if self.refusal is not None:
-            return fail(_copy(self.refusal))
-        if self._lost is not None or self.transport is None:
-            return fail(Unreachable("not connected to the task server"))
-        requestId = self._nextId
-        self._nextId += 1
-        message = _jsonrpc.requestObject(
-            requestId, method, list(params) if isinstance(params, tuple) else params
-        )
-        if timeout is not None:
-            message["timeout"] = timeout
-        try:
-            data = _jsonrpc.line(message)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"params are not JSON-serialisable: {e}") from None
-
-        def cancel(d: Deferred[Any]) -> None:
-            if self._pending.pop(requestId, None) is not None and self.transport:
-                self._givenUp.add(requestId)
-                _coalesce.write(
-                    self.transport,
-                    _jsonrpc.line(
-                        _jsonrpc.notificationObject(
-                            "$/cancelRequest", {"id": requestId}
-                        )
-                    ),
-                )
-
-        d: Deferred[Any] = Deferred(cancel)
-        self._pending[requestId] = _Pending(d, onProgress)
-        _coalesce.write(self.transport, data)
-        return d
-
-    def connectionMade(self) -> None:
-        if self._authenticate:
-            assert self.transport is not None
-            self._authId = self._nextId
-            self._nextId += 1
-            params = None if self._token is None else {"token": self._token.reveal()}
-            _coalesce.write(
-                self.transport,
-                _jsonrpc.line(_jsonrpc.requestObject(self._authId, AUTH, params)),
-            )
-        if self._onMade is not None:
-            self._onMade(self)
-
-    def _authAnswered(self, message: dict[str, Any]) -> None:
-        """
-        The server's answer to our C{$/auth}: C{true} opens the connection;
-        anything else refuses it (a server of a version without C{$/auth},
-        -32601, is fine when we have no token to prove).
-        """
-        self._authId = None
-        error = message.get("error")
-        if error is None and message.get("result") is True:
-            self._becomeReady()
-            return
-        refusal = fromWireError(error) if error is not None else None
-        if (
-            self._token is None
-            and refusal is not None
-            and refusal.code == ErrorCode.METHOD_NOT_FOUND
-        ):
-            self._becomeReady()
-            return
-        if not isinstance(refusal, Unauthorised):
-            refusal = Unauthorised(
-                "unauthorised", {"reason": "the task server did not accept $/auth"}
-            )
-        self.refusal = refusal
-        self.log.error(
-            "the task server refused this client: {code} {message} ({detail})",
-            code=int(refusal.code),
-            message=refusal.message,
-            detail=refusal.data,
-        )
-        pending, self._pending = self._pending, {}
-        for call in pending.values():
-            call.deferred.errback(Failure(_copy(refusal)))
-        assert self.transport is not None
-        _coalesce.flush(self.transport)
-        self.transport.loseConnection()
-
-    def _becomeReady(self) -> None:
-        self.ready = True
-        if self._onReady is not None:
-            self._onReady(self)
-
-    def abandon(self, d: Deferred[Any]) -> None:
-        """
-        Give up on the call behind C{d} without stopping it if it already
-        runs: the server drops it if it is still queued, otherwise lets it
-        finish. C{d} fails at once with C{CancelledError}; a late answer is
-        ignored.
-        """
-        for requestId, pending in self._pending.items():
-            if pending.deferred is d:
-                del self._pending[requestId]
-                self._givenUp.add(requestId)
-                if self.transport is not None:
-                    _coalesce.write(
-                        self.transport,
-                        _jsonrpc.line(
-                            _jsonrpc.notificationObject(
-                                "$/cancelRequest",
-                                {"id": requestId, "onlyIfQueued": True},
-                            )
-                        ),
-                    )
-                d.errback(Failure(CancelledError()))
-                return
-
-    def lineReceived(self, line: bytes) -> None:
-        try:
-            message = _json.loads(line)
-        except _json.DecodeError as e:
-            self.log.error("undecodable line from the task server: {error}", error=e)
-            return
-        for item in message if isinstance(message, list) else [message]:
-            self._messageReceived(item)
-
-    def _messageReceived(self, message: Any) -> None:
-        if not isinstance(message, dict):
-            self.log.error("unexpected message from the task server: {m!r}", m=message)
-            return
-        if message.get("method") == "$/progress":
-            params = message.get("params")
-            if isinstance(params, dict):
-                pending = self._pending.get(params.get("id"))  # type: ignore[arg-type]
-                if pending is not None and pending.onProgress is not None:
-                    update = {k: v for k, v in params.items() if k != "id"}
-                    pending.onProgress(update)
-            return
-        requestId = message.get("id")
-        if self._authId is not None and (
-            requestId == self._authId
-            or (requestId is None and _errorCode(message) == ErrorCode.UNAUTHORISED)
-        ):
-            self._authAnswered(message)
-            return
-        if self.refusal is not None:
-            return
-        pending = (
-            self._pending.pop(requestId, None) if isinstance(requestId, int) else None
-        )
-        if pending is None:
-            if requestId in self._givenUp:
-                # The one late answer to a call we cancelled or abandoned.
-                self._givenUp.discard(requestId)
-                return
-            if "error" in message:
-                error = fromWireError(message["error"])
-                self.log.error(
-                    "error from the task server for no call of ours: {error!r}",
-                    error=error,
-                )
-            return
-        if "error" in message:
-            pending.deferred.errback(Failure(fromWireError(message["error"])))
-        else:
-            pending.deferred.callback(message.get("result"))
-
-    def lineTooLong(self) -> None:
-        self.log.error(
-            "a response longer than {limit} bytes; closing the connection",
-            limit=self.maxLineLength,
-        )
-        assert self.transport is not None
-        _coalesce.flush(self.transport)
-        self.transport.loseConnection()
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self._lost = reason or Failure(Unavailable())
-        pending, self._pending = self._pending, {}
-        why = "closed"
-        if reason is not None:
-            tls = describeTLSFailure(reason)
-            why = tls or reason.getErrorMessage()
-            if tls is None and self._authId is not None:
-                why += (
-                    " (before the server answered $/auth: a TLS port, which needs"
-                    " tls:, or not a task server?)"
-                )
-        self.lostReason = why
-        for call in pending.values():
-            call.deferred.errback(
-                Failure(
-                    ServerLost(
-                        "connection to the task server lost",
-                        {"reason": why},
-                    )
-                )
-            )
-        if self._onLost is not None:
-            self._onLost(self)
+__all__ = [
+    "CLIENT_MAX_LINE",
+    "ProgressCallback",
+    "TaskClient",
+    "TaskClientProtocol",
+    "callParams",
+]
 
 
 class _ClientFactory(Factory):
@@ -516,7 +242,7 @@ class TaskClient(Service):
             )
         if self._unreachable:
             if self._refusal is not None:
-                return fail(_copy(self._refusal))
+                return fail(copyError(self._refusal))
             return fail(
                 Unreachable(
                     "the task server is unreachable",
@@ -566,33 +292,6 @@ class TaskClient(Service):
         C{result()} waits for the job's end (C{$/attach}).
         """
         return Job(self, jobId, onProgress)
-
-
-def callParams(args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    """
-    The JSON-RPC params of a call made with C{args} or C{kwargs}: JSON-RPC
-    has no form for both at once, so passing both raises L{TypeError}.
-    """
-    if args and kwargs:
-        raise TypeError(
-            "JSON-RPC params are by position or by name, not both; "
-            "use positional or keyword arguments only"
-        )
-    return kwargs if kwargs else list(args)
-
-
-def _errorCode(message: dict[str, Any]) -> object:
-    error = message.get("error")
-    return error.get("code") if isinstance(error, dict) else None
-
-
-def _copy(error: TaskServiceError) -> TaskServiceError:
-    """
-    A fresh exception like C{error}, for one more caller.
-    """
-    copy = type(error)(error.message, error.data)
-    copy.code = error.code
-    return copy
 
 
 def _fire(d: Deferred[Any], outcome: Any) -> None:

@@ -47,7 +47,7 @@ from taskservice.errors import (
     toWireError,
 )
 from taskservice.metrics import MetricsResource, makeRegistry
-from taskservice.server import STATS
+from taskservice.wire import STATS
 
 __all__ = [
     "DEFAULT_MAX_BROWSER_CALLS",

@@ -30,10 +30,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from taskservice import _coalesce, _jsonrpc
-from taskservice._auth import AUTH, PRE_AUTH_MAX_LINE, Token
+from taskservice._auth import Token
 from taskservice._jobrequest import parseJobId, parseListing, parseSubmit
 from taskservice._jsonrpc import Batch, Invalid, Request
-from taskservice._lines import DEFAULT_MAX_LINE, LineProtocol
+from taskservice._lines import LineProtocol
 from taskservice.errors import (
     Cancelled,
     ErrorCode,
@@ -47,19 +47,23 @@ from taskservice.errors import (
     toWireError,
 )
 from taskservice.pool import ProcessPool
+from taskservice.wire import (
+    ATTACH,
+    AUTH,
+    CANCEL,
+    CANCEL_JOB,
+    DEFAULT_MAX_LINE,
+    JOB,
+    JOB_METHODS,
+    JOBS,
+    PRE_AUTH_MAX_LINE,
+    PROGRESS,
+    STATS,
+    SUBMIT,
+)
 
 if TYPE_CHECKING:
     from taskservice.jobs import JobService
-
-PROGRESS = "$/progress"
-CANCEL = "$/cancelRequest"
-STATS = "$/stats"
-SUBMIT = "$/submit"
-JOB = "$/job"
-ATTACH = "$/attach"
-CANCEL_JOB = "$/cancelJob"
-JOBS = "$/jobs"
-JOB_METHODS = frozenset((SUBMIT, JOB, ATTACH, CANCEL_JOB, JOBS))
 
 DEFAULT_MAX_IN_FLIGHT = 1000
 HOLD_LIMIT = 1024 * 1024
