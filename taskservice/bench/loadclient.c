@@ -33,6 +33,8 @@
  *                  comes after the commit) is reported as submitP50 and
  *                  submitP99.
  *   jobs-sequential  jobs with one connection.
+ *   submit         jobs without the attach: the call is the submit alone
+ *                  (its end is left to the caller to watch, in $/stats).
  *
  * Persistent modes open (and upgrade) every connection first; the clock
  * starts when all are ready. A call's latency runs from its first byte (for
@@ -79,10 +81,11 @@ struct conn {
 static struct {
     const char *modeName, *host, *path, *origin;
     enum mode mode;
+    int attach; /* jobs: attach to each job submitted */
     int port, connections;
     long long total;
     double timeout;
-} opt = {"persistent", "127.0.0.1", "/ws", NULL, LINES, 0, 100, 10000, 60.0};
+} opt = {"persistent", "127.0.0.1", "/ws", NULL, LINES, 1, 0, 100, 10000, 60.0};
 
 static struct sockaddr_in server;
 static int epfd;
@@ -371,6 +374,9 @@ static void jobReplied(struct conn *c, const char *p, size_t n)
         if (!submitReplyOk(c, p, n)) {
             noteError("wrong submit reply: ", p, n < 100 ? n : 100);
             finishCall(c, 0);
+        } else if (!opt.attach) {
+            submitLatencies[submitted++] = now() - c->started;
+            finishCall(c, 1);
         } else {
             submitLatencies[submitted++] = now() - c->started;
             c->attaching = 1;
@@ -593,7 +599,7 @@ static void usage(const char *why)
 {
     fprintf(stderr,
             "loadclient: %s\nusage: loadclient --mode persistent|sequential|faq|"
-            "ws-persistent|ws-sequential|jobs|jobs-sequential --port PORT [--host IPV4] [--connections N]"
+            "ws-persistent|ws-sequential|jobs|jobs-sequential|submit --port PORT [--host IPV4] [--connections N]"
             " [--total CALLS] [--path PATH] [--origin URL] [--timeout SECONDS]\n",
             why);
     exit(2);
@@ -628,6 +634,10 @@ static void parseOptions(int argc, char **argv)
         opt.mode = WS;
     else if (!strcmp(m, "jobs") || !strcmp(m, "jobs-sequential"))
         opt.mode = JOBS;
+    else if (!strcmp(m, "submit")) {
+        opt.mode = JOBS;
+        opt.attach = 0;
+    }
     else
         usage("unknown mode");
     if (strstr(m, "sequential"))
