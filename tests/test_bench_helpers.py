@@ -203,3 +203,13 @@ def test_fileSizesOfAMissingLog(tmp_path: Path) -> None:
     (tmp_path / "j").write_bytes(b"x" * 10)
     assert fileSizes(tmp_path / "j") == (10, 0)
     assert fileSizes(tmp_path / "none") == (0, 0)
+
+
+def test_mib() -> None:
+    """
+    Sizes read in MiB, or in KiB below one MiB.
+    """
+    from taskservice.bench._jobs import mib
+
+    assert mib(36 * 1024) == "36 KiB"
+    assert mib(21.4 * 2**20) == "21.4 MiB"

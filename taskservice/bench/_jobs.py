@@ -219,6 +219,11 @@ def fileSizes(path: Path) -> tuple[int, int]:
 
 
 def mib(size: float) -> str:
+    """
+    Bytes in MiB, or in KiB under one MiB.
+    """
+    if size < 2**20:
+        return f"{size / 2**10:.0f} KiB"
     return f"{size / 2**20:.1f} MiB"
 
 
@@ -578,7 +583,7 @@ def _report(
                 f" and kept -> purged -> closed (round {number} of {len(rounds)})",
                 f"{both(one.held)} -> {both(one.purged)} -> {mib(sum(one.closed))}",
                 "-",
-                f"{sum(one.closed) / 1024:,.0f} KiB after the purge, closed",
+                f"{mib(sum(one.closed))} after the purge, closed",
             ]
         )
     notes.append(
@@ -620,10 +625,10 @@ def _report(
         f" {ms(seqDisk)} one at a time ({met(seqDisk <= 2e-3)}),"
         f" {ms(loadDisk)} under the {CONNECTIONS}-connection load"
         f" ({met(loadDisk <= 2e-3)}); restart <= 2 s: {full.median:.2f} s"
-        f" ({met(full.median <= 2)}); size after purge bounded: file + WAL"
-        + " then ".join(f" {mib(sum(one.purged))}" for one in rounds)
-        + ", closed"
-        + " then ".join(f" {mib(sum(one.closed))}" for one in rounds)
+        f" ({met(full.median <= 2)}); size after purge bounded: file + WAL "
+        + " then ".join(mib(sum(one.purged)) for one in rounds)
+        + ", closed "
+        + " then ".join(mib(sum(one.closed)) for one in rounds)
         + "."
         " Reference (issue 12, same machine, not this run): Celery with Redis"
         " 592 tasks/s."
