@@ -504,7 +504,11 @@ class SQLiteJournal:
             for (state,) in states:
                 batch.moved(state, None)
             if states:
-                db.execute("PRAGMA incremental_vacuum")
+                # Each step of this pragma frees one page, and sqlite3 steps
+                # a statement that has no columns once: one execute a page.
+                free = db.execute("PRAGMA freelist_count").fetchone()[0]
+                for _ in range(free):
+                    db.execute("PRAGMA incremental_vacuum")
             return len(states)
 
         return self._writer.run(purge)

@@ -1,12 +1,14 @@
 """
-The pure helpers of the benchmarks' burst and memory scenarios: parsing
-C{/proc} and C{-X importtime} text, and the arithmetic of the rows. No
-processes, no timing.
+The pure helpers of the benchmarks' burst, memory and jobs scenarios:
+parsing C{/proc} and C{-X importtime} text, the arithmetic of the rows, the
+page section a partial run writes, and the journal the restart scenario
+builds (a small real SQLite file). No processes, no timing.
 """
 
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +141,75 @@ def test_pipeRoundTrips() -> None:
     samples = pipeRoundTrips(5)
     assert len(samples) == 5
     assert all(0 < s < 10 for s in samples)
+
+
+def test_mergeSectionAppendsThenReplaces() -> None:
+    """
+    A partial run's section goes at the end of the page the first time,
+    and replaces only itself after that: the rest of the page is kept.
+    """
+    from taskservice.bench._stats import mergeSection
+
+    page = "# Benchmarks\n\n| full run |\n\n- a note\n"
+    once = mergeSection(page, "--only jobs", "## jobs\n\nfirst\n")
+    assert once.startswith(page)
+    assert (
+        "<!-- begin --only jobs -->\n## jobs\n\nfirst\n<!-- end --only jobs -->\n"
+        in once
+    )
+    twice = mergeSection(once + "trailer\n", "--only jobs", "## jobs\n\nsecond\n")
+    assert twice.startswith(page)
+    assert "first" not in twice
+    assert "second" in twice
+    assert twice.endswith("<!-- end --only jobs -->\ntrailer\n")
+    other = mergeSection(twice, "--only tcp", "tcp\n")
+    assert "second" in other
+    assert other.endswith("<!-- begin --only tcp -->\ntcp\n<!-- end --only tcp -->\n")
+
+
+def test_buildJournalIsAJournalOfOurs(tmp_path: Path) -> None:
+    """
+    The restart scenario's journal, written directly in SQLite, opens as a
+    job journal with the jobs asked for, and the queued ones can be claimed.
+    """
+    from twisted.internet.task import Clock
+
+    from taskservice._sqlitejournal import SQLiteJournal
+    from taskservice.bench._jobs import buildJournal, fileSizes
+
+    path = tmp_path / "jobs.sqlite3"
+    buildJournal(path, finished=30, queued=5, now=1_000.0)
+    assert fileSizes(path)[0] > 0
+    journal = SQLiteJournal(Clock(), str(path), threaded=False)
+    journal.open()
+    try:
+        counts = journal.counts()
+        assert (counts["succeeded"], counts["queued"]) == (30, 5)
+        claimed = journal.claim(100, 1_000.0).result
+        assert sorted(job.params for job in claimed.jobs) == [
+            f"[{i}]" for i in range(5)
+        ]
+    finally:
+        journal.close()
+
+
+def test_fileSizesOfAMissingLog(tmp_path: Path) -> None:
+    """
+    The sizes of a journal file and its write-ahead log: 0 for what is not
+    there.
+    """
+    from taskservice.bench._jobs import fileSizes
+
+    (tmp_path / "j").write_bytes(b"x" * 10)
+    assert fileSizes(tmp_path / "j") == (10, 0)
+    assert fileSizes(tmp_path / "none") == (0, 0)
+
+
+def test_mib() -> None:
+    """
+    Sizes read in MiB, or in KiB below one MiB.
+    """
+    from taskservice.bench._jobs import mib
+
+    assert mib(36 * 1024) == "36 KiB"
+    assert mib(21.4 * 2**20) == "21.4 MiB"

@@ -24,6 +24,7 @@ import pytest
 import pytest_twisted
 
 from taskservice.bench import _faqserver, _twistedecho
+from taskservice.bench._jobs import jobsScenario
 from taskservice.bench._loadclient import (
     NO_COMPILER,
     LoadResult,
@@ -126,6 +127,24 @@ def test_websocketModesAgainstTaskservice(
     """
     result = run(client, mode, taskservice["ws"], TOTAL, connections, timeout=30)
     assertAllAnswered(result, connections)
+
+
+@pytest.mark.parametrize(
+    ("mode", "connections"), [("jobs", 10), ("jobs-sequential", 1), ("submit", 10)]
+)
+def test_jobModesAgainstTaskservice(
+    client: Path, taskservice: dict[str, int], mode: str, connections: int
+) -> None:
+    """
+    The durable-job modes get every job submitted (and, but for submit,
+    attached to and answered with its echo) by twistd taskservice, and
+    time the submits on their own.
+    """
+    result = run(client, mode, taskservice["tcp"], TOTAL, connections, timeout=30)
+    assertAllAnswered(result, connections)
+    assert result.submitP50 is not None
+    assert result.submitP99 is not None
+    assert 0 < result.submitP50 <= result.submitP99, result
 
 
 @pytest.mark.parametrize(
@@ -268,6 +287,78 @@ def test_wrongRepliesAreErrors(
     assert result.firstError.startswith("wrong reply: "), result
 
 
+def jobReplies(offBy: int) -> Reply:
+    """
+    A fake job server: a submit of echo(K) names job C{j-K}; an attach to
+    it sends a progress notification, then the result K + C{offBy}.
+    """
+    import json
+
+    def reply(line: bytes) -> bytes:
+        request = json.loads(line)
+        if request["method"] == "$/submit":
+            k = request["params"]["params"][0]
+            return (
+                b'{"jsonrpc":"2.0","id":%d,"result":{"job":"j-%d","state":"queued"}}\n'
+                % (
+                    request["id"],
+                    k,
+                )
+            )
+        job = request["params"]["job"]
+        return (
+            b'{"jsonrpc":"2.0","method":"$/progress","params":{"id":%d,"job":"%s",'
+            b'"done":1,"total":1}}\n' % (request["id"], job.encode())
+        ) + b'{"jsonrpc":"2.0","id":%d,"result":%d}\n' % (
+            request["id"],
+            int(job[2:]) + offBy,
+        )
+
+    return reply
+
+
+@pytest.mark.parametrize("dribble", [False, True])
+def test_jobModeAttachesToTheJobNamed(
+    client: Path, lineServer: Callable[[Reply, bool], int], dribble: bool
+) -> None:
+    """
+    The jobs mode attaches to the job id its submit was answered with,
+    skips the progress notifications, and checks the result (whole replies
+    or a byte at a time).
+    """
+    result = run(client, "jobs", lineServer(jobReplies(0), dribble), 20, 2, timeout=10)
+    assert (result.calls, result.ok, result.errors) == (20, 20, 0), result
+
+
+def test_jobModeWrongResultsAreErrors(
+    client: Path, lineServer: Callable[[Reply, bool], int]
+) -> None:
+    """
+    An attach answered with another result than the job's echo is an error.
+    """
+    result = run(client, "jobs", lineServer(jobReplies(1), False), 20, 2, timeout=10)
+    assert (result.calls, result.ok, result.errors) == (20, 0, 20), result
+    assert result.firstError.startswith("wrong attach reply: "), result
+
+
+def test_jobModeWrongSubmitRepliesAreErrors(
+    client: Path, lineServer: Callable[[Reply, bool], int]
+) -> None:
+    """
+    A submit answered without a job id (here: a plain result) is an error,
+    and no attach is sent for it.
+    """
+    import json
+
+    def plainResult(line: bytes) -> bytes:
+        k = json.loads(line)["id"]
+        return b'{"jsonrpc":"2.0","id":%d,"result":%d}\n' % (k, k)
+
+    result = run(client, "jobs", lineServer(plainResult, False), 20, 2, timeout=10)
+    assert (result.calls, result.ok, result.errors) == (20, 0, 20), result
+    assert result.firstError.startswith("wrong submit reply: "), result
+
+
 @pytest.mark.parametrize("mode", ["persistent", "faq"])
 def test_repliesInPieces(
     client: Path, lineServer: Callable[[Reply, bool], int], mode: str
@@ -304,7 +395,14 @@ def test_nothingListening(client: Path, mode: str) -> None:
     assert result.wall < 10, result
 
 
-@pytest.mark.parametrize("scenario", [tcpScenario, wsloadScenario])
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        tcpScenario,
+        wsloadScenario,
+        lambda *args: jobsScenario(None, *args),
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_noCompilerSkipsTheScenarios(
     monkeypatch: pytest.MonkeyPatch, scenario: Callable[..., Awaitable[None]]

@@ -23,8 +23,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from taskservice.bench._burst import burstScenario
+from taskservice.bench._jobs import jobsScenario
 from taskservice.bench._memory import memoryScenario
-from taskservice.bench._stats import Summary, percentile, table
+from taskservice.bench._stats import Summary, mergeSection, percentile, table
 from taskservice.bench._tcp import tcpScenario
 from taskservice.bench._wsload import wsloadScenario
 from taskservice.examples import echo
@@ -383,6 +384,7 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
         "wsload": lambda: wsloadScenario(runs, options.quick, rows, notes),
         "burst": lambda: burstScenario(reactor, runs, options.quick, rows, notes),
         "memory": lambda: memoryScenario(reactor, runs, options.quick, rows, notes),
+        "jobs": lambda: jobsScenario(reactor, runs, options.quick, rows, notes),
     }
     unknown = set(options.only or ()) - scenarios.keys()
     if unknown:
@@ -414,8 +416,51 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
     for note in notes:
         print(note)
     if options.write:
-        with open(options.write, "w") as f:
-            f.write(_document(machine, report, notes))
+        _write(options.write, options.only, machine, report, notes)
+
+
+def _write(
+    path: str, only: list[str] | None, machine: str, report: str, notes: list[str]
+) -> None:
+    """
+    A full run writes the whole page; a run of some scenarios (C{--only})
+    writes only its own section of it, kept apart from the full run's table
+    (and replaced by the next run of the same scenarios), so that the other
+    scenarios' figures are never those of a partial run.
+    """
+    if not only:
+        text = _document(machine, report, notes)
+    else:
+        try:
+            with open(path) as f:
+                existing = f.read()
+        except FileNotFoundError:
+            existing = "# Benchmarks\n"
+        text = mergeSection(
+            existing, _sectionName(only), _section(only, machine, report, notes)
+        )
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _sectionName(only: list[str]) -> str:
+    return " ".join(f"--only {name}" for name in sorted(set(only)))
+
+
+def _section(only: list[str], machine: str, report: str, notes: list[str]) -> str:
+    from twisted import __version__ as twisted
+
+    name = _sectionName(only)
+    return (
+        f"## `{name}`\n\n"
+        f"Latest results of `python -m taskservice.bench {name} --write"
+        " docs/benchmarks.md`, a run of only these scenarios (later than the"
+        " table above if they appear in it too; the next full run replaces this"
+        f" section).\n\nMachine: {machine}, Twisted {twisted}.\n\n"
+        + report
+        + "\n\n"
+        + "".join(f"- {note}\n" for note in notes)
+    )
 
 
 def _document(machine: str, report: str, notes: list[str]) -> str:

@@ -83,7 +83,8 @@ def build(directory: Path | None = None) -> Path | None:
 class LoadResult:
     """
     One run of the client: what it printed, and the wall-clock time of the
-    whole client process (for CPU shares).
+    whole client process (for CPU shares). The jobs modes add the
+    percentiles of the submits' own round trips.
     """
 
     mode: str
@@ -99,6 +100,8 @@ class LoadResult:
     cpuSys: float
     firstError: str
     wall: float
+    submitP50: float | None = None
+    submitP99: float | None = None
 
     @property
     def cpuShare(self) -> float:

@@ -1,6 +1,6 @@
 """
 Small statistics helpers for the benchmarks: medians of interleaved runs,
-percentiles, and a Markdown table.
+percentiles, a Markdown table, and a section of a generated page.
 """
 
 from __future__ import annotations
@@ -46,3 +46,18 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def mergeSection(document: str, name: str, section: str) -> str:
+    """
+    C{document} with C{section} between the markers of C{name}: in place of
+    what they held, or appended at the end if they are not there yet.
+    Everything outside the markers is kept as it is.
+    """
+    begin, end = f"<!-- begin {name} -->\n", f"<!-- end {name} -->\n"
+    body = begin + section.rstrip("\n") + "\n" + end
+    start = document.find(begin)
+    stop = document.find(end, start) if start >= 0 else -1
+    if start >= 0 and stop >= 0:
+        return document[:start] + body + document[stop + len(end) :]
+    return document.rstrip("\n") + "\n\n" + body

@@ -20,6 +20,21 @@
  *                  an Origin header), one masked text frame holding the
  *                  JSON-RPC request in flight on each.
  *   ws-sequential  ws-persistent with one connection.
+ *   jobs           N connections, one durable job in flight on each: a
+ *                  {"jsonrpc":"2.0","id":K,"method":"$/submit",
+ *                   "params":{"method":"echo","params":[K]}}\n
+ *                  answered by a line with "id":K and a result naming
+ *                  "job":"ID", then {"jsonrpc":"2.0","id":-K,
+ *                  "method":"$/attach","params":{"job":"ID"}}\n answered
+ *                  by a line with "id":-K and "result":K (progress
+ *                  notifications are skipped). The call is the whole job:
+ *                  its latency runs from the submit's first byte to the
+ *                  attach's reply; the submit's own round trip (the reply
+ *                  comes after the commit) is reported as submitP50 and
+ *                  submitP99.
+ *   jobs-sequential  jobs with one connection.
+ *   submit         jobs without the attach: the call is the submit alone
+ *                  (its end is left to the caller to watch, in $/stats).
  *
  * Persistent modes open (and upgrade) every connection first; the clock
  * starts when all are ready. A call's latency runs from its first byte (for
@@ -48,7 +63,7 @@
 
 #define BUF 16384
 
-enum mode { LINES, FAQ, WS };
+enum mode { LINES, FAQ, WS, JOBS };
 enum state { CLOSED, CONNECTING, HANDSHAKE, READY };
 
 struct conn {
@@ -57,6 +72,8 @@ struct conn {
     int writing;          /* EPOLLOUT is being watched */
     long long id;         /* the call in flight, 0 if none */
     double started;       /* when it started */
+    int attaching;        /* jobs: the submit is answered, the attach sent */
+    char job[64];         /* jobs: the id the submit answered */
     size_t outLen, outOff, inLen;
     unsigned char out[BUF], in[BUF];
 };
@@ -64,17 +81,18 @@ struct conn {
 static struct {
     const char *modeName, *host, *path, *origin;
     enum mode mode;
+    int attach; /* jobs: attach to each job submitted */
     int port, connections;
     long long total;
     double timeout;
-} opt = {"persistent", "127.0.0.1", "/ws", NULL, LINES, 0, 100, 10000, 60.0};
+} opt = {"persistent", "127.0.0.1", "/ws", NULL, LINES, 1, 0, 100, 10000, 60.0};
 
 static struct sockaddr_in server;
 static int epfd;
 static struct conn *conns;
 static long long nextId = 1, finished;
-static double *latencies;
-static size_t sampled;
+static double *latencies, *submitLatencies;
+static size_t sampled, submitted;
 static int live, ready, going;
 static double runStart, clockStart;
 static uint32_t seed = 2463534242u;
@@ -180,10 +198,20 @@ static void queueFrame(struct conn *c, int opcode, const void *payload, size_t l
 /* Queue the request of the call c->id. */
 static void queueRequest(struct conn *c)
 {
-    char line[128];
+    char line[256];
     int n;
     if (opt.mode == FAQ)
         n = snprintf(line, sizeof line, "{\"function\":\"echo\",\"args\":[%lld]}\n", c->id);
+    else if (opt.mode == JOBS && c->attaching)
+        n = snprintf(line, sizeof line,
+                     "{\"jsonrpc\":\"2.0\",\"id\":%lld,\"method\":\"$/attach\","
+                     "\"params\":{\"job\":\"%s\"}}\n",
+                     -c->id, c->job);
+    else if (opt.mode == JOBS)
+        n = snprintf(line, sizeof line,
+                     "{\"jsonrpc\":\"2.0\",\"id\":%lld,\"method\":\"$/submit\","
+                     "\"params\":{\"method\":\"echo\",\"params\":[%lld]}}\n",
+                     c->id, c->id);
     else
         n = snprintf(line, sizeof line,
                      "{\"jsonrpc\":\"2.0\",\"id\":%lld,\"method\":\"echo\",\"params\":[%lld]}%s",
@@ -203,6 +231,7 @@ static int startCall(struct conn *c)
         return 0;
     c->id = nextId++;
     c->started = now();
+    c->attaching = 0;
     queueRequest(c);
     return flush(c);
 }
@@ -304,6 +333,68 @@ static int rpcReplyOk(const char *p, size_t n, long long id)
            member(p, n, "\"result\"", &result) && result == id;
 }
 
+/* A submit's reply to id naming its job: copied into c->job. */
+static int submitReplyOk(struct conn *c, const char *p, size_t n)
+{
+    long long gotId;
+    static const char key[] = "\"job\":\"";
+    if (!member(p, n, "\"id\"", &gotId) || gotId != c->id)
+        return 0;
+    const char *k = memmem(p, n, key, sizeof key - 1), *end = p + n;
+    if (!k)
+        return 0;
+    k += sizeof key - 1;
+    size_t len = 0;
+    while (k + len < end && k[len] != '"' && len < sizeof c->job - 1)
+        len++;
+    if (len == 0 || k + len >= end || k[len] != '"')
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (k[i] == '\\')
+            return 0; /* never sent back escaped: the attach would be wrong */
+    memcpy(c->job, k, len);
+    c->job[len] = 0;
+    return 1;
+}
+
+/* An attach's reply: "id" -id and the job's result, id. */
+static int attachReplyOk(const char *p, size_t n, long long id)
+{
+    long long gotId, result;
+    return member(p, n, "\"id\"", &gotId) && gotId == -id &&
+           member(p, n, "\"result\"", &result) && result == id;
+}
+
+/* A job's reply arrived on c: the submit's (then attach) or the attach's. */
+static void jobReplied(struct conn *c, const char *p, size_t n)
+{
+    if (memmem(p, n, "\"$/progress\"", 12))
+        return; /* a progress notification of the attach */
+    if (!c->attaching) {
+        if (!submitReplyOk(c, p, n)) {
+            noteError("wrong submit reply: ", p, n < 100 ? n : 100);
+            finishCall(c, 0);
+        } else if (!opt.attach) {
+            submitLatencies[submitted++] = now() - c->started;
+            finishCall(c, 1);
+        } else {
+            submitLatencies[submitted++] = now() - c->started;
+            c->attaching = 1;
+            queueRequest(c);
+            if (flush(c) < 0)
+                fail(c);
+            return;
+        }
+    } else {
+        int ok = attachReplyOk(p, n, c->id);
+        if (!ok)
+            noteError("wrong attach reply: ", p, n < 100 ? n : 100);
+        finishCall(c, ok);
+    }
+    if (startCall(c) < 0)
+        fail(c);
+}
+
 /* A bare result line (the FAQ dialect) holding id. */
 static int bareReplyOk(const char *p, size_t n, long long id)
 {
@@ -327,6 +418,10 @@ static void replied(struct conn *c, const char *p, size_t n)
 {
     if (!c->id)
         return; /* nothing was asked: ignore */
+    if (opt.mode == JOBS) {
+        jobReplied(c, p, n);
+        return;
+    }
     int ok = opt.mode == FAQ ? bareReplyOk(p, n, c->id) : rpcReplyOk(p, n, c->id);
     if (!ok)
         noteError("wrong reply: ", p, n < 100 ? n : 100);
@@ -489,21 +584,22 @@ static int compare(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static void printPercentile(const char *name, double fraction)
+static void printPercentile(const char *name, const double *samples, size_t count,
+                            double fraction)
 {
-    if (!sampled) {
+    if (!count) {
         printf(",\"%s\":null", name);
         return;
     }
-    size_t i = (size_t)(fraction * (double)(sampled - 1) + 0.5);
-    printf(",\"%s\":%.9f", name, latencies[i]);
+    size_t i = (size_t)(fraction * (double)(count - 1) + 0.5);
+    printf(",\"%s\":%.9f", name, samples[i]);
 }
 
 static void usage(const char *why)
 {
     fprintf(stderr,
             "loadclient: %s\nusage: loadclient --mode persistent|sequential|faq|"
-            "ws-persistent|ws-sequential --port PORT [--host IPV4] [--connections N]"
+            "ws-persistent|ws-sequential|jobs|jobs-sequential|submit --port PORT [--host IPV4] [--connections N]"
             " [--total CALLS] [--path PATH] [--origin URL] [--timeout SECONDS]\n",
             why);
     exit(2);
@@ -536,6 +632,12 @@ static void parseOptions(int argc, char **argv)
         opt.mode = FAQ;
     else if (!strcmp(m, "ws-persistent") || !strcmp(m, "ws-sequential"))
         opt.mode = WS;
+    else if (!strcmp(m, "jobs") || !strcmp(m, "jobs-sequential"))
+        opt.mode = JOBS;
+    else if (!strcmp(m, "submit")) {
+        opt.mode = JOBS;
+        opt.attach = 0;
+    }
     else
         usage("unknown mode");
     if (strstr(m, "sequential"))
@@ -561,8 +663,9 @@ int main(int argc, char **argv)
         opt.connections = (int)opt.total;
     conns = calloc((size_t)opt.connections, sizeof *conns);
     latencies = calloc((size_t)opt.total, sizeof *latencies);
+    submitLatencies = calloc((size_t)opt.total, sizeof *submitLatencies);
     epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (!conns || !latencies || epfd < 0)
+    if (!conns || !latencies || !submitLatencies || epfd < 0)
         usage("out of memory or epoll");
     runStart = now();
     double deadline = runStart + opt.timeout;
@@ -591,14 +694,19 @@ int main(int argc, char **argv)
         noteError(now() >= deadline ? "timed out" : "every connection was lost", NULL, 0);
     long long ok = (long long)sampled;
     qsort(latencies, sampled, sizeof *latencies, compare);
+    qsort(submitLatencies, submitted, sizeof *submitLatencies, compare);
     struct rusage usage;
     getrusage(RUSAGE_SELF, &usage);
     printf("{\"mode\":\"%s\",\"connections\":%d,\"calls\":%lld,\"ok\":%lld,\"errors\":%lld,"
            "\"seconds\":%.6f,\"rate\":%.1f",
            opt.modeName, opt.connections, opt.total, ok, opt.total - ok, seconds,
            seconds > 0 ? (double)ok / seconds : 0.0);
-    printPercentile("p50", 0.5);
-    printPercentile("p99", 0.99);
+    printPercentile("p50", latencies, sampled, 0.5);
+    printPercentile("p99", latencies, sampled, 0.99);
+    if (opt.mode == JOBS) {
+        printPercentile("submitP50", submitLatencies, submitted, 0.5);
+        printPercentile("submitP99", submitLatencies, submitted, 0.99);
+    }
     printf(",\"cpuUser\":%.6f,\"cpuSys\":%.6f,\"firstError\":\"%s\"}\n",
            (double)usage.ru_utime.tv_sec + (double)usage.ru_utime.tv_usec / 1e6,
            (double)usage.ru_stime.tv_sec + (double)usage.ru_stime.tv_usec / 1e6, firstError);
