@@ -263,6 +263,14 @@ class Call:
                 deferred.errback(Failure(outcome.error))
         return True
 
+    @property
+    def abandoned(self) -> bool:
+        """
+        Whether the caller has its outcome while a worker still holds the
+        call (the old flag, kept for code that reads it).
+        """
+        return self.state is CallState.ABANDONED
+
     def release(self) -> None:
         """
         The worker no longer holds it (it answered, or it exited).
