@@ -10,6 +10,13 @@ C{echo}, C{fail}, C{count} (progress, then the count), C{hang} (answers only
 when cancelled or past its C{timeout}), C{deaf} (never answers), C{drop}
 (aborts the TCP connection) and a fake C{send_mail} for the demo page.
 
+It keeps durable jobs too, beside its connections (so they outlive them):
+C{$/submit}, C{$/attach}, C{$/job} and C{$/cancelJob} as the real gateway
+forwards them, for two tasks: C{steps} (one progress step per C{step} call
+naming the job, so a test decides when a job moves; C{step} with C{"fail"}
+ends it with an error) and C{send_mail} (10 messages every 10 ms, counted by
+the fake sink, pausing at the factory's C{holdAt} until L{FakeJob.release}).
+
 Sync Playwright cannot share a thread with the running reactor, so every
 browser action runs in one dedicated thread (Playwright objects belong to
 the thread that made them) while the reactor serves in the main thread.
@@ -97,6 +104,8 @@ class FakeGatewayProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.connections.discard(self)
+        for job in self.factory.jobs.values():
+            job.attached = [a for a in job.attached if a[0] is not self]
         for timers in self.jobs.values():
             for timer in timers:
                 if timer.active():
@@ -122,8 +131,12 @@ class FakeGatewayProtocol(WebSocketServerProtocol):
         params = message.get("params")
         requestId = message.get("id")
         if method == "$/cancelRequest":
-            if self.finish(params["id"]):
+            if self.finish(params["id"]) or self.factory.detach(self, params["id"]):
                 self.error(params["id"], -32800, "cancelled")
+        elif method.startswith("$/"):
+            self.factory.jobMethod(self, requestId, method, params)
+        elif method == "step":
+            self.factory.step(self, requestId, params)
         elif method == "drop":
             self.transport.abortConnection()
         elif method == "echo":
@@ -214,9 +227,109 @@ class FakeGatewayProtocol(WebSocketServerProtocol):
         self.jobs[requestId] = timers
 
 
+class FakeJob:
+    """
+    A durable job of the stand-in gateway: its state, latest progress, end,
+    and the browser requests attached to it.
+    """
+
+    def __init__(
+        self, factory: FakeGatewayFactory, jobId: str, method: str, params: Any
+    ) -> None:
+        self.factory = factory
+        self.id = jobId
+        self.method = method
+        self.params = params
+        self.state = "running"
+        self.createdAt = factory.reactor.seconds()
+        self.finishedAt: float | None = None
+        self.progress: dict[str, Any] | None = None
+        self.result: Any = None
+        self.error: dict[str, Any] | None = None
+        self.attached: list[tuple[FakeGatewayProtocol, Any]] = []
+        self.timer: IDelayedCall | None = None
+        self.done = 0
+        self.total = len(params["to"]) if method == "send_mail" else params["n"]
+        if method == "send_mail":
+            self.release()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "job": self.id,
+            "method": self.method,
+            "state": self.state,
+            "progress": self.progress,
+            "createdAt": self.createdAt,
+            "finishedAt": self.finishedAt,
+            "result": self.result,
+            "error": self.error,
+        }
+
+    def advance(self) -> None:
+        """
+        One step done: tell every attached request.
+        """
+        self.done += 1
+        self.progress = {"done": self.done, "total": self.total}
+        for connection, requestId in self.attached:
+            update = {**self.progress, "job": self.id, "id": requestId}
+            connection.send(
+                {"jsonrpc": "2.0", "method": "$/progress", "params": update}
+            )
+
+    def release(self) -> None:
+        """
+        (send_mail) Go on sending, up to the factory's C{holdAt}.
+        """
+        if self.state == "running" and (self.timer is None or not self.timer.active()):
+            self.timer = self.factory.reactor.callLater(0, self.sendSome)
+
+    def sendSome(self) -> None:
+        self.timer = None
+        for _ in range(min(10, self.total - self.done)):
+            if self.factory.holdAt is not None and self.done >= self.factory.holdAt:
+                return
+            self.factory.sinkReceived += 1
+            self.advance()
+        if self.done < self.total:
+            self.timer = self.factory.reactor.callLater(0.01, self.sendSome)
+        else:
+            self.end("succeeded", result={"sent": self.total})
+
+    def end(
+        self,
+        state: str,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.state = state
+        self.result = result
+        self.error = error
+        self.finishedAt = self.factory.reactor.seconds()
+        attached, self.attached = self.attached, []
+        for connection, requestId in attached:
+            self.answer(connection, requestId)
+
+    def answer(self, connection: FakeGatewayProtocol, requestId: Any) -> None:
+        """
+        Answer an attach of this finished job.
+        """
+        if self.error is not None:
+            connection.send({"jsonrpc": "2.0", "id": requestId, "error": self.error})
+        else:
+            connection.answer(requestId, self.result)
+
+
 class FakeGatewayFactory(WebSocketServerFactory):
     """
     The stand-in gateway: records every message received.
+
+    @ivar refuseAttaches: how many of the next C{$/attach} to answer
+        UNAVAILABLE (as a gateway whose task server is away does).
+    @ivar holdAt: where fake send_mail jobs pause (L{None}: never).
     """
 
     protocol = FakeGatewayProtocol
@@ -228,6 +341,106 @@ class FakeGatewayFactory(WebSocketServerFactory):
         self.connections: set[FakeGatewayProtocol] = set()
         self.opened = 0
         self.sinkReceived = 0
+        self.jobs: dict[str, FakeJob] = {}
+        self.refuseAttaches = 0
+        self.holdAt: int | None = None
+
+    def jobMethod(
+        self, connection: FakeGatewayProtocol, requestId: Any, method: str, params: Any
+    ) -> None:
+        """
+        C{$/submit}, C{$/attach}, C{$/job}, C{$/cancelJob}.
+        """
+        if method == "$/submit":
+            if params["method"] not in ("steps", "send_mail"):
+                connection.error(
+                    requestId, -32601, "method not found", params["method"]
+                )
+                return
+            key = params.get("key")
+            for job in self.jobs.values():
+                if key is not None and job.params.get("key") == key:
+                    connection.answer(
+                        requestId, {"job": job.id, "state": job.state, "existing": True}
+                    )
+                    return
+            jobId = f"job{len(self.jobs) + 1}"
+            self.jobs[jobId] = FakeJob(
+                self, jobId, params["method"], {**params["params"], "key": key}
+            )
+            connection.answer(requestId, {"job": jobId, "state": "queued"})
+            return
+        job = self.jobs.get(params["job"])
+        if job is None:
+            connection.error(
+                requestId, -32007, "job not found", {"job": params["job"]}
+            )
+        elif method == "$/job":
+            connection.answer(requestId, job.describe())
+        elif method == "$/cancelJob":
+            if job.state == "running":
+                job.end("cancelled", error={"code": -32800, "message": "cancelled"})
+            connection.answer(requestId, {"job": job.id, "state": job.state})
+        elif method == "$/attach":
+            if self.refuseAttaches:
+                self.refuseAttaches -= 1
+                connection.error(requestId, -32006, "task server unavailable")
+            elif job.state != "running":
+                job.answer(connection, requestId)
+            else:
+                job.attached.append((connection, requestId))
+                if job.progress is not None:
+                    update = {**job.progress, "job": job.id, "id": requestId}
+                    connection.send(
+                        {"jsonrpc": "2.0", "method": "$/progress", "params": update}
+                    )
+        else:
+            connection.error(requestId, -32601, "method not found", method)
+
+    def step(self, connection: FakeGatewayProtocol, requestId: Any, params: Any) -> None:
+        """
+        C{step {"job": id}}: move a C{steps} job one step (its last ends it);
+        with C{"fail": true}, end it with a task error. Answers the done count.
+        """
+        job = self.jobs[params["job"]]
+        if params.get("fail"):
+            job.end(
+                "failed",
+                error={
+                    "code": -32000,
+                    "message": "task raised an exception",
+                    "data": {"type": "ValueError", "message": "step failed"},
+                },
+            )
+        else:
+            job.advance()
+            if job.done == job.total:
+                job.end("succeeded", result={"steps": job.done})
+        connection.answer(requestId, job.done)
+
+    def detach(self, connection: FakeGatewayProtocol, requestId: Any) -> bool:
+        """
+        Forget an attach (C{$/cancelRequest} of it); whether there was one.
+        """
+        for job in self.jobs.values():
+            if (connection, requestId) in job.attached:
+                job.attached.remove((connection, requestId))
+                return True
+        return False
+
+    def release(self) -> None:
+        """
+        Let the held send_mail jobs go on.
+        """
+        self.holdAt = None
+        for job in self.jobs.values():
+            if job.method == "send_mail":
+                job.release()
+
+    def stopJobs(self) -> None:
+        for job in self.jobs.values():
+            if job.timer is not None and job.timer.active():
+                job.timer.cancel()
 
     def requests(self, method: str) -> list[dict[str, Any]]:
         """
@@ -312,6 +525,7 @@ async def server() -> AsyncIterator[Server]:
     try:
         yield Server(gateway, port)
     finally:
+        gateway.stopJobs()
         await port.stopListening()
         for connection in list(gateway.connections):
             connection.transport.abortConnection()
@@ -515,6 +729,9 @@ async def test_errors(browser: BrowserThread, server: Server) -> None:
         "TOO_LARGE": -32004,
         "UNAUTHORISED": -32005,
         "UNAVAILABLE": -32006,
+        "JOB_NOT_FOUND": -32007,
+        "INTERRUPTED": -32008,
+        "JOURNAL_UNAVAILABLE": -32009,
         "CANCELLED": -32800,
     }
     assert len(server.gateway.requests("echo")) == 0
@@ -735,6 +952,257 @@ async def test_connectFailure(browser: BrowserThread, server: Server) -> None:
     )
     assert result["error"]["code"] == -32006
     assert result["error"]["data"]["url"] == f"ws://127.0.0.1:{closedPort}/ws"
+
+
+# -- durable jobs -------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobSubmit(browser: BrowserThread, server: Server) -> None:
+    """
+    C{submit()} sends C{$/submit} with the task, its params and the submit
+    options (a Date C{at} as ISO 8601) and resolves, once the server
+    answers, with a handle: its C{id} and C{state}, progress through the
+    C{onProgress} option and C{onProgress()} (the latest at once for a late
+    listener; its remover works), C{result} resolving with the job's
+    result, and C{status()} sending C{$/job}. A key already known gives the
+    same job, C{existing}. The handle follows the job with C{$/attach}.
+    """
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect();
+        const fromOption = [], fromMethod = [], late = [];
+        const job = await service.submit("steps", { n: 2 }, {
+          key: "k1", retries: 2, backoff: 0.5, timeout: 30, delay: 0,
+          at: new Date(Date.UTC(2030, 0, 2, 3, 4, 5)),
+          onProgress: (update) => fromOption.push(update),
+        });
+        const remove = job.onProgress((update) => fromMethod.push(update.done));
+        await service.call("step", { job: job.id });
+        while (job.progress?.done !== 1) await sleep(5);
+        job.onProgress((update) => late.push(update.done));
+        remove();
+        await service.call("step", { job: job.id });
+        const value = await job.result;
+        const status = await job.status();
+        const again = await service.submit("steps", { n: 2 }, { key: "k1" });
+        service.close();
+        return {
+          id: job.id, state: job.state, existing: job.existing,
+          settled: job.settled, fromOption, fromMethod, late, value,
+          status: { job: status.job, state: status.state, progress: status.progress },
+          again: { id: again.id, existing: again.existing },
+        };
+        """,
+    )
+    assert result == {
+        "id": "job1",
+        "state": "queued",
+        "existing": False,
+        "settled": True,
+        "fromOption": [
+            {"done": 1, "total": 2, "job": "job1", "id": 2},
+            {"done": 2, "total": 2, "job": "job1", "id": 2},
+        ],
+        "fromMethod": [1],
+        "late": [1, 2],
+        "value": {"steps": 2},
+        "status": {
+            "job": "job1",
+            "state": "succeeded",
+            "progress": {"done": 2, "total": 2},
+        },
+        "again": {"id": "job1", "existing": True},
+    }
+    assert server.gateway.requests("$/submit")[0] == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "$/submit",
+        "params": {
+            "method": "steps",
+            "params": {"n": 2},
+            "key": "k1",
+            "delay": 0,
+            "at": "2030-01-02T03:04:05.000Z",
+            "retries": 2,
+            "backoff": 0.5,
+            "timeout": 30,
+        },
+    }
+    assert [m["params"] for m in server.gateway.requests("$/attach")] == [
+        {"job": "job1"},
+        {"job": "job1"},
+    ]
+    assert [m["params"] for m in server.gateway.requests("$/job")] == [
+        {"job": "job1"}
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobErrors(browser: BrowserThread, server: Server) -> None:
+    """
+    A submit the server refuses rejects the C{submit()} promise with its
+    error; C{attach()} of an unknown id returns a handle whose C{result}
+    rejects with JOB_NOT_FOUND (-32007, C{data.job}); a job that fails
+    rejects C{result} with its error. An unobserved rejected C{result} is
+    no page error (the job's outcome is in the journal).
+    """
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect();
+        const refused = await settle(service.submit("nosuchtask"));
+        const unknown = service.attach("nope");
+        const missing = await settle(unknown.result);
+        const failing = await service.submit("steps", { n: 3 });
+        await service.call("step", { job: failing.id, fail: true });
+        const failed = await settle(failing.result);
+        service.attach("ignored");
+        await sleep(100);
+        service.close();
+        return { refused, missing, failed, id: unknown.id,
+                 codes: [ErrorCode.JOB_NOT_FOUND, ErrorCode.INTERRUPTED,
+                         ErrorCode.JOURNAL_UNAVAILABLE] };
+        """,
+    )
+    assert result["refused"]["error"]["code"] == -32601
+    assert result["id"] == "nope"
+    assert result["missing"]["error"] == {
+        "isTaskServiceError": True,
+        "isError": True,
+        "name": "TaskServiceError",
+        "code": -32007,
+        "message": "job not found",
+        "data": {"job": "nope"},
+        "causeName": None,
+    }
+    assert result["failed"]["error"]["code"] == -32000
+    assert result["failed"]["error"]["data"] == {
+        "type": "ValueError",
+        "message": "step failed",
+    }
+    assert result["codes"] == [-32007, -32008, -32009]
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobCancel(browser: BrowserThread, server: Server) -> None:
+    """
+    C{cancel()} sends C{$/cancelJob} naming the job and resolves with the
+    server's C{{job, state}}; C{result} then rejects with CANCELLED (named
+    C{AbortError}). Cancelling a finished job leaves its result.
+    """
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect();
+        const job = await service.submit("steps", { n: 3 });
+        const cancelledReply = await job.cancel();
+        const outcome = await settle(job.result);
+        const finished = await service.submit("steps", { n: 1 });
+        await service.call("step", { job: finished.id });
+        const value = await finished.result;
+        const afterEnd = await finished.cancel();
+        service.close();
+        return { cancelledReply, outcome, value, afterEnd };
+        """,
+    )
+    assert result["cancelledReply"] == {"job": "job1", "state": "cancelled"}
+    assert result["outcome"]["error"]["code"] == -32800
+    assert result["outcome"]["error"]["name"] == "AbortError"
+    assert result["value"] == {"steps": 1}
+    assert result["afterEnd"] == {"job": "job2", "state": "succeeded"}
+    assert [m["params"] for m in server.gateway.requests("$/cancelJob")] == [
+        {"job": "job1"},
+        {"job": "job2"},
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobReattach(browser: BrowserThread, server: Server) -> None:
+    """
+    When the socket drops, a job handle's C{result} does not reject: once
+    the client has reconnected the handle sends C{$/attach} again, hears
+    the latest progress at once and then the rest, and C{result} resolves.
+    A handle made with C{reattach: false} rejects with UNAVAILABLE at the
+    drop, as a call does. A handle made before the socket is open waits for
+    it, and C{close()} rejects a handle that is waiting with UNAVAILABLE.
+    """
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect(undefined, { minDelay: 50 });
+        const seen = [];
+        const job = await service.submit("steps", { n: 3 }, {
+          onProgress: (update) => seen.push([update.done, update.id]),
+        });
+        const once = service.attach(job.id, { reattach: false });
+        const onceOutcome = settle(once.result);
+        await service.call("step", { job: job.id });
+        while (job.progress?.done !== 1) await sleep(5);
+        const reconnected = new Promise((resolve) => service.addEventListener(
+          "reconnect", resolve, { once: true }));
+        service.notify("drop");
+        const lostOnce = await onceOutcome;
+        await reconnected;
+        while (seen.length < 2) await sleep(5);
+        await service.call("step", { job: job.id });
+        await service.call("step", { job: job.id });
+        const value = await job.result;
+        service.close();
+
+        const early = new TaskService(undefined, { minDelay: 50 });
+        const waiting = early.attach(job.id);
+        const stateAtAttach = early.state;
+        const earlyValue = await waiting.result;
+        const other = await early.submit("steps", { n: 1 });
+        early.close();
+        const closed = await settle(other.result);
+        return { seen, lostOnce, value, stateAtAttach, earlyValue, closed };
+        """,
+    )
+    assert result["lostOnce"]["error"]["code"] == -32006
+    # The handle's attach is request 2 (request 3 is the other handle's),
+    # and request 5 after the drop.
+    assert result["seen"] == [[1, 2], [1, 5], [2, 5], [3, 5]]
+    assert result["value"] == {"steps": 3}
+    assert result["stateAtAttach"] == "connecting"
+    assert result["earlyValue"] == {"steps": 3}
+    assert result["closed"]["error"]["code"] == -32006
+    assert server.gateway.opened == 3
+    attaches = [m["params"]["job"] for m in server.gateway.requests("$/attach")]
+    assert attaches == ["job1", "job1", "job1", "job1", "job2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobReattachWhenGatewayUnavailable(
+    browser: BrowserThread, server: Server
+) -> None:
+    """
+    A gateway whose task server is away answers an attach with UNAVAILABLE
+    while the socket stays open: the handle attaches again after the
+    client's backoff delays, until it is heard, and C{result} resolves.
+    """
+    server.gateway.refuseAttaches = 2
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect(undefined, { minDelay: 20 });
+        const job = await service.submit("steps", { n: 1 });
+        await service.call("step", { job: job.id });
+        const value = await job.result;
+        service.close();
+        return { value };
+        """,
+    )
+    assert result == {"value": {"steps": 1}}
+    assert len(server.gateway.requests("$/attach")) == 3
+    assert server.gateway.opened == 1
 
 
 # -- the demo page -----------------------------------------------------------
