@@ -1207,11 +1207,116 @@ async def test_jobReattachWhenGatewayUnavailable(
 
 # -- the demo page -----------------------------------------------------------
 
+STORED_JOB = "() => JSON.parse(localStorage.getItem('taskservice.demo.job'))?.job ?? null"
+"""The id of the job the demo page keeps in localStorage (or null)."""
+RECORD_PROGRESS = """
+window.progressSeen = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const bar = document.getElementById("progress");
+  new MutationObserver(() => window.progressSeen.push(bar.value))
+    .observe(bar, { attributes: true, attributeFilter: ["value"] });
+});
+"""
+"""An init script: every value the progress bar takes, in C{progressSeen}."""
+DEMO_STATE = """() => ({
+  value: document.querySelector("#progress").value,
+  text: document.querySelector("#progress-text").textContent,
+  outcome: document.querySelector("#result").dataset.outcome ?? null,
+  result: document.querySelector("#result").textContent,
+  status: document.querySelector("#status").dataset.state,
+  stored: JSON.parse(localStorage.getItem("taskservice.demo.job"))?.job ?? null,
+  seen: window.progressSeen,
+})"""
+"""What the demo page shows, and the progress values it went through."""
+
+
+class DemoPage:
+    """
+    The demo page driven step by step from the browser's thread, so that
+    the reactor's side (a held sink, a restarted server) can act in
+    between. Each method is awaited from the reactor's thread.
+    """
+
+    def __init__(self, browser: BrowserThread, timeout: float = SAFETY) -> None:
+        self.browser = browser
+        self.timeout = timeout
+        self.errors: list[str] = []
+        self.page: Any = None
+
+    async def open(self, origin: str) -> None:
+        """
+        A new page (its own storage), recording the progress bar's values,
+        on C{origin}'s demo page, once it says "Connected".
+        """
+
+        def inBrowser() -> None:
+            page = self.browser.browser.new_page(
+                viewport={"width": 1000, "height": 760}
+            )
+            page.set_default_timeout(self.timeout * 1000)
+            page.on("pageerror", lambda error: self.errors.append(str(error)))
+            page.add_init_script(RECORD_PROGRESS)
+            self.page = page
+            page.goto(origin + "/")
+            syncAPI.expect(page.locator("#status")).to_have_text(
+                "Connected", timeout=self.timeout * 1000
+            )
+
+        await self.browser.run(inBrowser)
+
+    async def click(self, selector: str) -> None:
+        await self.browser.run(lambda: self.page.click(selector))
+
+    async def waitFor(self, expression: str) -> None:
+        """
+        Wait until the JavaScript C{expression} holds in the page.
+        """
+        await self.browser.run(
+            lambda: self.page.wait_for_function(
+                expression, timeout=self.timeout * 1000, polling=50
+            )
+        )
+
+    async def state(self) -> dict[str, Any]:
+        """
+        What the page shows now (L{DEMO_STATE}).
+        """
+        state: dict[str, Any] = await self.browser.run(
+            lambda: self.page.evaluate(DEMO_STATE)
+        )
+        return state
+
+    async def reload(self) -> None:
+        """
+        Reload the page (its localStorage stays) and wait until it is
+        connected again.
+        """
+
+        def inBrowser() -> None:
+            self.page.reload()
+            syncAPI.expect(self.page.locator("#status")).to_have_text(
+                "Connected", timeout=self.timeout * 1000
+            )
+
+        await self.browser.run(inBrowser)
+
+    async def screenshot(self, path: Path) -> None:
+        await self.browser.run(
+            lambda: self.page.screenshot(path=str(path), full_page=True)
+        )
+
+    async def close(self) -> None:
+        if self.page is not None:
+            await self.browser.run(self.page.close)
+            self.page = None
+
+
 
 def _demo(browser: BrowserThread, origin: str, screenshot: Path) -> dict[str, Any]:
     """
     In the browser's thread: load the demo page, send to 1,000 users while
-    echoing, then cancel a second send; take a screenshot in between.
+    echoing, then cancel a second send; take a screenshot in between; note
+    the job the page keeps in localStorage along the way.
     """
     page = browser.browser.new_page(viewport={"width": 1000, "height": 720})
     errors: list[str] = []
@@ -1236,6 +1341,7 @@ def _demo(browser: BrowserThread, origin: str, screenshot: Path) -> dict[str, An
             " && document.querySelector('#result').dataset.outcome === 'running'"
         )
         seen["cancelEnabled"] = page.is_enabled("#cancel")
+        seen["storedWhileSending"] = page.evaluate(STORED_JOB)
         page.fill("#echo-input", "still responsive")
         page.click("#echo-send")
         page.wait_for_function("document.querySelector('#echo-output').dataset.outcome")
@@ -1251,6 +1357,7 @@ def _demo(browser: BrowserThread, origin: str, screenshot: Path) -> dict[str, An
         syncAPI.expect(page.locator("#sink-received")).to_have_text("1,000")
         seen["sendEnabled"] = page.is_enabled("#send")
         seen["cancelEnabledAfter"] = page.is_enabled("#cancel")
+        seen["storedAfter"] = page.evaluate(STORED_JOB)
         page.screenshot(path=str(screenshot), full_page=True)
 
         page.click("#send")
@@ -1260,6 +1367,8 @@ def _demo(browser: BrowserThread, origin: str, screenshot: Path) -> dict[str, An
             "document.querySelector('#result').dataset.outcome === 'cancelled'"
         )
         seen["cancelled"] = page.text_content("#result")
+        seen["countedBy"] = page.get_attribute("#result", "data-counted-by")
+        seen["storedAfterCancel"] = page.evaluate(STORED_JOB)
     finally:
         page.close()
     seen["errors"] = errors
@@ -1270,11 +1379,12 @@ def _demo(browser: BrowserThread, origin: str, screenshot: Path) -> dict[str, An
 async def test_demoPage(browser: BrowserThread, server: Server, tmp_path: Path) -> None:
     """
     The demo page, against the stand-in gateway: it connects; "Send an
-    e-mail to 1,000 users" calls send_mail with user0001..user1000, moves
-    the progress bar to 1,000 and reports the count and time; the echo box
-    answers during the send; the sink panel shows 1,000 from /stats;
-    Cancel aborts a second send (with C{$/cancelRequest}). No errors in the
-    page's console.
+    e-mail to 1,000 users" submits send_mail with user0001..user1000 as a
+    job (its id in localStorage while it runs, forgotten when it ends),
+    moves the progress bar to 1,000 and reports the count and time; the
+    echo box answers during the send; the sink panel shows 1,000 from
+    /stats; Cancel stops a second send (with C{$/cancelJob}) and the page
+    reports what the sink counted for it. No errors in the page's console.
     """
     screenshot = Path(os.environ.get("TASKSERVICE_SCREENSHOT") or tmp_path / "demo.png")
     seen = await browser.run(_demo, browser, server.origin, screenshot)
@@ -1292,12 +1402,78 @@ async def test_demoPage(browser: BrowserThread, server: Server, tmp_path: Path) 
     assert seen["cancelled"].startswith("Cancelled after ")
     assert screenshot.stat().st_size > 10_000
 
-    sends = server.gateway.requests("send_mail")
-    assert len(sends) == 2
-    to = sends[0]["params"]["to"]
+    sends = server.gateway.requests("$/submit")
+    assert [m["params"]["method"] for m in sends] == ["send_mail", "send_mail"]
+    to = sends[0]["params"]["params"]["to"]
     assert len(to) == 1000
     assert to[0] == "user0001@example.com"
     assert to[-1] == "user1000@example.com"
-    assert [m["params"] for m in server.gateway.requests("$/cancelRequest")] == [
-        {"id": sends[1]["id"]}
+    assert seen["storedWhileSending"] == "job1"
+    assert seen["storedAfter"] is None
+    assert seen["storedAfterCancel"] is None
+    assert [m["params"] for m in server.gateway.requests("$/cancelJob")] == [
+        {"job": "job2"}
     ]
+    # What the sink counted for the cancelled send, as the page says.
+    sent = server.gateway.sinkReceived - 1000
+    assert seen["countedBy"] == "sink"
+    assert seen["cancelled"].startswith(f"Cancelled after {sent:,} e-mails (")
+
+
+@pytest_twisted.ensureDeferred
+async def test_demoReload(browser: BrowserThread, server: Server) -> None:
+    """
+    The demo page keeps its job across a reload: with the fake send held at
+    300, the reloaded page re-attaches to the job kept in localStorage and
+    its bar shows 300 (never 0) at once; released, the bar carries on to
+    1,000 / 1,000, the page reports the send and forgets the job. A stored
+    job the server does not know is forgotten with a message.
+    """
+    server.gateway.holdAt = 300
+    page = DemoPage(browser)
+    try:
+        await page.open(server.origin)
+        await page.click("#send")
+        await page.waitFor("document.querySelector('#progress').value === 300")
+        before = await page.state()
+        await page.reload()
+        await page.waitFor("document.querySelector('#progress').value === 300")
+        reloaded = await page.state()
+        server.gateway.release()
+        await page.waitFor(
+            "document.querySelector('#result').dataset.outcome === 'ok'"
+        )
+        ended = await page.state()
+        await page.browser.run(
+            lambda: page.page.evaluate(
+                "localStorage.setItem('taskservice.demo.job',"
+                " JSON.stringify({ job: 'forgotten', startedAt: 0 }))"
+            )
+        )
+        await page.reload()
+        await page.waitFor(
+            "document.querySelector('#result').dataset.outcome === 'error'"
+        )
+        unknown = await page.state()
+    finally:
+        await page.close()
+    assert page.errors == []
+    assert before["stored"] == "job1"
+    assert before["outcome"] == "running"
+    assert reloaded["stored"] == "job1"
+    assert reloaded["outcome"] == "running"
+    assert reloaded["seen"] == [300], "the reloaded bar starts where the job is"
+    assert ended["text"] == "1,000 / 1,000"
+    assert ended["result"].startswith("Sent 1,000 e-mails in ")
+    assert ended["stored"] is None
+    assert ended["seen"] == sorted(ended["seen"])
+    assert ended["seen"][0] == 300
+    assert unknown["stored"] is None
+    assert "no longer knows" in unknown["result"]
+    assert len(server.gateway.requests("$/submit")) == 1
+    assert [m["params"] for m in server.gateway.requests("$/attach")] == [
+        {"job": "job1"},
+        {"job": "job1"},
+        {"job": "forgotten"},
+    ]
+    assert server.gateway.sinkReceived == 1000
