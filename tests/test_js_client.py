@@ -372,9 +372,7 @@ class FakeGatewayFactory(WebSocketServerFactory):
             return
         job = self.jobs.get(params["job"])
         if job is None:
-            connection.error(
-                requestId, -32007, "job not found", {"job": params["job"]}
-            )
+            connection.error(requestId, -32007, "job not found", {"job": params["job"]})
         elif method == "$/job":
             connection.answer(requestId, job.describe())
         elif method == "$/cancelJob":
@@ -397,7 +395,9 @@ class FakeGatewayFactory(WebSocketServerFactory):
         else:
             connection.error(requestId, -32601, "method not found", method)
 
-    def step(self, connection: FakeGatewayProtocol, requestId: Any, params: Any) -> None:
+    def step(
+        self, connection: FakeGatewayProtocol, requestId: Any, params: Any
+    ) -> None:
         """
         C{step {"job": id}}: move a C{steps} job one step (its last ends it);
         with C{"fail": true}, end it with a task error. Answers the done count.
@@ -1035,9 +1035,7 @@ async def test_jobSubmit(browser: BrowserThread, server: Server) -> None:
         {"job": "job1"},
         {"job": "job1"},
     ]
-    assert [m["params"] for m in server.gateway.requests("$/job")] == [
-        {"job": "job1"}
-    ]
+    assert [m["params"] for m in server.gateway.requests("$/job")] == [{"job": "job1"}]
 
 
 @pytest_twisted.ensureDeferred
@@ -1207,7 +1205,9 @@ async def test_jobReattachWhenGatewayUnavailable(
 
 # -- the demo page -----------------------------------------------------------
 
-STORED_JOB = "() => JSON.parse(localStorage.getItem('taskservice.demo.job'))?.job ?? null"
+STORED_JOB = (
+    "() => JSON.parse(localStorage.getItem('taskservice.demo.job'))?.job ?? null"
+)
 """The id of the job the demo page keeps in localStorage (or null)."""
 RECORD_PROGRESS = """
 window.progressSeen = [];
@@ -1225,6 +1225,7 @@ DEMO_STATE = """() => ({
   result: document.querySelector("#result").textContent,
   status: document.querySelector("#status").dataset.state,
   stored: JSON.parse(localStorage.getItem("taskservice.demo.job"))?.job ?? null,
+  job: document.querySelector("#job").textContent,
   seen: window.progressSeen,
 })"""
 """What the demo page shows, and the progress values it went through."""
@@ -1309,7 +1310,6 @@ class DemoPage:
         if self.page is not None:
             await self.browser.run(self.page.close)
             self.page = None
-
 
 
 def _demo(browser: BrowserThread, origin: str, screenshot: Path) -> dict[str, Any]:
@@ -1440,9 +1440,7 @@ async def test_demoReload(browser: BrowserThread, server: Server) -> None:
         await page.waitFor("document.querySelector('#progress').value === 300")
         reloaded = await page.state()
         server.gateway.release()
-        await page.waitFor(
-            "document.querySelector('#result').dataset.outcome === 'ok'"
-        )
+        await page.waitFor("document.querySelector('#result').dataset.outcome === 'ok'")
         ended = await page.state()
         await page.browser.run(
             lambda: page.page.evaluate(

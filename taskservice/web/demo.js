@@ -31,7 +31,9 @@ const ui = {
   echoSend: $("echo-send"),
   echoOutput: $("echo-output"),
   sinkReceived: $("sink-received"),
+  sinkNote: $("sink-note"),
 };
+const SINK_NOTE = ui.sinkNote.innerHTML;
 
 const service = new TaskService();
 let sending = null; // the Job being followed, or "submitting"
@@ -134,6 +136,7 @@ async function follow(job, saved) {
     ui.result.textContent =
       `Sent ${numbers.format(result.sent)} e-mails in ${took} s.`;
     forget();
+    ui.job.textContent = `Job ${job.id} has ended.`;
   } catch (error) {
     if (error.code === ErrorCode.UNAVAILABLE) {
       // The client gave up (it never does on this page): the job goes on,
@@ -143,6 +146,7 @@ async function follow(job, saved) {
       return;
     }
     forget();
+    ui.job.textContent = `Job ${job.id} has ended.`;
     if (error.code === ErrorCode.CANCELLED) {
       const { sent, countedBy } = await sentCount(job, saved);
       ui.result.dataset.outcome = "cancelled";
@@ -259,9 +263,14 @@ async function pollStats() {
   try {
     const stats = await fetchStats();
     const received = stats?.smtpSink?.received;
-    ui.sinkReceived.textContent =
-      typeof received === "number" ? numbers.format(received) : "—";
+    const counted = typeof received === "number";
+    ui.sinkReceived.textContent = counted ? numbers.format(received) : "—";
     ui.sinkReceived.title = "";
+    const note = counted
+      ? SINK_NOTE
+      : "This server runs no demo SMTP sink (<code>--smtp</code> sends the" +
+        " mail elsewhere): nothing to count here.";
+    if (ui.sinkNote.innerHTML !== note) ui.sinkNote.innerHTML = note;
   } catch (error) {
     ui.sinkReceived.textContent = "—";
     ui.sinkReceived.title = `/stats unavailable: ${error.message}`;
