@@ -10,6 +10,13 @@ C{echo}, C{fail}, C{count} (progress, then the count), C{hang} (answers only
 when cancelled or past its C{timeout}), C{deaf} (never answers), C{drop}
 (aborts the TCP connection) and a fake C{send_mail} for the demo page.
 
+It keeps durable jobs too, beside its connections (so they outlive them):
+C{$/submit}, C{$/attach}, C{$/job} and C{$/cancelJob} as the real gateway
+forwards them, for two tasks: C{steps} (one progress step per C{step} call
+naming the job, so a test decides when a job moves; C{step} with C{"fail"}
+ends it with an error) and C{send_mail} (10 messages every 10 ms, counted by
+the fake sink, pausing at the factory's C{holdAt} until L{FakeJob.release}).
+
 Sync Playwright cannot share a thread with the running reactor, so every
 browser action runs in one dedicated thread (Playwright objects belong to
 the thread that made them) while the reactor serves in the main thread.
@@ -97,6 +104,8 @@ class FakeGatewayProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.connections.discard(self)
+        for job in self.factory.jobs.values():
+            job.attached = [a for a in job.attached if a[0] is not self]
         for timers in self.jobs.values():
             for timer in timers:
                 if timer.active():
@@ -122,8 +131,12 @@ class FakeGatewayProtocol(WebSocketServerProtocol):
         params = message.get("params")
         requestId = message.get("id")
         if method == "$/cancelRequest":
-            if self.finish(params["id"]):
+            if self.finish(params["id"]) or self.factory.detach(self, params["id"]):
                 self.error(params["id"], -32800, "cancelled")
+        elif method.startswith("$/"):
+            self.factory.jobMethod(self, requestId, method, params)
+        elif method == "step":
+            self.factory.step(self, requestId, params)
         elif method == "drop":
             self.transport.abortConnection()
         elif method == "echo":
@@ -214,9 +227,109 @@ class FakeGatewayProtocol(WebSocketServerProtocol):
         self.jobs[requestId] = timers
 
 
+class FakeJob:
+    """
+    A durable job of the stand-in gateway: its state, latest progress, end,
+    and the browser requests attached to it.
+    """
+
+    def __init__(
+        self, factory: FakeGatewayFactory, jobId: str, method: str, params: Any
+    ) -> None:
+        self.factory = factory
+        self.id = jobId
+        self.method = method
+        self.params = params
+        self.state = "running"
+        self.createdAt = factory.reactor.seconds()
+        self.finishedAt: float | None = None
+        self.progress: dict[str, Any] | None = None
+        self.result: Any = None
+        self.error: dict[str, Any] | None = None
+        self.attached: list[tuple[FakeGatewayProtocol, Any]] = []
+        self.timer: IDelayedCall | None = None
+        self.done = 0
+        self.total = len(params["to"]) if method == "send_mail" else params["n"]
+        if method == "send_mail":
+            self.release()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "job": self.id,
+            "method": self.method,
+            "state": self.state,
+            "progress": self.progress,
+            "createdAt": self.createdAt,
+            "finishedAt": self.finishedAt,
+            "result": self.result,
+            "error": self.error,
+        }
+
+    def advance(self) -> None:
+        """
+        One step done: tell every attached request.
+        """
+        self.done += 1
+        self.progress = {"done": self.done, "total": self.total}
+        for connection, requestId in self.attached:
+            update = {**self.progress, "job": self.id, "id": requestId}
+            connection.send(
+                {"jsonrpc": "2.0", "method": "$/progress", "params": update}
+            )
+
+    def release(self) -> None:
+        """
+        (send_mail) Go on sending, up to the factory's C{holdAt}.
+        """
+        if self.state == "running" and (self.timer is None or not self.timer.active()):
+            self.timer = self.factory.reactor.callLater(0, self.sendSome)
+
+    def sendSome(self) -> None:
+        self.timer = None
+        for _ in range(min(10, self.total - self.done)):
+            if self.factory.holdAt is not None and self.done >= self.factory.holdAt:
+                return
+            self.factory.sinkReceived += 1
+            self.advance()
+        if self.done < self.total:
+            self.timer = self.factory.reactor.callLater(0.01, self.sendSome)
+        else:
+            self.end("succeeded", result={"sent": self.total})
+
+    def end(
+        self,
+        state: str,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.state = state
+        self.result = result
+        self.error = error
+        self.finishedAt = self.factory.reactor.seconds()
+        attached, self.attached = self.attached, []
+        for connection, requestId in attached:
+            self.answer(connection, requestId)
+
+    def answer(self, connection: FakeGatewayProtocol, requestId: Any) -> None:
+        """
+        Answer an attach of this finished job.
+        """
+        if self.error is not None:
+            connection.send({"jsonrpc": "2.0", "id": requestId, "error": self.error})
+        else:
+            connection.answer(requestId, self.result)
+
+
 class FakeGatewayFactory(WebSocketServerFactory):
     """
     The stand-in gateway: records every message received.
+
+    @ivar refuseAttaches: how many of the next C{$/attach} to answer
+        UNAVAILABLE (as a gateway whose task server is away does).
+    @ivar holdAt: where fake send_mail jobs pause (L{None}: never).
     """
 
     protocol = FakeGatewayProtocol
@@ -228,6 +341,106 @@ class FakeGatewayFactory(WebSocketServerFactory):
         self.connections: set[FakeGatewayProtocol] = set()
         self.opened = 0
         self.sinkReceived = 0
+        self.jobs: dict[str, FakeJob] = {}
+        self.refuseAttaches = 0
+        self.holdAt: int | None = None
+
+    def jobMethod(
+        self, connection: FakeGatewayProtocol, requestId: Any, method: str, params: Any
+    ) -> None:
+        """
+        C{$/submit}, C{$/attach}, C{$/job}, C{$/cancelJob}.
+        """
+        if method == "$/submit":
+            if params["method"] not in ("steps", "send_mail"):
+                connection.error(
+                    requestId, -32601, "method not found", params["method"]
+                )
+                return
+            key = params.get("key")
+            for job in self.jobs.values():
+                if key is not None and job.params.get("key") == key:
+                    connection.answer(
+                        requestId, {"job": job.id, "state": job.state, "existing": True}
+                    )
+                    return
+            jobId = f"job{len(self.jobs) + 1}"
+            self.jobs[jobId] = FakeJob(
+                self, jobId, params["method"], {**params["params"], "key": key}
+            )
+            connection.answer(requestId, {"job": jobId, "state": "queued"})
+            return
+        job = self.jobs.get(params["job"])
+        if job is None:
+            connection.error(requestId, -32007, "job not found", {"job": params["job"]})
+        elif method == "$/job":
+            connection.answer(requestId, job.describe())
+        elif method == "$/cancelJob":
+            if job.state == "running":
+                job.end("cancelled", error={"code": -32800, "message": "cancelled"})
+            connection.answer(requestId, {"job": job.id, "state": job.state})
+        elif method == "$/attach":
+            if self.refuseAttaches:
+                self.refuseAttaches -= 1
+                connection.error(requestId, -32006, "task server unavailable")
+            elif job.state != "running":
+                job.answer(connection, requestId)
+            else:
+                job.attached.append((connection, requestId))
+                if job.progress is not None:
+                    update = {**job.progress, "job": job.id, "id": requestId}
+                    connection.send(
+                        {"jsonrpc": "2.0", "method": "$/progress", "params": update}
+                    )
+        else:
+            connection.error(requestId, -32601, "method not found", method)
+
+    def step(
+        self, connection: FakeGatewayProtocol, requestId: Any, params: Any
+    ) -> None:
+        """
+        C{step {"job": id}}: move a C{steps} job one step (its last ends it);
+        with C{"fail": true}, end it with a task error. Answers the done count.
+        """
+        job = self.jobs[params["job"]]
+        if params.get("fail"):
+            job.end(
+                "failed",
+                error={
+                    "code": -32000,
+                    "message": "task raised an exception",
+                    "data": {"type": "ValueError", "message": "step failed"},
+                },
+            )
+        else:
+            job.advance()
+            if job.done == job.total:
+                job.end("succeeded", result={"steps": job.done})
+        connection.answer(requestId, job.done)
+
+    def detach(self, connection: FakeGatewayProtocol, requestId: Any) -> bool:
+        """
+        Forget an attach (C{$/cancelRequest} of it); whether there was one.
+        """
+        for job in self.jobs.values():
+            if (connection, requestId) in job.attached:
+                job.attached.remove((connection, requestId))
+                return True
+        return False
+
+    def release(self) -> None:
+        """
+        Let the held send_mail jobs go on.
+        """
+        self.holdAt = None
+        for job in self.jobs.values():
+            if job.method == "send_mail":
+                job.release()
+
+    def stopJobs(self) -> None:
+        for job in self.jobs.values():
+            if job.timer is not None and job.timer.active():
+                job.timer.cancel()
 
     def requests(self, method: str) -> list[dict[str, Any]]:
         """
@@ -312,6 +525,7 @@ async def server() -> AsyncIterator[Server]:
     try:
         yield Server(gateway, port)
     finally:
+        gateway.stopJobs()
         await port.stopListening()
         for connection in list(gateway.connections):
             connection.transport.abortConnection()
@@ -515,6 +729,9 @@ async def test_errors(browser: BrowserThread, server: Server) -> None:
         "TOO_LARGE": -32004,
         "UNAUTHORISED": -32005,
         "UNAVAILABLE": -32006,
+        "JOB_NOT_FOUND": -32007,
+        "INTERRUPTED": -32008,
+        "JOURNAL_UNAVAILABLE": -32009,
         "CANCELLED": -32800,
     }
     assert len(server.gateway.requests("echo")) == 0
@@ -737,13 +954,369 @@ async def test_connectFailure(browser: BrowserThread, server: Server) -> None:
     assert result["error"]["data"]["url"] == f"ws://127.0.0.1:{closedPort}/ws"
 
 
+# -- durable jobs -------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobSubmit(browser: BrowserThread, server: Server) -> None:
+    """
+    C{submit()} sends C{$/submit} with the task, its params and the submit
+    options (a Date C{at} as ISO 8601) and resolves, once the server
+    answers, with a handle: its C{id} and C{state}, progress through the
+    C{onProgress} option and C{onProgress()} (the latest at once for a late
+    listener; its remover works), C{result} resolving with the job's
+    result, and C{status()} sending C{$/job}. A key already known gives the
+    same job, C{existing}. The handle follows the job with C{$/attach}.
+    """
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect();
+        const fromOption = [], fromMethod = [], late = [];
+        const job = await service.submit("steps", { n: 2 }, {
+          key: "k1", retries: 2, backoff: 0.5, timeout: 30, delay: 0,
+          at: new Date(Date.UTC(2030, 0, 2, 3, 4, 5)),
+          onProgress: (update) => fromOption.push(update),
+        });
+        const remove = job.onProgress((update) => fromMethod.push(update.done));
+        await service.call("step", { job: job.id });
+        while (job.progress?.done !== 1) await sleep(5);
+        job.onProgress((update) => late.push(update.done));
+        remove();
+        await service.call("step", { job: job.id });
+        const value = await job.result;
+        const status = await job.status();
+        const again = await service.submit("steps", { n: 2 }, { key: "k1" });
+        service.close();
+        return {
+          id: job.id, state: job.state, existing: job.existing,
+          settled: job.settled, fromOption, fromMethod, late, value,
+          status: { job: status.job, state: status.state, progress: status.progress },
+          again: { id: again.id, existing: again.existing },
+        };
+        """,
+    )
+    assert result == {
+        "id": "job1",
+        "state": "queued",
+        "existing": False,
+        "settled": True,
+        "fromOption": [
+            {"done": 1, "total": 2, "job": "job1", "id": 2},
+            {"done": 2, "total": 2, "job": "job1", "id": 2},
+        ],
+        "fromMethod": [1],
+        "late": [1, 2],
+        "value": {"steps": 2},
+        "status": {
+            "job": "job1",
+            "state": "succeeded",
+            "progress": {"done": 2, "total": 2},
+        },
+        "again": {"id": "job1", "existing": True},
+    }
+    assert server.gateway.requests("$/submit")[0] == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "$/submit",
+        "params": {
+            "method": "steps",
+            "params": {"n": 2},
+            "key": "k1",
+            "delay": 0,
+            "at": "2030-01-02T03:04:05.000Z",
+            "retries": 2,
+            "backoff": 0.5,
+            "timeout": 30,
+        },
+    }
+    assert [m["params"] for m in server.gateway.requests("$/attach")] == [
+        {"job": "job1"},
+        {"job": "job1"},
+    ]
+    assert [m["params"] for m in server.gateway.requests("$/job")] == [{"job": "job1"}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobErrors(browser: BrowserThread, server: Server) -> None:
+    """
+    A submit the server refuses rejects the C{submit()} promise with its
+    error; C{attach()} of an unknown id returns a handle whose C{result}
+    rejects with JOB_NOT_FOUND (-32007, C{data.job}); a job that fails
+    rejects C{result} with its error. An unobserved rejected C{result} is
+    no page error (the job's outcome is in the journal).
+    """
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect();
+        const refused = await settle(service.submit("nosuchtask"));
+        const unknown = service.attach("nope");
+        const missing = await settle(unknown.result);
+        const failing = await service.submit("steps", { n: 3 });
+        await service.call("step", { job: failing.id, fail: true });
+        const failed = await settle(failing.result);
+        service.attach("ignored");
+        await sleep(100);
+        service.close();
+        return { refused, missing, failed, id: unknown.id,
+                 codes: [ErrorCode.JOB_NOT_FOUND, ErrorCode.INTERRUPTED,
+                         ErrorCode.JOURNAL_UNAVAILABLE] };
+        """,
+    )
+    assert result["refused"]["error"]["code"] == -32601
+    assert result["id"] == "nope"
+    assert result["missing"]["error"] == {
+        "isTaskServiceError": True,
+        "isError": True,
+        "name": "TaskServiceError",
+        "code": -32007,
+        "message": "job not found",
+        "data": {"job": "nope"},
+        "causeName": None,
+    }
+    assert result["failed"]["error"]["code"] == -32000
+    assert result["failed"]["error"]["data"] == {
+        "type": "ValueError",
+        "message": "step failed",
+    }
+    assert result["codes"] == [-32007, -32008, -32009]
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobCancel(browser: BrowserThread, server: Server) -> None:
+    """
+    C{cancel()} sends C{$/cancelJob} naming the job and resolves with the
+    server's C{{job, state}}; C{result} then rejects with CANCELLED (named
+    C{AbortError}). Cancelling a finished job leaves its result.
+    """
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect();
+        const job = await service.submit("steps", { n: 3 });
+        const cancelledReply = await job.cancel();
+        const outcome = await settle(job.result);
+        const finished = await service.submit("steps", { n: 1 });
+        await service.call("step", { job: finished.id });
+        const value = await finished.result;
+        const afterEnd = await finished.cancel();
+        service.close();
+        return { cancelledReply, outcome, value, afterEnd };
+        """,
+    )
+    assert result["cancelledReply"] == {"job": "job1", "state": "cancelled"}
+    assert result["outcome"]["error"]["code"] == -32800
+    assert result["outcome"]["error"]["name"] == "AbortError"
+    assert result["value"] == {"steps": 1}
+    assert result["afterEnd"] == {"job": "job2", "state": "succeeded"}
+    assert [m["params"] for m in server.gateway.requests("$/cancelJob")] == [
+        {"job": "job1"},
+        {"job": "job2"},
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobReattach(browser: BrowserThread, server: Server) -> None:
+    """
+    When the socket drops, a job handle's C{result} does not reject: once
+    the client has reconnected the handle sends C{$/attach} again, hears
+    the latest progress at once and then the rest, and C{result} resolves.
+    A handle made with C{reattach: false} rejects with UNAVAILABLE at the
+    drop, as a call does. A handle made before the socket is open waits for
+    it, and C{close()} rejects a handle that is waiting with UNAVAILABLE.
+    """
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect(undefined, { minDelay: 50 });
+        const seen = [];
+        const job = await service.submit("steps", { n: 3 }, {
+          onProgress: (update) => seen.push([update.done, update.id]),
+        });
+        const once = service.attach(job.id, { reattach: false });
+        const onceOutcome = settle(once.result);
+        await service.call("step", { job: job.id });
+        while (job.progress?.done !== 1) await sleep(5);
+        const reconnected = new Promise((resolve) => service.addEventListener(
+          "reconnect", resolve, { once: true }));
+        service.notify("drop");
+        const lostOnce = await onceOutcome;
+        await reconnected;
+        while (seen.length < 2) await sleep(5);
+        await service.call("step", { job: job.id });
+        await service.call("step", { job: job.id });
+        const value = await job.result;
+        service.close();
+
+        const early = new TaskService(undefined, { minDelay: 50 });
+        const waiting = early.attach(job.id);
+        const stateAtAttach = early.state;
+        const earlyValue = await waiting.result;
+        const other = await early.submit("steps", { n: 1 });
+        early.close();
+        const closed = await settle(other.result);
+        return { seen, lostOnce, value, stateAtAttach, earlyValue, closed };
+        """,
+    )
+    assert result["lostOnce"]["error"]["code"] == -32006
+    # The handle's attach is request 2 (request 3 is the other handle's),
+    # and request 5 after the drop.
+    assert result["seen"] == [[1, 2], [1, 5], [2, 5], [3, 5]]
+    assert result["value"] == {"steps": 3}
+    assert result["stateAtAttach"] == "connecting"
+    assert result["earlyValue"] == {"steps": 3}
+    assert result["closed"]["error"]["code"] == -32006
+    assert server.gateway.opened == 3
+    attaches = [m["params"]["job"] for m in server.gateway.requests("$/attach")]
+    assert attaches == ["job1", "job1", "job1", "job1", "job2"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobReattachWhenGatewayUnavailable(
+    browser: BrowserThread, server: Server
+) -> None:
+    """
+    A gateway whose task server is away answers an attach with UNAVAILABLE
+    while the socket stays open: the handle attaches again after the
+    client's backoff delays, until it is heard, and C{result} resolves.
+    """
+    server.gateway.refuseAttaches = 2
+    result = await runScript(
+        browser,
+        server,
+        """
+        const service = await TaskService.connect(undefined, { minDelay: 20 });
+        const job = await service.submit("steps", { n: 1 });
+        await service.call("step", { job: job.id });
+        const value = await job.result;
+        service.close();
+        return { value };
+        """,
+    )
+    assert result == {"value": {"steps": 1}}
+    assert len(server.gateway.requests("$/attach")) == 3
+    assert server.gateway.opened == 1
+
+
 # -- the demo page -----------------------------------------------------------
+
+STORED_JOB = (
+    "() => JSON.parse(localStorage.getItem('taskservice.demo.job'))?.job ?? null"
+)
+"""The id of the job the demo page keeps in localStorage (or null)."""
+RECORD_PROGRESS = """
+window.progressSeen = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const bar = document.getElementById("progress");
+  new MutationObserver(() => window.progressSeen.push(bar.value))
+    .observe(bar, { attributes: true, attributeFilter: ["value"] });
+});
+"""
+"""An init script: every value the progress bar takes, in C{progressSeen}."""
+DEMO_STATE = """() => ({
+  value: document.querySelector("#progress").value,
+  text: document.querySelector("#progress-text").textContent,
+  outcome: document.querySelector("#result").dataset.outcome ?? null,
+  result: document.querySelector("#result").textContent,
+  status: document.querySelector("#status").dataset.state,
+  stored: JSON.parse(localStorage.getItem("taskservice.demo.job"))?.job ?? null,
+  job: document.querySelector("#job").textContent,
+  seen: window.progressSeen,
+})"""
+"""What the demo page shows, and the progress values it went through."""
+
+
+class DemoPage:
+    """
+    The demo page driven step by step from the browser's thread, so that
+    the reactor's side (a held sink, a restarted server) can act in
+    between. Each method is awaited from the reactor's thread.
+    """
+
+    def __init__(self, browser: BrowserThread, timeout: float = SAFETY) -> None:
+        self.browser = browser
+        self.timeout = timeout
+        self.errors: list[str] = []
+        self.page: Any = None
+
+    async def open(self, origin: str) -> None:
+        """
+        A new page (its own storage), recording the progress bar's values,
+        on C{origin}'s demo page, once it says "Connected".
+        """
+
+        def inBrowser() -> None:
+            page = self.browser.browser.new_page(
+                viewport={"width": 1000, "height": 760}
+            )
+            page.set_default_timeout(self.timeout * 1000)
+            page.on("pageerror", lambda error: self.errors.append(str(error)))
+            page.add_init_script(RECORD_PROGRESS)
+            self.page = page
+            page.goto(origin + "/")
+            syncAPI.expect(page.locator("#status")).to_have_text(
+                "Connected", timeout=self.timeout * 1000
+            )
+
+        await self.browser.run(inBrowser)
+
+    async def click(self, selector: str) -> None:
+        await self.browser.run(lambda: self.page.click(selector))
+
+    async def waitFor(self, expression: str) -> None:
+        """
+        Wait until the JavaScript C{expression} holds in the page.
+        """
+        await self.browser.run(
+            lambda: self.page.wait_for_function(
+                expression, timeout=self.timeout * 1000, polling=50
+            )
+        )
+
+    async def state(self) -> dict[str, Any]:
+        """
+        What the page shows now (L{DEMO_STATE}).
+        """
+        state: dict[str, Any] = await self.browser.run(
+            lambda: self.page.evaluate(DEMO_STATE)
+        )
+        return state
+
+    async def reload(self) -> None:
+        """
+        Reload the page (its localStorage stays) and wait until it is
+        connected again.
+        """
+
+        def inBrowser() -> None:
+            self.page.reload()
+            syncAPI.expect(self.page.locator("#status")).to_have_text(
+                "Connected", timeout=self.timeout * 1000
+            )
+
+        await self.browser.run(inBrowser)
+
+    async def screenshot(self, path: Path) -> None:
+        await self.browser.run(
+            lambda: self.page.screenshot(path=str(path), full_page=True)
+        )
+
+    async def close(self) -> None:
+        if self.page is not None:
+            await self.browser.run(self.page.close)
+            self.page = None
 
 
 def _demo(browser: BrowserThread, origin: str, screenshot: Path) -> dict[str, Any]:
     """
     In the browser's thread: load the demo page, send to 1,000 users while
-    echoing, then cancel a second send; take a screenshot in between.
+    echoing, then cancel a second send; take a screenshot in between; note
+    the job the page keeps in localStorage along the way.
     """
     page = browser.browser.new_page(viewport={"width": 1000, "height": 720})
     errors: list[str] = []
@@ -768,6 +1341,7 @@ def _demo(browser: BrowserThread, origin: str, screenshot: Path) -> dict[str, An
             " && document.querySelector('#result').dataset.outcome === 'running'"
         )
         seen["cancelEnabled"] = page.is_enabled("#cancel")
+        seen["storedWhileSending"] = page.evaluate(STORED_JOB)
         page.fill("#echo-input", "still responsive")
         page.click("#echo-send")
         page.wait_for_function("document.querySelector('#echo-output').dataset.outcome")
@@ -783,6 +1357,7 @@ def _demo(browser: BrowserThread, origin: str, screenshot: Path) -> dict[str, An
         syncAPI.expect(page.locator("#sink-received")).to_have_text("1,000")
         seen["sendEnabled"] = page.is_enabled("#send")
         seen["cancelEnabledAfter"] = page.is_enabled("#cancel")
+        seen["storedAfter"] = page.evaluate(STORED_JOB)
         page.screenshot(path=str(screenshot), full_page=True)
 
         page.click("#send")
@@ -792,6 +1367,8 @@ def _demo(browser: BrowserThread, origin: str, screenshot: Path) -> dict[str, An
             "document.querySelector('#result').dataset.outcome === 'cancelled'"
         )
         seen["cancelled"] = page.text_content("#result")
+        seen["countedBy"] = page.get_attribute("#result", "data-counted-by")
+        seen["storedAfterCancel"] = page.evaluate(STORED_JOB)
     finally:
         page.close()
     seen["errors"] = errors
@@ -802,11 +1379,12 @@ def _demo(browser: BrowserThread, origin: str, screenshot: Path) -> dict[str, An
 async def test_demoPage(browser: BrowserThread, server: Server, tmp_path: Path) -> None:
     """
     The demo page, against the stand-in gateway: it connects; "Send an
-    e-mail to 1,000 users" calls send_mail with user0001..user1000, moves
-    the progress bar to 1,000 and reports the count and time; the echo box
-    answers during the send; the sink panel shows 1,000 from /stats;
-    Cancel aborts a second send (with C{$/cancelRequest}). No errors in the
-    page's console.
+    e-mail to 1,000 users" submits send_mail with user0001..user1000 as a
+    job (its id in localStorage while it runs, forgotten when it ends),
+    moves the progress bar to 1,000 and reports the count and time; the
+    echo box answers during the send; the sink panel shows 1,000 from
+    /stats; Cancel stops a second send (with C{$/cancelJob}) and the page
+    reports what the sink counted for it. No errors in the page's console.
     """
     screenshot = Path(os.environ.get("TASKSERVICE_SCREENSHOT") or tmp_path / "demo.png")
     seen = await browser.run(_demo, browser, server.origin, screenshot)
@@ -824,12 +1402,76 @@ async def test_demoPage(browser: BrowserThread, server: Server, tmp_path: Path) 
     assert seen["cancelled"].startswith("Cancelled after ")
     assert screenshot.stat().st_size > 10_000
 
-    sends = server.gateway.requests("send_mail")
-    assert len(sends) == 2
-    to = sends[0]["params"]["to"]
+    sends = server.gateway.requests("$/submit")
+    assert [m["params"]["method"] for m in sends] == ["send_mail", "send_mail"]
+    to = sends[0]["params"]["params"]["to"]
     assert len(to) == 1000
     assert to[0] == "user0001@example.com"
     assert to[-1] == "user1000@example.com"
-    assert [m["params"] for m in server.gateway.requests("$/cancelRequest")] == [
-        {"id": sends[1]["id"]}
+    assert seen["storedWhileSending"] == "job1"
+    assert seen["storedAfter"] is None
+    assert seen["storedAfterCancel"] is None
+    assert [m["params"] for m in server.gateway.requests("$/cancelJob")] == [
+        {"job": "job2"}
     ]
+    # What the sink counted for the cancelled send, as the page says.
+    sent = server.gateway.sinkReceived - 1000
+    assert seen["countedBy"] == "sink"
+    assert seen["cancelled"].startswith(f"Cancelled after {sent:,} e-mails (")
+
+
+@pytest_twisted.ensureDeferred
+async def test_demoReload(browser: BrowserThread, server: Server) -> None:
+    """
+    The demo page keeps its job across a reload: with the fake send held at
+    300, the reloaded page re-attaches to the job kept in localStorage and
+    its bar shows 300 (never 0) at once; released, the bar carries on to
+    1,000 / 1,000, the page reports the send and forgets the job. A stored
+    job the server does not know is forgotten with a message.
+    """
+    server.gateway.holdAt = 300
+    page = DemoPage(browser)
+    try:
+        await page.open(server.origin)
+        await page.click("#send")
+        await page.waitFor("document.querySelector('#progress').value === 300")
+        before = await page.state()
+        await page.reload()
+        await page.waitFor("document.querySelector('#progress').value === 300")
+        reloaded = await page.state()
+        server.gateway.release()
+        await page.waitFor("document.querySelector('#result').dataset.outcome === 'ok'")
+        ended = await page.state()
+        await page.browser.run(
+            lambda: page.page.evaluate(
+                "localStorage.setItem('taskservice.demo.job',"
+                " JSON.stringify({ job: 'forgotten', startedAt: 0 }))"
+            )
+        )
+        await page.reload()
+        await page.waitFor(
+            "document.querySelector('#result').dataset.outcome === 'error'"
+        )
+        unknown = await page.state()
+    finally:
+        await page.close()
+    assert page.errors == []
+    assert before["stored"] == "job1"
+    assert before["outcome"] == "running"
+    assert reloaded["stored"] == "job1"
+    assert reloaded["outcome"] == "running"
+    assert reloaded["seen"] == [300], "the reloaded bar starts where the job is"
+    assert ended["text"] == "1,000 / 1,000"
+    assert ended["result"].startswith("Sent 1,000 e-mails in ")
+    assert ended["stored"] is None
+    assert ended["seen"] == sorted(ended["seen"])
+    assert ended["seen"][0] == 300
+    assert unknown["stored"] is None
+    assert "no longer knows" in unknown["result"]
+    assert len(server.gateway.requests("$/submit")) == 1
+    assert [m["params"] for m in server.gateway.requests("$/attach")] == [
+        {"job": "job1"},
+        {"job": "job1"},
+        {"job": "forgotten"},
+    ]
+    assert server.gateway.sinkReceived == 1000

@@ -18,6 +18,17 @@
 // safe to repeat is the caller's business (sending mail twice is not), so
 // the client never resends anything by itself; listen for "reconnect" (or
 // "open") to know when calls can be made again.
+//
+// Durable jobs are the other way round: a job lives in the server's journal,
+// not on the socket, so following it again is always safe. submit() and
+// attach() return a Job handle whose `result` survives a dropped socket:
+// the handle attaches again ($/attach) once the socket is back.
+//
+//     const job = await service.submit("send_mail", { to: addresses });
+//     localStorage.setItem("job", job.id);
+//     job.onProgress(({ done, total }) => console.log(done, total));
+//     const result = await job.result;        // or, after a reload:
+//     const again = service.attach(localStorage.getItem("job"));
 
 /**
  * The error codes of the taskservice protocol (JSON-RPC 2.0 plus our own).
@@ -49,12 +60,26 @@ export const ErrorCode = Object.freeze({
   UNAUTHORISED: -32005,
   /** The gateway or task server cannot be reached (or the socket dropped). */
   UNAVAILABLE: -32006,
+  /** No job of that id (never submitted, or purged); `data` is `{job}`. */
+  JOB_NOT_FOUND: -32007,
+  /**
+   * The job was cut short by a server stop and is not run again (its task
+   * is not idempotent); `data` is `{job, attempts, reason}`.
+   */
+  INTERRUPTED: -32008,
+  /** The job journal cannot record a job (disk full, read-only). */
+  JOURNAL_UNAVAILABLE: -32009,
   /** The call was cancelled. */
   CANCELLED: -32800,
 });
 
 const PROGRESS = "$/progress";
 const CANCEL = "$/cancelRequest";
+const SUBMIT = "$/submit";
+const ATTACH = "$/attach";
+const JOB = "$/job";
+const CANCEL_JOB = "$/cancelJob";
+const SUBMIT_OPTIONS = ["key", "delay", "at", "retries", "backoff", "timeout"];
 
 /**
  * An error reported by the task service, or by this client on its behalf.
@@ -229,6 +254,8 @@ export class TaskService extends EventTarget {
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     /** @type {Map<number|string, Pending>} */
     this._pending = new Map();
+    /** Job handles not settled yet. @type {Set<Job>} */
+    this._jobs = new Set();
     this._nextId = 1;
     this._socket = null;
     this._timer = null;
@@ -356,6 +383,78 @@ export class TaskService extends EventTarget {
   }
 
   /**
+   * Submit a durable job (`$/submit`): the server records it in its journal
+   * and runs `method` with `params` when it is due. Resolves, once the job
+   * is committed, with its {@link Job} handle, already following the job.
+   *
+   * Rejects with a {@link TaskServiceError}: METHOD_NOT_FOUND (no such
+   * task), INVALID_PARAMS (bad options), JOURNAL_UNAVAILABLE, OVERLOADED,
+   * UNAVAILABLE (not connected, or the socket dropped before the answer:
+   * then the job may or may not exist; submitting again with the same `key`
+   * is safe, the server answers with the job it already has).
+   *
+   * @param {string} method - the task's name.
+   * @param {object|Array|undefined} [params] - its parameters.
+   * @param {object} [options]
+   * @param {string} [options.key] - makes the submit idempotent: while a
+   *   job of this key is unfinished or kept, submitting again returns it
+   *   (with `existing: true`).
+   * @param {number} [options.delay] - seconds before the job runs.
+   * @param {Date|string} [options.at] - when it runs (a Date, or ISO 8601
+   *   with a zone).
+   * @param {number} [options.retries] - attempts after a failed first one.
+   * @param {number} [options.backoff] - seconds before the first retry
+   *   (doubled each time, with jitter).
+   * @param {number} [options.timeout] - each attempt's deadline, in seconds.
+   * @param {(progress: object) => void} [options.onProgress] - as
+   *   {@link Job#onProgress}.
+   * @param {boolean} [options.reattach=true] - whether the handle attaches
+   *   again after the socket drops (see {@link Job}).
+   * @returns {Promise<Job>}
+   */
+  async submit(method, params = undefined, options = {}) {
+    const request = { method };
+    if (params !== undefined) request.params = params;
+    for (const name of SUBMIT_OPTIONS) {
+      const value = options[name];
+      if (value === undefined) continue;
+      request[name] = value instanceof Date ? value.toISOString() : value;
+    }
+    const submitted = await this.call(SUBMIT, request);
+    if (submitted === null || typeof submitted?.job !== "string") {
+      throw new TaskServiceError(
+        ErrorCode.INTERNAL_ERROR,
+        "malformed reply to $/submit",
+        { reply: submitted },
+      );
+    }
+    return new Job(this, submitted.job, {
+      ...options,
+      state: submitted.state,
+      existing: submitted.existing === true,
+    });
+  }
+
+  /**
+   * Follow the job `id` (`$/attach`), as submitted by this page earlier, by
+   * another page or by another client. Returns its {@link Job} handle at
+   * once; an unknown id makes the handle's `result` reject with
+   * JOB_NOT_FOUND. Made while the socket is not open, the handle waits for
+   * it (unless `reattach` is false: then `result` rejects with UNAVAILABLE).
+   *
+   * @param {string} id - the job's id.
+   * @param {object} [options]
+   * @param {(progress: object) => void} [options.onProgress] - as
+   *   {@link Job#onProgress}.
+   * @param {boolean} [options.reattach=true] - as for
+   *   {@link TaskService#submit}.
+   * @returns {Job}
+   */
+  attach(id, options = {}) {
+    return new Job(this, id, options);
+  }
+
+  /**
    * Send a notification: a call that gets no reply.
    * @param {string} method
    * @param {object|Array} [params]
@@ -385,6 +484,7 @@ export class TaskService extends EventTarget {
     clearTimeout(this._timer);
     this._timer = null;
     this._failAll("the client was closed");
+    this._failJobs("the client was closed");
     const socket = this._socket;
     this._socket = null;
     if (socket) {
@@ -427,6 +527,7 @@ export class TaskService extends EventTarget {
     if (reconnected) {
       this.dispatchEvent(new CustomEvent("reconnect", { detail: { attempts } }));
     }
+    for (const job of this._jobs) job._connected();
   }
 
   _dropped(code, reason, wasClean) {
@@ -434,6 +535,7 @@ export class TaskService extends EventTarget {
     this._failAll("connection to the gateway lost", { code, reason });
     if (!this._options.reconnect) {
       this._state = State.CLOSED;
+      this._failJobs("connection to the gateway lost", { code, reason });
       this._emitClose(code, reason, wasClean, null);
       return;
     }
@@ -447,9 +549,9 @@ export class TaskService extends EventTarget {
     this._emitClose(code, reason, wasClean, delay);
   }
 
-  _backoff() {
+  _backoff(attempts = this._attempts) {
     const { minDelay, maxDelay, factor, jitter } = this._options;
-    const base = Math.min(maxDelay, minDelay * factor ** this._attempts);
+    const base = Math.min(maxDelay, minDelay * factor ** attempts);
     const spread = 1 + jitter * (2 * Math.random() - 1);
     return Math.max(0, Math.round(base * spread));
   }
@@ -539,6 +641,202 @@ export class TaskService extends EventTarget {
     for (const call of pending) {
       call.reject(new TaskServiceError(ErrorCode.UNAVAILABLE, message, data));
     }
+  }
+
+  _failJobs(message, data = undefined) {
+    const jobs = [...this._jobs];
+    this._jobs.clear();
+    for (const job of jobs) {
+      job._settle(new TaskServiceError(ErrorCode.UNAVAILABLE, message, data));
+    }
+  }
+}
+
+/**
+ * A handle on one durable job, from {@link TaskService#submit} or
+ * {@link TaskService#attach}. It follows the job with `$/attach` from the
+ * moment it is made.
+ *
+ * Re-attaching: when the socket drops, `result` does not reject. The job
+ * goes on in the server's journal, so the handle attaches again as soon as
+ * the client has reconnected (progress resumes with the latest the server
+ * has), and again if the gateway answers UNAVAILABLE while its task server
+ * is away (after the client's backoff delays). `result` rejects with
+ * UNAVAILABLE only when the client is closed, or stops reconnecting; with
+ * JOB_NOT_FOUND if the server no longer knows the job (an in-memory journal
+ * after a restart, or a result purged). With `reattach: false` a drop
+ * rejects `result` with UNAVAILABLE at once, as for a call.
+ */
+export class Job {
+  /**
+   * @param {TaskService} service
+   * @param {string} id
+   * @param {object} options - `onProgress`, `reattach`, and from a submit
+   *   `state` and `existing`.
+   */
+  constructor(service, id, options = {}) {
+    /** The job's id (keep it to attach again later). @type {string} */
+    this.id = id;
+    /**
+     * The job's state in the reply to `$/submit` (`"queued"` or
+     * `"scheduled"`, or any state of an existing job), or `null` from
+     * {@link TaskService#attach}. {@link Job#status} tells the state now.
+     * @type {string|null}
+     */
+    this.state = options.state ?? null;
+    /** Whether `$/submit` found a job of the same `key`. @type {boolean} */
+    this.existing = options.existing ?? false;
+    /** The latest progress received, or `null`. @type {object|null} */
+    this.progress = null;
+    /** Whether the job's outcome is known. @type {boolean} */
+    this.settled = false;
+    this._service = service;
+    this._reattach = options.reattach ?? true;
+    /** @type {Array<(progress: object) => void>} */
+    this._listeners = [];
+    this._retries = 0;
+    this._timer = null;
+    this._attachId = null;
+    /**
+     * The job's result: resolves with its value when it succeeds; rejects
+     * with a {@link TaskServiceError} carrying the job's error (TASK_FAILED,
+     * TIMED_OUT, WORKER_LOST, CANCELLED, INTERRUPTED ...), JOB_NOT_FOUND, or
+     * UNAVAILABLE (see the class). Leaving it unobserved is not an
+     * unhandled rejection: the outcome stays in the journal.
+     * @type {Promise<*>}
+     */
+    this.result = new Promise((resolve, reject) => {
+      this._resolve = resolve;
+      this._reject = reject;
+    });
+    this.result.catch(() => {});
+    if (options.onProgress) this.onProgress(options.onProgress);
+    service._jobs.add(this);
+    this._follow();
+  }
+
+  /**
+   * Call `callback(progress)` with each progress update of the job (the
+   * `$/progress` params: `done`, `total`, `job`, and any keys the task
+   * reports); at once with the latest if one came already. The first update
+   * after each (re-)attach is the latest the server has.
+   * @param {(progress: object) => void} callback
+   * @returns {() => void} a function that removes the callback.
+   */
+  onProgress(callback) {
+    this._listeners.push(callback);
+    if (this.progress !== null) {
+      try {
+        callback(this.progress);
+      } catch (e) {
+        rethrowLater(e);
+      }
+    }
+    return () => {
+      this._listeners = this._listeners.filter((l) => l !== callback);
+    };
+  }
+
+  /**
+   * Cancel the job (`$/cancelJob`): a waiting job is cancelled at once, a
+   * running one is stopped; a finished one is left as it is. Resolves with
+   * `{job, state}` after; `result` then rejects with CANCELLED (unless the
+   * job had finished). Rejects with UNAVAILABLE when not connected.
+   * @returns {Promise<{job: string, state: string}>}
+   */
+  cancel() {
+    return this._service.call(CANCEL_JOB, { job: this.id });
+  }
+
+  /**
+   * The job as the server has it now (`$/job`): `{job, method, state,
+   * attempts, maxAttempts, key, createdAt, runAt, startedAt, finishedAt,
+   * progress, error, params, result}`.
+   * @returns {Promise<object>}
+   */
+  status() {
+    return this._service.call(JOB, { job: this.id });
+  }
+
+  // -- internals ----------------------------------------------------------
+
+  _follow() {
+    if (this.settled) return;
+    const service = this._service;
+    if (!service.connected) {
+      if (!this._reattach) {
+        this._settle(
+          new TaskServiceError(
+            ErrorCode.UNAVAILABLE,
+            "not connected to the gateway",
+            { state: service.state },
+          ),
+        );
+      }
+      // Otherwise: _connected() follows once the socket is open.
+      return;
+    }
+    const attachId = {};
+    this._attachId = attachId;
+    service
+      .call(ATTACH, { job: this.id }, {
+        onProgress: (update) => this._progressed(update),
+      })
+      .then(
+        (value) => this._settle(undefined, value),
+        (error) => this._lost(attachId, error),
+      );
+  }
+
+  _connected() {
+    if (this._attachId === null && this._timer === null) this._follow();
+  }
+
+  _lost(attachId, error) {
+    if (this.settled || attachId !== this._attachId) return;
+    this._attachId = null;
+    const service = this._service;
+    if (
+      error.code !== ErrorCode.UNAVAILABLE ||
+      !this._reattach ||
+      service.state === State.CLOSED
+    ) {
+      this._settle(error);
+      return;
+    }
+    if (service.connected) {
+      // The gateway answered: its task server is away. Try again later.
+      const delay = service._backoff(this._retries);
+      this._retries += 1;
+      this._timer = setTimeout(() => {
+        this._timer = null;
+        this._follow();
+      }, delay);
+    }
+    // Not connected: _connected() follows again once the socket is back.
+  }
+
+  _progressed(update) {
+    this._retries = 0;
+    this.progress = update;
+    for (const listener of this._listeners) {
+      try {
+        listener(update);
+      } catch (e) {
+        rethrowLater(e);
+      }
+    }
+  }
+
+  _settle(error, value = undefined) {
+    if (this.settled) return;
+    this.settled = true;
+    this._attachId = null;
+    clearTimeout(this._timer);
+    this._timer = null;
+    this._service._jobs.delete(this);
+    if (error === undefined) this._resolve(value);
+    else this._reject(error);
   }
 }
 
