@@ -370,25 +370,25 @@ class FakeGatewayFactory(WebSocketServerFactory):
             )
             connection.answer(requestId, {"job": jobId, "state": "queued"})
             return
-        job = self.jobs.get(params["job"])
-        if job is None:
+        target = self.jobs.get(params["job"])
+        if target is None:
             connection.error(requestId, -32007, "job not found", {"job": params["job"]})
         elif method == "$/job":
-            connection.answer(requestId, job.describe())
+            connection.answer(requestId, target.describe())
         elif method == "$/cancelJob":
-            if job.state == "running":
-                job.end("cancelled", error={"code": -32800, "message": "cancelled"})
-            connection.answer(requestId, {"job": job.id, "state": job.state})
+            if target.state == "running":
+                target.end("cancelled", error={"code": -32800, "message": "cancelled"})
+            connection.answer(requestId, {"job": target.id, "state": target.state})
         elif method == "$/attach":
             if self.refuseAttaches:
                 self.refuseAttaches -= 1
                 connection.error(requestId, -32006, "task server unavailable")
-            elif job.state != "running":
-                job.answer(connection, requestId)
+            elif target.state != "running":
+                target.answer(connection, requestId)
             else:
-                job.attached.append((connection, requestId))
-                if job.progress is not None:
-                    update = {**job.progress, "job": job.id, "id": requestId}
+                target.attached.append((connection, requestId))
+                if target.progress is not None:
+                    update = {**target.progress, "job": target.id, "id": requestId}
                     connection.send(
                         {"jsonrpc": "2.0", "method": "$/progress", "params": update}
                     )
