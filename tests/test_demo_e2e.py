@@ -70,8 +70,9 @@ async def test_thousandEmails(browser: BrowserThread, tmp_path: Path) -> None:
     runs send_mail in a worker, the progress bar reaches 1,000 / 1,000, the
     result is reported, the echo box answers during the send, the page's
     sink panel and the gateway's /stats both show the 1,000 messages the
-    real SMTP sink received; Cancel stops a second send part-way. No error
-    in the page's console.
+    real SMTP sink received; Cancel stops a second send part-way and the
+    page reports as many e-mails as the sink received for it. No error in
+    the page's console.
     """
     wsPort, sinkPort = freePort(), freePort()
     with twistd(
@@ -100,6 +101,10 @@ async def test_thousandEmails(browser: BrowserThread, tmp_path: Path) -> None:
     assert seen["cancelled"].startswith("Cancelled after ")
     received = stats["smtpSink"]["received"]
     assert 1050 <= received < 2000, "all of the first send, part of the second"
+    # The page says how many of the cancelled send went out, as the sink
+    # counted them (issue 16: not the progress it saw last).
+    assert seen["countedBy"] == "sink"
+    assert seen["cancelled"].startswith(f"Cancelled after {received - 1000:,} e-mails")
     assert stats["taskServer"]["restartsByCause"] == {"cancel": 1}
 
 

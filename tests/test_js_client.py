@@ -358,10 +358,11 @@ class FakeGatewayFactory(WebSocketServerFactory):
                 )
                 return
             key = params.get("key")
-            for job in self.jobs.values():
-                if key is not None and job.params.get("key") == key:
+            for known in self.jobs.values():
+                if key is not None and known.params.get("key") == key:
                     connection.answer(
-                        requestId, {"job": job.id, "state": job.state, "existing": True}
+                        requestId,
+                        {"job": known.id, "state": known.state, "existing": True},
                     )
                     return
             jobId = f"job{len(self.jobs) + 1}"
