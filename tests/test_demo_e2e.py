@@ -361,8 +361,9 @@ async def test_reloadAndRestartMidSend(browser: BrowserThread, tmp_path: Path) -
     assert ended["job"] == f"Job {before['stored']} has ended."
     assert sink.received == 1000
     # The second attempt started after the last progress the journal had:
-    # what the first sent after it came again, and was dropped.
-    assert sink.duplicates == receivedAtKill - recorded
+    # what the first sent after it came again, and was dropped. (A message
+    # or two may reach the sink between reading its count and the kill.)
+    assert 0 <= sink.duplicates - (receivedAtKill - recorded) <= 10
     assert job["state"] == "succeeded"
     assert job["attempts"] == 2
     assert job["result"] == {"sent": 1000}
