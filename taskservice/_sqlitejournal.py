@@ -332,7 +332,7 @@ class SQLiteJournal:
         def write(db: sqlite3.Connection, batch: Batch) -> None:
             db.executemany(
                 "UPDATE jobs SET progress = ? WHERE id = ? AND state = 'running'",
-                [(_json.dumps(u).decode(), jobId) for jobId, u in updates.items()],
+                [(_text(u), jobId) for jobId, u in updates.items()],
             )
 
         self._writer.run(write).addErrback(lambda f: None)
@@ -352,8 +352,8 @@ class SQLiteJournal:
         pending = self._progress.pop(jobId, None)
         if progress is None:
             progress = pending
-        errorText = None if error is None else _json.dumps(error).decode()
-        progressText = None if progress is None else _json.dumps(progress).decode()
+        errorText = None if error is None else _text(error)
+        progressText = None if progress is None else _text(progress)
 
         def finish(db: sqlite3.Connection, batch: Batch) -> bool:
             done = db.execute(
@@ -371,7 +371,7 @@ class SQLiteJournal:
     def retryAt(
         self, jobId: str, runAt: float, error: Mapping[str, Any]
     ) -> Deferred[bool]:
-        errorText = _json.dumps(error).decode()
+        errorText = _text(error)
 
         def retry(db: sqlite3.Connection, batch: Batch) -> bool:
             done = db.execute(
@@ -401,7 +401,7 @@ class SQLiteJournal:
     def cancel(
         self, jobId: str, now: float, expiresAt: float, error: Mapping[str, Any]
     ) -> Deferred[JobRecord | None]:
-        errorText = _json.dumps(error).decode()
+        errorText = _text(error)
 
         def cancel(db: sqlite3.Connection, batch: Batch) -> JobRecord | None:
             row = db.execute(
@@ -488,7 +488,7 @@ class SQLiteJournal:
                     db.execute(
                         "UPDATE jobs SET state = 'interrupted', finished_at = ?,"
                         " expires_at = ?, error = ? WHERE id = ?",
-                        (now, expiresAt, _json.dumps(error).decode(), job.id),
+                        (now, expiresAt, _text(error), job.id),
                     )
                     interrupted.append(job.id)
                     batch.moved(RUNNING, INTERRUPTED)
@@ -515,24 +515,12 @@ class SQLiteJournal:
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:
-    (
-        jobId,
-        method,
-        params,
-        key,
-        state,
-        attempts,
-        maxAttempts,
-        backoff,
-        timeout,
-        runAt,
-        createdAt,
-        startedAt,
-        finishedAt,
-        progress,
-        result,
-        error,
-    ) = row
+    """
+    The record of a row of L{_COLUMNS}, its progress and error decoded.
+    """
+    (jobId, method, params, key, state, attempts, maxAttempts, backoff) = row[:8]
+    (timeout, runAt, createdAt, startedAt, finishedAt) = row[8:13]
+    progress, result, error = row[13:]
     return JobRecord(
         jobId,
         method,
@@ -547,10 +535,21 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
         createdAt,
         startedAt,
         finishedAt,
-        None if progress is None else _json.loads(progress.encode()),
+        _fromText(progress),
         result,
-        None if error is None else _json.loads(error.encode()),
+        _fromText(error),
     )
+
+
+def _text(value: Any) -> str:
+    """
+    C{value} as the JSON text a column holds.
+    """
+    return _json.dumps(value).decode()
+
+
+def _fromText(text: str | None) -> Any:
+    return None if text is None else _json.loads(text.encode())
 
 
 def _describe(path: str, error: sqlite3.DatabaseError) -> str:
