@@ -8,6 +8,7 @@ no Twisted.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from typing import Any
 
@@ -50,6 +51,9 @@ def describeConnectError(error: BaseException) -> str:
         return f"TLS: {error.reason or error}"
     if isinstance(error, TimeoutError) and not str(error):
         return "timed out"
+    if isinstance(error, OSError) and error.errno:
+        # The same words from socket and asyncio ("Connection refused").
+        return os.strerror(error.errno)
     return str(error) or type(error).__name__
 
 

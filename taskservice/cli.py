@@ -228,6 +228,7 @@ def call(
 @pass_settings
 def submit(
     settings: Settings,
+    /,
     method: str,
     args: tuple[str, ...],
     params: str | None,
