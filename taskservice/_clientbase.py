@@ -41,14 +41,44 @@ def clientToken(token: Token | str | None, tokenFile: str | None) -> Token | Non
     return Token(token) if isinstance(token, str) else token
 
 
+SSL_CLUES = [
+    (
+        "certificate verify failed",
+        "the task server's certificate is not signed by a CA in trustRoots",
+    ),
+    (
+        "certificate required",
+        "the task server requires a client certificate (certificate= and privateKey=)",
+    ),
+    ("unknown ca", "the task server does not trust our client certificate's CA"),
+    ("bad certificate", "the task server refused our client certificate"),
+    ("certificate expired", "a certificate has expired"),
+]
+"""Words in OpenSSL's message of a TLS failure, and what they mean (the
+Twisted client's L{taskservice._tls.describeTLSFailure} says the same)."""
+
+_HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH
+
+
 def describeConnectError(error: BaseException) -> str:
     """
     Why a connection attempt failed, in words (TLS failures say so).
     """
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return f"TLS: {error.verify_message or error}"
+    if (
+        isinstance(error, ssl.SSLCertVerificationError)
+        and error.verify_code == _HOSTNAME_MISMATCH
+    ):
+        return (
+            "TLS: host name mismatch: the task server's certificate is not"
+            f" valid for the name connected to ({error.verify_message})"
+        )
     if isinstance(error, ssl.SSLError):
-        return f"TLS: {error.reason or error}"
+        detail = str(error)
+        plain = detail.replace("_", " ").lower()
+        for clue, words in SSL_CLUES:
+            if clue in plain:
+                return f"TLS: {words} ({detail})"
+        return f"TLS: handshake failed ({detail})"
     if isinstance(error, TimeoutError) and not str(error):
         return "timed out"
     if isinstance(error, OSError) and error.errno:

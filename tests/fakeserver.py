@@ -75,7 +75,11 @@ class Peer:
 
     def progress(self, request: dict[str, Any], **update: Any) -> None:
         self.send(
-            {"jsonrpc": "2.0", "method": "$/progress", "params": {**update, "id": request["id"]}}
+            {
+                "jsonrpc": "2.0",
+                "method": "$/progress",
+                "params": {**update, "id": request["id"]},
+            }
         )
 
     def close(self) -> None:

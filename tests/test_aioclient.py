@@ -64,9 +64,9 @@ def test_progressErrorsAndLoss() -> None:
 
     async def main(endpoint: str) -> None:
         async with Client(endpoint) as client:
-            assert await client.call("send_mail", to="a@x", on_progress=seen.append) == {
-                "sent": 1
-            }
+            assert await client.call(
+                "send_mail", to="a@x", on_progress=seen.append
+            ) == {"sent": 1}
             with pytest.raises(TaskFailed):
                 await client.call("fail")
             with pytest.raises(ServerLost):

@@ -19,7 +19,11 @@ from tests.test_security_integration import makePKI
     ("description", "address", "timeout"),
     [
         ("tcp:127.0.0.1:12345", ("127.0.0.1", 12345), DEFAULT_CONNECT_TIMEOUT),
-        ("tcp:host=tasks.internal:port=7000:timeout=2.5", ("tasks.internal", 7000), 2.5),
+        (
+            "tcp:host=tasks.internal:port=7000:timeout=2.5",
+            ("tasks.internal", 7000),
+            2.5,
+        ),
         ("tcp:\\:\\:1:12345", ("::1", 12345), DEFAULT_CONNECT_TIMEOUT),
     ],
 )

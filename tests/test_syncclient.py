@@ -204,12 +204,17 @@ def test_tokenAndRefusal(tmp_path: Any) -> None:
         auth = peer.readRequest("$/auth")
         peer.error(auth, -32005, "unauthorised")
 
-    with fakeServer(accepting) as server:
-        with Client(server.endpoint, token_file=str(path)) as client:
-            assert client.call("echo", 1) == 1
-    with fakeServer(refusing) as server, Client(server.endpoint, token="x") as client:
-        with pytest.raises(Unauthorised):
-            client.call("echo", 1)
+    with (
+        fakeServer(accepting) as server,
+        Client(server.endpoint, token_file=str(path)) as client,
+    ):
+        assert client.call("echo", 1) == 1
+    with (
+        fakeServer(refusing) as server,
+        Client(server.endpoint, token="x") as client,
+        pytest.raises(Unauthorised),
+    ):
+        client.call("echo", 1)
 
 
 def test_tenMegabyteLines() -> None:
