@@ -124,12 +124,21 @@ def reported(settings: Settings) -> Iterator[None]:
 
 def parseParams(args: tuple[str, ...], params: str | None) -> Any:
     """
-    The call's params: C{--json PARAMS} (an array or an object) whole, or
+    The call's params: C{--json PARAMS} (an array or an object, or
+    C{@FILE} holding one) whole, or
     each argument as JSON if it is JSON, else as a string (C{echo hi}).
     """
     if params is not None:
         if args:
             raise click.UsageError("give arguments or --json PARAMS, not both")
+        if params.startswith("@"):
+            try:
+                with open(params[1:], encoding="utf-8") as f:
+                    params = f.read()
+            except (OSError, UnicodeDecodeError) as e:
+                raise click.BadParameter(
+                    f"{params[1:]}: {e}", param_hint="--json"
+                ) from None
         try:
             value = json.loads(params)
         except ValueError as e:
@@ -148,7 +157,7 @@ def parseParams(args: tuple[str, ...], params: str | None) -> Any:
     return values
 
 
-_PARAMS_HELP = "the task's params as one JSON array or object"
+_PARAMS_HELP = "the task's params as one JSON array or object (@FILE: read it)"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
