@@ -184,6 +184,7 @@ class Client:
         self._target = parseEndpoint(endpoint)
         self._token = clientToken(token, token_file)
         self._protocol: _Protocol | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Lock | None = None
         self._closed = False
 
@@ -287,6 +288,15 @@ class Client:
         return call
 
     async def _connected(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None and not self._loop.is_closed():
+                raise RuntimeError(
+                    "this taskservice.aio.Client belongs to another event loop:"
+                    " make one per loop (in an app's startup, say)"
+                )
+            # First use, or its loop is gone (a test's, say): start afresh.
+            self._loop, self._protocol, self._connecting = loop, None, None
         protocol = self._protocol
         if protocol is not None and protocol.live:
             return protocol

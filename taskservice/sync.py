@@ -21,6 +21,7 @@ protocol.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import selectors
 import socket
@@ -106,6 +107,7 @@ class _Connection:
         self._wakeIn, self._wakeOut = socket.socketpair()
         self._wakeIn.setblocking(False)
         self._wakeOut.setblocking(False)
+        self.pid = os.getpid()
         self.lock = threading.Lock()
         self._out: deque[memoryview] = deque()
         self._closing = False
@@ -124,7 +126,18 @@ class _Connection:
 
     @property
     def live(self) -> bool:
-        return self.core.state in _LIVE
+        """Usable: open (or authenticating), and this process's own."""
+        return self.core.state in _LIVE and self.pid == os.getpid()
+
+    def forsake(self) -> None:
+        """
+        In a child forked while this connection was open: close this
+        process's copies of its sockets (the parent's stay open; the I/O
+        thread did not survive the fork).
+        """
+        for sock in (self._sock, self._wakeIn, self._wakeOut):
+            with contextlib.suppress(OSError):
+                sock.close()
 
     # -- callers' side ------------------------------------------------------
 
@@ -297,7 +310,8 @@ class Client:
     @raise ValueError: the endpoint or the token file cannot be used.
 
     The connection is made by the first call, and made again by the first
-    call after it was lost. Calls in flight on a lost connection fail at
+    call after it was lost, or in a child process after C{fork()} (a
+    pre-fork web server's workers each get their own). Calls in flight on a lost connection fail at
     once with L{taskservice.errors.ServerLost}; a call that cannot connect
     fails with L{taskservice.errors.Unreachable}.
     """
@@ -437,6 +451,10 @@ class Client:
             if self._closed:
                 raise Unreachable("the client is closed")
             connection = self._connection
+            if connection is not None and connection.pid != os.getpid():
+                # Forked (a pre-fork web server's worker): connect anew.
+                connection.forsake()
+                connection = None
             if connection is None or not connection.live:
                 try:
                     connection = _Connection(self)

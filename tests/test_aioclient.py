@@ -9,6 +9,7 @@ C{$/cancelRequest}, 10 MB lines.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Coroutine
 from typing import Any
 
@@ -135,3 +136,35 @@ def test_tenMegabyteLinesAndUnreachable() -> None:
             assert "refused" in failed.value.data["reason"].lower()
 
     run(unreachable())
+
+
+def test_oneLoopAtATime() -> None:
+    """
+    A client used again after its event loop ended connects in the new
+    one; used from a second loop while its first runs, it says so.
+    """
+    with fakeServer(echoing) as server:
+        client = Client(server.endpoint)
+        assert run(client.call("echo", 1)) == [1]
+        assert run(client.call("echo", 2)) == [2]
+
+        async def fromAnotherLoop() -> None:
+            other: list[BaseException] = []
+
+            def inThread() -> None:
+                try:
+                    asyncio.run(client.call("echo", 3))
+                except BaseException as e:
+                    other.append(e)
+
+            thread = threading.Thread(target=inThread)
+            thread.start()
+            await asyncio.to_thread(thread.join, 30)
+            assert len(other) == 1 and isinstance(other[0], RuntimeError), other
+            await client.close()
+
+        async def main() -> None:
+            assert await client.call("echo", 4) == [4]
+            await fromAnotherLoop()
+
+        run(main())

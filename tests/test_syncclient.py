@@ -8,6 +8,7 @@ real server is in L{tests.test_clients_integration}.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -245,3 +246,22 @@ def test_closedClient() -> None:
             client.call("echo", 1)
     with pytest.raises(ValueError, match="tcp:, tls: and unix:"):
         Client("ssl:127.0.0.1:1")
+
+
+def test_forkedChildConnectsAnew() -> None:
+    """
+    A child forked after the client connected (a pre-fork web server's
+    worker) makes its own connection; the parent's keeps working.
+    """
+    with fakeServer(echoing) as server, Client(server.endpoint) as client:
+        assert client.call("echo", "parent") == ["parent"]
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            try:
+                ok = client.call("echo", "child", timeout=20) == ["child"]
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert client.call("echo", "parent again") == ["parent again"]
+    assert server.connections == 2
