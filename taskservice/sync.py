@@ -311,9 +311,9 @@ class Client:
 
     The connection is made by the first call, and made again by the first
     call after it was lost, or in a child process after C{fork()} (a
-    pre-fork web server's workers each get their own). Calls in flight on a lost connection fail at
-    once with L{taskservice.errors.ServerLost}; a call that cannot connect
-    fails with L{taskservice.errors.Unreachable}.
+    pre-fork web server's workers each get their own). Calls in flight on
+    a lost connection fail at once with L{taskservice.errors.ServerLost};
+    a call that cannot connect fails with L{taskservice.errors.Unreachable}.
     """
 
     def __init__(
