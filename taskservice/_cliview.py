@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.progress import (
     BarColumn,
@@ -68,15 +69,15 @@ class ProgressBar:
 def _when(epoch: object) -> str:
     if not isinstance(epoch, int | float):
         return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    return time.strftime("%m-%d %H:%M", time.localtime(epoch))
 
 
 def jobTable(jobs: list[dict[str, Any]]) -> Table:
     """The C{$/jobs} entries as a table, newest first."""
-    table = Table(title=f"{len(jobs)} jobs", title_justify="left")
+    table = Table(title=f"{len(jobs)} jobs", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("job", no_wrap=True, min_width=16)
-    for column in ("method", "state", "attempts", "created", "finished"):
-        table.add_column(column)
+    for column in ("method", "state", "runs", "created", "finished"):
+        table.add_column(column, no_wrap=True)
     for job in jobs:
         table.add_row(
             str(job.get("job")),
@@ -95,7 +96,11 @@ def jobDetails(job: Mapping[str, Any]) -> Table:
     table.add_column(style="bold")
     table.add_column()
     for name, value in job.items():
-        shown = _when(value) if name.endswith("At") else value
+        shown = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+            if name.endswith("At") and isinstance(value, int | float)
+            else value
+        )
         table.add_row(name, "" if shown is None else str(shown))
     return table
 
@@ -169,14 +174,10 @@ class StatsView:
         ]
         jobs = stats.get("jobs")
         if isinstance(jobs, dict):
-            jobView = Table(title="jobs", title_justify="left")
-            shown = [s for s in JOB_STATES if s in jobs]
-            for column in (*shown, "submitted", "journal"):
-                jobView.add_column(column, justify="right")
-            jobView.add_row(
-                *(str(jobs[s]) for s in shown),
-                str(jobs.get("submitted", "")),
-                str(jobs.get("journal", "")),
+            counts = [f"{s} {jobs[s]:,}" for s in JOB_STATES if s in jobs]
+            parts.append(
+                f"[bold]jobs[/bold]  {' · '.join(counts)}"
+                f"  (submitted {jobs.get('submitted', 0):,};"
+                f" journal {jobs.get('journal', '?')})"
             )
-            parts.append(jobView)
         return Group(*parts)

@@ -30,7 +30,7 @@ from taskservice._cliview import (
 from taskservice._endpoints import displayName
 from taskservice._version import __version__
 from taskservice.errors import ErrorCode, TaskServiceError
-from taskservice.sync import DEFAULT_ENDPOINT, Client
+from taskservice.sync import DEFAULT_ENDPOINT, Client, Job
 from taskservice.wire import SUBMIT, submitParams
 
 INTERRUPTED_EXIT = 130
@@ -279,9 +279,12 @@ def watch(settings: Settings, job: str, timeout: float | None) -> None:
     Ctrl-C stops watching (exit 130); the job goes on."""
     client = settings.client()
     with reported(settings):
-        handle = client.attach(job)
+        now = client.request("$/job", {"job": job})
+        handle = Job(client, job)
         try:
-            with ProgressBar(settings.err, job) as bar:
+            with ProgressBar(settings.err, f"{now['method']} {job}") as bar:
+                if isinstance(now.get("progress"), dict):
+                    bar.update(now["progress"])
                 for update in handle.progress(timeout):
                     bar.update(update)
         except KeyboardInterrupt:
