@@ -157,6 +157,9 @@ def parseParams(args: tuple[str, ...], params: str | None) -> Any:
     return values
 
 
+_JOB_ID = {"ignore_unknown_options": True}
+"""A job id may start with "-" (ids are URL-safe base64): not an option."""
+
 _PARAMS_HELP = "the task's params as one JSON array or object (@FILE: read it)"
 
 
@@ -256,7 +259,7 @@ def submit(
             settings.err.print(f"(the job of key {options['key']!r}, submitted before)")
 
 
-@main.command()
+@main.command(context_settings=_JOB_ID)
 @click.argument("job")
 @pass_settings
 def status(settings: Settings, job: str) -> None:
@@ -269,7 +272,7 @@ def status(settings: Settings, job: str) -> None:
         settings.out.print(jobDetails(answer))
 
 
-@main.command()
+@main.command(context_settings=_JOB_ID)
 @click.argument("job")
 @click.option("--timeout", type=float, help="seconds to wait at most")
 @pass_settings
@@ -296,7 +299,7 @@ def watch(settings: Settings, job: str, timeout: float | None) -> None:
     settings.show(result)
 
 
-@main.command()
+@main.command(context_settings=_JOB_ID)
 @click.argument("job")
 @pass_settings
 def cancel(settings: Settings, job: str) -> None:

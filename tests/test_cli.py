@@ -75,6 +75,8 @@ def test_call(endpoint: str) -> None:
         (("call", "fib", "--json", "3"), 2, "array or object"),
         (("call", "sleep", "5", "--timeout", "0.3"), 4, "timed out"),
         (("watch", "no-such-job"), 8, "error -32007: job not found"),
+        # Job ids are URL-safe base64: one may start with "-".
+        (("status", "-no-such-job"), 8, "error -32007: job not found"),
     ],
 )
 def test_errors(endpoint: str, args: tuple[str, ...], status: int, words: str) -> None:
