@@ -157,8 +157,27 @@ def parseParams(args: tuple[str, ...], params: str | None) -> Any:
     return values
 
 
-_JOB_ID = {"ignore_unknown_options": True}
-"""A job id may start with "-" (ids are URL-safe base64): not an option."""
+class _JobCommand(click.Command):
+    """
+    A command of one job id, which may start with "-" (ids are URL-safe
+    base64): an argument that is none of the command's options is the id,
+    even so (Click would take it for options).
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        known = {
+            name
+            for param in self.get_params(ctx)
+            for name in (*param.opts, *param.secondary_opts)
+        }
+        options, ids = [], []
+        for arg in args:
+            if arg.startswith("-") and arg.split("=", 1)[0] not in known:
+                ids.append(arg)
+            else:
+                options.append(arg)
+        return super().parse_args(ctx, [*options, "--", *ids] if ids else options)
+
 
 _PARAMS_HELP = "the task's params as one JSON array or object (@FILE: read it)"
 
@@ -259,7 +278,7 @@ def submit(
             settings.err.print(f"(the job of key {options['key']!r}, submitted before)")
 
 
-@main.command(context_settings=_JOB_ID)
+@main.command(cls=_JobCommand)
 @click.argument("job")
 @pass_settings
 def status(settings: Settings, job: str) -> None:
@@ -272,7 +291,7 @@ def status(settings: Settings, job: str) -> None:
         settings.out.print(jobDetails(answer))
 
 
-@main.command(context_settings=_JOB_ID)
+@main.command(cls=_JobCommand)
 @click.argument("job")
 @click.option("--timeout", type=float, help="seconds to wait at most")
 @pass_settings
@@ -299,7 +318,7 @@ def watch(settings: Settings, job: str, timeout: float | None) -> None:
     settings.show(result)
 
 
-@main.command(context_settings=_JOB_ID)
+@main.command(cls=_JobCommand)
 @click.argument("job")
 @pass_settings
 def cancel(settings: Settings, job: str) -> None:
