@@ -29,7 +29,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -564,13 +564,18 @@ class Job:
             job goes on (only the waiting stopped).
         """
         updates = self.progress(timeout)
-        for update in updates:
-            if on_progress is not None:
-                on_progress(update)
+        try:
+            for update in updates:
+                if on_progress is not None:
+                    on_progress(update)
+        finally:
+            updates.close()  # stops following if on_progress raised
         # progress() ended: the job did; its outcome is one $/attach away.
         return self.client.request(ATTACH, {"job": self.id})
 
-    def progress(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+    def progress(
+        self, timeout: float | None = None
+    ) -> Generator[dict[str, Any], None, None]:
         """
         Iterate over the job's progress updates (the latest one first) until
         the job ends; then L{result} returns at once. Leaving the loop early
