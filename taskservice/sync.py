@@ -104,6 +104,7 @@ class _Connection:
         target = client._target
         self._sock = target.connect()
         self._sock.setblocking(False)
+        self._direct = not isinstance(self._sock, ssl.SSLSocket)
         self._wakeIn, self._wakeOut = socket.socketpair()
         self._wakeIn.setblocking(False)
         self._wakeOut.setblocking(False)
@@ -163,6 +164,19 @@ class _Connection:
 
     def sendLine(self, line: bytes) -> None:
         if not self._out:
+            if self._direct:
+                # Nothing queued: send from this thread, without waking the
+                # I/O thread (a plain socket may be written by one thread
+                # while another reads it; a TLS socket may not).
+                try:
+                    sent = self._sock.send(line)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    return  # the I/O thread sees the connection end
+                if sent == len(line):
+                    return
+                line = line[sent:]
             self._wake()
         self._out.append(memoryview(line))
 
