@@ -22,6 +22,8 @@ C{$/cancelRequest}.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -296,6 +298,13 @@ class Client:
                     " make one per loop (in an app's startup, say)"
                 )
             # First use, or its loop is gone (a test's, say): start afresh.
+            if self._protocol is not None and self._protocol.transport is not None:
+                # Its loop cannot close it any more: end the connection, so
+                # that the server sees it go now rather than at collection.
+                sock = self._protocol.transport.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
             self._loop, self._protocol, self._connecting = loop, None, None
         protocol = self._protocol
         if protocol is not None and protocol.live:

@@ -147,6 +147,10 @@ def test_oneLoopAtATime() -> None:
         client = Client(server.endpoint)
         assert run(client.call("echo", 1)) == [1]
         assert run(client.call("echo", 2)) == [2]
+        # The first loop's connection was ended when the second began.
+        first = server._threads[0]
+        first.join(10)
+        assert not first.is_alive()
 
         async def fromAnotherLoop() -> None:
             other: list[BaseException] = []
