@@ -210,3 +210,26 @@ def test_progressBarAndCtrlCInTmux(endpoint: str, tmp_path: Path) -> None:
             subprocess.run(
                 [TMUX, "-L", socketName, "kill-server"], timeout=DEADLINE, check=False
             )
+
+
+def test_tokenFile(tmp_path: Path) -> None:
+    """
+    --token-file sends the server's token; a wrong one exits 7
+    (unauthorised); a token file that cannot be read is a usage error.
+    """
+    good, wrong = tmp_path / "token", tmp_path / "wrong"
+    for path, secret in ((good, "cli-secret-9a7b"), (wrong, "not-it")):
+        path.write_text(secret + "\n")
+        path.chmod(0o600)
+    with taskServer(tmp_path / "server", "--token-file", str(good)) as server:
+        endpoint = f"tcp:{HOST}:{server.port}"
+        result = invoke(endpoint, "--token-file", str(good), "call", "echo", "ok")
+        assert (result.exit_code, result.stdout) == (0, "ok\n"), result.output
+        result = invoke(endpoint, "--token-file", str(wrong), "call", "echo", "ok")
+        assert result.exit_code == 7, result.output
+        assert "error -32005" in result.stderr
+        result = invoke(endpoint, "call", "echo", "ok")
+        assert result.exit_code == 7, result.output
+    result = invoke(endpoint, "--token-file", str(tmp_path / "none"), "stats")
+    assert result.exit_code == 2
+    assert "token file" in result.stderr
