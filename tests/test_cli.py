@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,7 +162,8 @@ def test_progressBarAndCtrlCInTmux(endpoint: str, tmp_path: Path) -> None:
     stopped: the cancel count in $/stats goes up) and exits 130.
     """
     assert TMUX is not None
-    socketName = f"taskservice-test-{uuid.uuid4().hex[:8]}"
+    # A tmux server of the test's own, its socket in the test's directory.
+    socketPath = str(tmp_path / "tmux.sock")
     to = json.dumps({"to": [f"u{i}@example.com" for i in range(50_000)]})
     params = tmp_path / "params.json"
     params.write_text(to)
@@ -174,7 +174,7 @@ def test_progressBarAndCtrlCInTmux(endpoint: str, tmp_path: Path) -> None:
 
     def tmux(*args: str) -> str:
         return subprocess.run(
-            [TMUX, "-L", socketName, *args],
+            [TMUX, "-S", socketPath, *args],
             capture_output=True,
             text=True,
             timeout=DEADLINE,
@@ -208,7 +208,7 @@ def test_progressBarAndCtrlCInTmux(endpoint: str, tmp_path: Path) -> None:
             )
         finally:
             subprocess.run(
-                [TMUX, "-L", socketName, "kill-server"], timeout=DEADLINE, check=False
+                [TMUX, "-S", socketPath, "kill-server"], timeout=DEADLINE, check=False
             )
 
 
