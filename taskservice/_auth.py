@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import os
 import stat
+from collections.abc import Callable
 
 from taskservice.wire import AUTH, PRE_AUTH_MAX_LINE
 
@@ -59,7 +60,7 @@ class Token:
     __str__ = __repr__
 
 
-def readTokenFile(path: str) -> Token:
+def readTokenFile(path: str, warn: Callable[[str], object] | None = None) -> Token:
     """
     The token in the file at C{path}: its text (UTF-8) without leading and
     trailing whitespace, on one line.
@@ -69,8 +70,10 @@ def readTokenFile(path: str) -> Token:
         line. The message names the file, never its content.
 
     A file that others than its owner may read or write is used, with a
-    warning logged: secrets mounted into containers (Docker, Kubernetes)
-    are often mode 0644 in a container where nobody else runs.
+    warning logged (to C{warn} when given, a function of the warning in
+    words, else to C{twisted.logger}): secrets mounted into containers
+    (Docker, Kubernetes) are often mode 0644 in a container where nobody
+    else runs.
     """
     try:
         with open(path, "rb") as f:
@@ -91,6 +94,12 @@ def readTokenFile(path: str) -> Token:
     if "\n" in text or "\r" in text:
         raise ValueError(f"token file {path}: more than one line")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        if warn is not None:
+            warn(
+                f"token file {path} is accessible to group or others"
+                f" (mode {stat.S_IMODE(mode):04o}): chmod 600 it"
+            )
+            return Token(text)
         from twisted.logger import Logger
 
         Logger(namespace=__name__).warn(

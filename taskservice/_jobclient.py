@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
-from taskservice.wire import ATTACH, CANCEL_JOB, JOB, SUBMIT
+from taskservice.wire import ATTACH, CANCEL_JOB, JOB, SUBMIT, submitParams
 
 ProgressCallback = Callable[[dict[str, Any]], object]
 
@@ -106,19 +106,18 @@ def submitJob(
     disk. The options are C{$/submit}'s (see docs/jobs); L{None} leaves
     each to the server's default.
     """
-    request: dict[str, Any] = {"method": method}
-    if params is not None:
-        request["params"] = params if isinstance(params, Mapping) else list(params)
-    for name, value in (
-        ("key", key),
-        ("delay", delay),
-        ("at", at),
-        ("retries", retries),
-        ("backoff", backoff),
-        ("timeout", timeout),
-    ):
-        if value is not None:
-            request[name] = value
+    request = submitParams(
+        method,
+        params,
+        {
+            "key": key,
+            "delay": delay,
+            "at": at,
+            "retries": retries,
+            "backoff": backoff,
+            "timeout": timeout,
+        },
+    )
 
     def made(answer: dict[str, Any]) -> Job:
         return Job(

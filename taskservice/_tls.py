@@ -17,6 +17,8 @@ from typing import Any
 
 from twisted.python.failure import Failure
 
+from taskservice._clientbase import SSL_CLUES
+
 
 def serverTLSOptions(certificate: str, privateKey: str | None, ca: str) -> Any:
     """
@@ -118,23 +120,8 @@ def describeTLSFailure(reason: Failure) -> str | None:
         )
     if isinstance(error, SSL.Error):
         detail = reason.getErrorMessage()
-        for clue, words in _SSL_CLUES:
+        for clue, words in SSL_CLUES:
             if clue in detail:
                 return f"TLS: {words} ({detail})"
         return f"TLS: handshake failed ({detail})"
     return None
-
-
-_SSL_CLUES = [
-    (
-        "certificate verify failed",
-        "the task server's certificate is not signed by a CA in trustRoots",
-    ),
-    (
-        "certificate required",
-        "the task server requires a client certificate (certificate= and privateKey=)",
-    ),
-    ("unknown ca", "the task server does not trust our client certificate's CA"),
-    ("bad certificate", "the task server refused our client certificate"),
-    ("certificate expired", "a certificate has expired"),
-]

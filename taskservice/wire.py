@@ -92,6 +92,37 @@ def callParams(args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
     return kwargs if kwargs else list(args)
 
 
+def submitParams(
+    method: str,
+    params: Sequence[Any] | Mapping[str, Any] | None,
+    options: Mapping[str, Any],
+) -> dict[str, Any]:
+    """
+    The params of a L{SUBMIT} of C{method} with C{params} (as they go on
+    the wire) and C{options} (C{key}, C{delay}, C{at}, C{retries},
+    C{backoff}, C{timeout}: see docs/jobs); an option that is L{None} is
+    left to the server's default.
+
+    @raise TypeError: an option that C{$/submit} does not have.
+    """
+    unknown = sorted(set(options) - SUBMIT_OPTIONS)
+    if unknown:
+        raise TypeError(
+            f"unknown $/submit options {unknown}; known: {sorted(SUBMIT_OPTIONS)}"
+        )
+    request: dict[str, Any] = {"method": method}
+    if params is not None:
+        request["params"] = params if isinstance(params, Mapping) else list(params)
+    for name, value in options.items():
+        if value is not None:
+            request[name] = value
+    return request
+
+
+SUBMIT_OPTIONS = frozenset({"key", "delay", "at", "retries", "backoff", "timeout"})
+"""The members of L{SUBMIT}'s params besides C{method} and C{params}."""
+
+
 # -- line limits -----------------------------------------------------------------
 
 DEFAULT_MAX_LINE = 16 * 1024 * 1024

@@ -1,0 +1,99 @@
+"""
+What the blocking and the asyncio clients (L{taskservice.sync},
+L{taskservice.aio}) share besides L{taskservice._clientcore}: their
+defaults, the token they send, and how a failed connection reads. No I/O,
+no Twisted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from typing import Any
+
+from taskservice._auth import Token, readTokenFile
+from taskservice.errors import Unreachable
+
+DEFAULT_ENDPOINT = "tcp:127.0.0.1:12345"
+"""Where the clients connect by default: C{twistd taskservice}'s own."""
+
+CLOSE_WAIT = 5.0
+"""Seconds C{close()} waits for what was sent to be written."""
+
+log = logging.getLogger("taskservice.client")
+"""The clients' logger (standard C{logging}: these clients run in programs
+without Twisted): what the server sent that could not be used, refusals,
+a token file others may read."""
+
+
+def clientToken(token: Token | str | None, tokenFile: str | None) -> Token | None:
+    """
+    The token a client sends: C{token}, or the one in C{tokenFile} (see
+    L{readTokenFile}; a warning about its mode goes to L{log}).
+
+    @raise ValueError: both are given, or the file cannot be used.
+    """
+    if tokenFile is not None:
+        if token is not None:
+            raise ValueError("give token or token_file, not both")
+        return readTokenFile(tokenFile, warn=log.warning)
+    return Token(token) if isinstance(token, str) else token
+
+
+SSL_CLUES = [
+    (
+        "certificate verify failed",
+        "the task server's certificate is not signed by a CA in trustRoots",
+    ),
+    (
+        "certificate required",
+        "the task server requires a client certificate (certificate= and privateKey=)",
+    ),
+    ("unknown ca", "the task server does not trust our client certificate's CA"),
+    ("bad certificate", "the task server refused our client certificate"),
+    ("certificate expired", "a certificate has expired"),
+]
+"""Words in OpenSSL's message of a TLS failure, and what they mean (the
+Twisted client's L{taskservice._tls.describeTLSFailure} says the same)."""
+
+_HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH
+
+
+def describeConnectError(error: BaseException) -> str:
+    """
+    Why a connection attempt failed, in words (TLS failures say so).
+    """
+    if (
+        isinstance(error, ssl.SSLCertVerificationError)
+        and error.verify_code == _HOSTNAME_MISMATCH
+    ):
+        return (
+            "TLS: host name mismatch: the task server's certificate is not"
+            f" valid for the name connected to ({error.verify_message})"
+        )
+    if isinstance(error, ssl.SSLError):
+        detail = str(error)
+        plain = detail.replace("_", " ").lower()
+        for clue, words in SSL_CLUES:
+            if clue in plain:
+                return f"TLS: {words} ({detail})"
+        return f"TLS: handshake failed ({detail})"
+    if isinstance(error, TimeoutError) and not str(error):
+        return "timed out"
+    if isinstance(error, OSError) and error.errno:
+        # The same words from socket and asyncio ("Connection refused").
+        return os.strerror(error.errno)
+    return str(error) or type(error).__name__
+
+
+def unreachable(error: BaseException) -> Unreachable:
+    """The error a call gets when its connection could not be made."""
+    return Unreachable(
+        "the task server is unreachable", {"reason": describeConnectError(error)}
+    )
+
+
+def logError(template: str, **fields: Any) -> None:
+    """A L{taskservice._clientcore.ClientShell.logError} for L{log}."""
+    log.error(template.format(**fields))
