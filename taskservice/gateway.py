@@ -47,7 +47,7 @@ from taskservice.errors import (
     toWireError,
 )
 from taskservice.metrics import MetricsResource, makeRegistry
-from taskservice.wire import STATS
+from taskservice.wire import DEFAULT_MAX_BATCH, STATS
 
 __all__ = [
     "DEFAULT_MAX_BROWSER_CALLS",
@@ -118,6 +118,9 @@ class GatewayFactory(WebSocketServerFactory):
         send, in bytes; past it the connection is closed with code 1009.
     @param maxBrowserCalls: calls one browser may have in flight; past it a
         call is answered -32003 (overloaded) with C{data.retryAfter}.
+    @param maxBatch: the most requests one batch may hold, and never more
+        than C{maxBrowserCalls} (each counts against it); a larger batch is
+        answered -32004 whole, as by the task server.
     """
 
     protocol = GatewayProtocol  # type: ignore[assignment]
@@ -130,6 +133,7 @@ class GatewayFactory(WebSocketServerFactory):
         allowedOrigins: Iterable[str] = (),
         maxMessageSize: int = DEFAULT_MAX_MESSAGE,
         maxBrowserCalls: int = DEFAULT_MAX_BROWSER_CALLS,
+        maxBatch: int = DEFAULT_MAX_BATCH,
         autoPingInterval: float = DEFAULT_PING_INTERVAL,
         autoPingTimeout: float = DEFAULT_PING_TIMEOUT,
         statsTimeout: float = STATS_TIMEOUT,
@@ -139,6 +143,7 @@ class GatewayFactory(WebSocketServerFactory):
         self.client = client
         self.maxMessageSize = maxMessageSize
         self.maxBrowserCalls = maxBrowserCalls
+        self.maxBatch = maxBatch
         self.statsTimeout = statsTimeout
         self.anyOrigin = False
         self.extraOrigins: set[tuple[str, str, int] | str] = set()

@@ -30,6 +30,7 @@ from taskservice.pool import (
     EXAMPLE_TASKS,
 )
 from taskservice.server import DEFAULT_MAX_IN_FLIGHT
+from taskservice.wire import DEFAULT_MAX_BATCH
 from taskservice.worker import DEFAULT_MAX_RESULT
 
 if TYPE_CHECKING:
@@ -180,6 +181,15 @@ class Options(usage.Options):
             DEFAULT_MAX_IN_FLIGHT,
             "Unanswered calls per connection before the server stops reading it.",
             _positive(int, "max-in-flight"),
+        ],
+        [
+            "max-batch",
+            None,
+            DEFAULT_MAX_BATCH,
+            "Most requests in one JSON-RPC batch (and never more than"
+            " --max-in-flight, or --max-browser-calls on the websocket); a"
+            " larger batch is 'too large'.",
+            _positive(int, "max-batch"),
         ],
         [
             "worker-concurrency",
@@ -562,6 +572,7 @@ def makeService(options: Options) -> IService:
         allowedOrigins=options["allowed-origins"],
         maxMessageSize=options["max-message"],
         maxBrowserCalls=options["max-browser-calls"],
+        maxBatch=options["max-batch"],
     )
     if sink is not None:
         factory.addStatsProvider(lambda: {"smtpSink": sink.stats()})
@@ -664,6 +675,7 @@ def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
         pool,
         maxLineLength=options["max-line"],
         maxInFlight=options["max-in-flight"],
+        maxBatch=options["max-batch"],
         token=options.get("token"),
         jobs=jobs,
     )

@@ -157,6 +157,7 @@ _NUMERIC = [
     "worker-start-timeout",
     "max-timeout",
     "max-in-flight",
+    "max-batch",
     "worker-concurrency",
     "pipeline",
     "max-tasks-per-child",
@@ -423,6 +424,28 @@ def test_poolLimitDefaults() -> None:
     assert options["max-timeout"] == 3600.0
     assert options["max-in-flight"] == 1000
     assert options["max-result"] == 64 * 1024 * 1024
+
+
+def test_maxBatch() -> None:
+    """
+    C{--max-batch} (default 1000, the default C{--max-in-flight}) reaches
+    the task server's factory and the gateway's, which both cap a batch.
+    """
+    from taskservice.service import GatewayService
+
+    assert parse()["max-batch"] == 1000
+    root = tap.makeService(
+        parse(
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--websocket",
+            "tcp:0:interface=127.0.0.1",
+            "--max-batch",
+            "7",
+        )
+    )
+    assert only(GatewayService, root).factory.maxBatch == 7
+    assert only(GatewayService, root).taskServer.factory.maxBatch == 7
 
 
 # -- the websocket gateway -------------------------------------------------------
