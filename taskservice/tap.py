@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from taskservice._auth import Token, readTokenFile
@@ -39,11 +40,20 @@ if TYPE_CHECKING:
 DEFAULT_LISTEN = "tcp:12345:interface=127.0.0.1"
 DEFAULT_JOBS_DB = "taskservice-jobs.sqlite3"
 MEMORY = ":memory:"
+DEFAULT_BACKLOG = 4096
+"""The accept queue of the --listen socket when its description gives none
+(Twisted's own default is 50): what Workerman uses, enough for the FAQ's
+caller, which opens a connection per call. The kernel caps it at
+C{net.core.somaxconn}."""
+SOMAXCONN = "/proc/sys/net/core/somaxconn"
 DEFAULT_SMTP_SINK = "tcp:2525:interface=127.0.0.1"
 DEFAULT_WEBSOCKET = "tcp:8080:interface=127.0.0.1"
 # As in taskservice.gateway, which is not imported here (keep the plugin light).
 DEFAULT_MAX_MESSAGE = 1024 * 1024
 DEFAULT_MAX_BROWSER_CALLS = 100
+
+
+log = Logger()
 
 
 def _positive(kind: type[int] | type[float], name: str) -> Any:
@@ -489,7 +499,9 @@ def _tcpListenAddress(listen: str, option: str) -> tuple[int, str, int]:
     args = positional[1:]
     port = keywords.pop("port", args[0] if args else "")
     interface = keywords.pop("interface", args[1] if len(args) > 1 else "")
-    backlog = keywords.pop("backlog", args[2] if len(args) > 2 else "50")
+    backlog = keywords.pop(
+        "backlog", args[2] if len(args) > 2 else str(DEFAULT_BACKLOG)
+    )
     if positional[0] != "tcp" or keywords or len(args) > 3:
         raise usage.UsageError(
             f"with {option}, --listen must be a plain tcp: endpoint"
@@ -518,6 +530,52 @@ def _checkJournal(path: str) -> None:
         SQLiteJournal(None, path).check()
     except JournalError as e:
         raise usage.UsageError(f"--jobs-db: {e}") from None
+
+
+_BACKLOG_POSITION = {"tcp": 3, "tcp6": 2, "unix": 3, "ssl": 6}
+"""For the endpoint types that take a C{backlog}, its place among the
+positional arguments (the type counted)."""
+
+
+def withBacklog(listen: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """
+    C{listen} with C{:backlog=BACKLOG} added when it is a C{tcp:},
+    C{tcp6:}, C{ssl:} or C{unix:} server endpoint that does not give a
+    backlog itself, by name or by position; else C{listen} unchanged.
+    """
+    positional, keywords = splitDescription(listen)
+    position = _BACKLOG_POSITION.get(positional[0])
+    if position is None or "backlog" in keywords or len(positional) > position:
+        return listen
+    return f"{listen}:backlog={backlog}"
+
+
+def somaxconn(path: str = SOMAXCONN) -> int | None:
+    """
+    The kernel's cap on a listening socket's accept queue
+    (C{net.core.somaxconn}), or L{None} where it cannot be read.
+    """
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _checkBacklog(backlog: int, cap: int | None) -> None:
+    """
+    Warn, once at startup, when the kernel silently shortens the accept
+    queue asked for.
+    """
+    if cap is not None and cap < backlog:
+        log.warn(
+            "the task server's listen backlog of {backlog} is capped at {cap}"
+            " by net.core.somaxconn: raise it (sysctl -w"
+            " net.core.somaxconn={backlog}) for clients that open a connection"
+            " per call",
+            backlog=backlog,
+            cap=cap,
+        )
 
 
 def makeService(options: Options) -> IService:
@@ -679,7 +737,7 @@ def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
         token=options.get("token"),
         jobs=jobs,
     )
-    listen: Any = options["listen"]
+    listen: Any = withBacklog(options["listen"])
     if options["reuse-port"]:
         from taskservice._reuseport import ReusePortEndpoint
 
@@ -694,4 +752,9 @@ def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
         listen = SSL4ServerEndpoint(
             reactor, port, options["tls"], backlog=backlog, interface=interface
         )
+    else:
+        _, keywords = splitDescription(listen)
+        given = keywords.get("backlog", "")
+        backlog = int(given) if given.isascii() and given.isdigit() else 0
+    _checkBacklog(backlog, somaxconn())
     return TaskServerService(reactor, listen, pool, factory, jobs)

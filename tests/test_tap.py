@@ -14,6 +14,7 @@ import pytest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 
 from taskservice import tap
@@ -807,3 +808,72 @@ def test_jobsDbCheckedBeforeStart(tmp_path: Path) -> None:
     parse("--jobs-db", str(foreign), "--task-server", "tcp:127.0.0.1:1")
     assert parse()["jobs-db"] == "taskservice-jobs.sqlite3"
     assert (parse()["job-ttl"], parse()["job-concurrency"]) == (86400.0, 100)
+
+
+# -- the listen backlog --------------------------------------------------------
+
+
+def test_defaultListenBacklog() -> None:
+    """
+    The task server listens with a backlog of 4096 (Twisted's default is
+    50, which the FAQ's connection-per-call callers overflow) when
+    C{--listen} gives none; a backlog given by name or position is kept.
+    """
+    endpoint = taskListener(tap.makeService(parse("--no-websocket"))).endpoint
+    assert isinstance(endpoint, TCP4ServerEndpoint)
+    assert (endpoint._port, endpoint._interface, endpoint._backlog) == (
+        12345,
+        "127.0.0.1",
+        4096,
+    )
+    given = parse("--no-websocket", "--listen", "tcp:0:interface=127.0.0.1:backlog=7")
+    endpoint = taskListener(tap.makeService(given)).endpoint
+    assert isinstance(endpoint, TCP4ServerEndpoint)
+    assert endpoint._backlog == 7
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("tcp:12345:interface=127.0.0.1", "tcp:12345:interface=127.0.0.1:backlog=4096"),
+        ("tcp:0", "tcp:0:backlog=4096"),
+        ("tcp:0:127.0.0.1:9", "tcp:0:127.0.0.1:9"),
+        ("tcp:0:backlog=7", "tcp:0:backlog=7"),
+        ("tcp6:0:interface=\\:\\:1", "tcp6:0:interface=\\:\\:1:backlog=4096"),
+        ("tcp6:0:9", "tcp6:0:9"),
+        ("unix:/run/tasks.sock", "unix:/run/tasks.sock:backlog=4096"),
+        ("ssl:443:privateKey=k.pem", "ssl:443:privateKey=k.pem:backlog=4096"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ],
+)
+def test_withBacklog(listen: str, expected: str) -> None:
+    """
+    The default backlog is added to the endpoint types that take one, only
+    when the description gives none.
+    """
+    assert tap.withBacklog(listen) == expected
+
+
+def test_backlogOverSomaxconnIsLogged(tmp_path: Path) -> None:
+    """
+    When the kernel's C{net.core.somaxconn} is below the backlog, a warning
+    says so (the kernel shortens the queue silently); at or above it,
+    nothing is said.
+    """
+    capFile = tmp_path / "somaxconn"
+    capFile.write_text("128\n")
+    assert tap.somaxconn(str(capFile)) == 128
+    assert tap.somaxconn(str(tmp_path / "missing")) is None
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        tap._checkBacklog(4096, 128)
+        tap._checkBacklog(4096, 4096)
+        tap._checkBacklog(4096, None)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [e for e in events if e.get("log_namespace") == "taskservice.tap"]
+    assert [(e["log_level"], e["backlog"], e["cap"]) for e in warnings] == [
+        (LogLevel.warn, 4096, 128)
+    ]
+    assert "net.core.somaxconn" in formatEvent(warnings[0])

@@ -13,8 +13,10 @@ C{finally}.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -28,6 +30,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from taskservice import tap
 
 pytestmark = pytest.mark.integration
 
@@ -384,3 +388,60 @@ def test_missingTaskModule(tmp_path: Path) -> None:
         assert returncode == 1, output
         assert "no.such.module" in output, output
         waitFor("no process of it to be left", lambda: server.family() == [] or None)
+
+
+def test_connectionPerCallBurstFitsTheBacklog(tmp_path: Path) -> None:
+    """
+    300 callers that each open a connection at the same moment, the
+    Workerman FAQ's pattern, all complete their TCP handshake even while
+    the server does not accept for a while (here: stopped with SIGSTOP):
+    the default backlog (4096) holds them, where Twisted's default of 50
+    dropped the SYNs past it and those callers retried a second later.
+    Once the server runs again, every one is answered, its FAQ-dialect
+    line sent without a newline before its FIN.
+    """
+    callers = 300
+    cap = tap.somaxconn()
+    if cap is not None and cap < callers:
+        pytest.skip(f"net.core.somaxconn is {cap}: the kernel caps the backlog")
+    port = freePort()
+    with twistd(
+        tmp_path,
+        "--workers",
+        "1",
+        "--listen",
+        f"tcp:{port}:interface={HOST}",
+        "--no-websocket",
+    ) as server:
+        connectWhenListening(server, port).close()
+        sockets: list[socket.socket] = []
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(callers):
+                s = socket.socket()
+                s.setblocking(False)
+                sockets.append(s)
+                assert s.connect_ex((HOST, port)) in (0, errno.EINPROGRESS)
+
+            def allConnected() -> bool | None:
+                _, writable, _ = select.select([], sockets, [], 0.1)
+                return True if len(writable) == callers else None
+
+            waitFor(f"{callers} handshakes", allConnected, deadline=5.0)
+            assert all(
+                s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for s in sockets
+            )
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        try:
+            for i, s in enumerate(sockets):
+                s.setblocking(True)
+                s.settimeout(DEADLINE)
+                s.sendall(b'{"function":"echo","args":[%d]}' % i)
+                s.shutdown(socket.SHUT_WR)
+            for i, s in enumerate(sockets):
+                with s.makefile("rb") as reader:
+                    assert reader.read() == b"%d\n" % i
+        finally:
+            for s in sockets:
+                s.close()
