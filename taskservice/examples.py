@@ -29,24 +29,40 @@ def echo(value: Any) -> Any:
     return value
 
 
-@task(idempotent=True)
+def _checkSleep(seconds: object) -> None:
+    # A JSON true is no number of seconds (though Python's True is an int).
+    if (
+        not isinstance(seconds, int | float)
+        or isinstance(seconds, bool)
+        or not 0 <= seconds <= MAX_SLEEP
+    ):
+        raise ValueError(f"seconds must be a number from 0 to {MAX_SLEEP:g}")
+
+
+def _checkFib(n: object) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_FIB:
+        raise ValueError(f"n must be an integer from 0 to {MAX_FIB}")
+
+
+@task(idempotent=True, validate=_checkSleep)
 def sleep(seconds: float) -> float:
     """
     Block the worker for C{seconds} (at most an hour), then return them.
+    Checked before it is queued (C{sleep(true)} is invalid params).
     """
-    if not isinstance(seconds, int | float) or not 0 <= seconds <= MAX_SLEEP:
-        raise ValueError(f"seconds must be a number from 0 to {MAX_SLEEP:g}")
+    _checkSleep(seconds)
     time.sleep(seconds)
     return seconds
 
 
-@task(idempotent=True)
+@task(idempotent=True, validate=_checkFib)
 def fib(n: int) -> int:
     """
     The C{n}th Fibonacci number, computed the slow recursive way: CPU-bound.
+    Checked before it is queued (C{fib(true)}, C{fib(99)} are invalid
+    params).
     """
-    if not isinstance(n, int) or not 0 <= n <= MAX_FIB:
-        raise ValueError(f"n must be an integer from 0 to {MAX_FIB}")
+    _checkFib(n)
     return n if n < 2 else _fib(n - 1) + _fib(n - 2)
 
 
