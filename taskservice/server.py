@@ -14,7 +14,7 @@ C{$/auth} with it; anything else first, or a wrong token, is answered -32005
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
 
@@ -711,9 +711,17 @@ class TaskServerFactory(Factory):
         self.refused: Counter[str] = Counter(dict.fromkeys(REFUSALS.values(), 0))
         """Messages the server answered with an error itself, before they
         reached the pool, by reason (the values of L{REFUSALS})."""
+        self._statsProviders: list[Callable[[], Mapping[str, Any]]] = []
 
     def buildProtocol(self, addr: Any) -> TaskServerProtocol:
         return TaskServerProtocol(self)
+
+    def addStatsProvider(self, provider: Callable[[], Mapping[str, Any]]) -> None:
+        """
+        Merge C{provider()} (a mapping such as C{{"smtpSink": {"received":
+        3}}}) into every C{$/stats} result.
+        """
+        self._statsProviders.append(provider)
 
     def stats(self) -> dict[str, Any]:
         stats = self.pool.stats()
@@ -721,6 +729,8 @@ class TaskServerFactory(Factory):
         stats["refused"] = dict(self.refused)
         if self.jobs is not None:
             stats["jobs"] = self.jobs.stats()
+        for provider in self._statsProviders:
+            stats.update(provider())
         return stats
 
 

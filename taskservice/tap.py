@@ -36,6 +36,7 @@ from taskservice.worker import DEFAULT_MAX_RESULT
 
 if TYPE_CHECKING:
     from taskservice.service import TaskServerService
+    from taskservice.smtpsink import SMTPSink
 
 DEFAULT_LISTEN = "tcp:12345:interface=127.0.0.1"
 DEFAULT_JOBS_DB = "taskservice-jobs.sqlite3"
@@ -601,7 +602,7 @@ def makeService(options: Options) -> IService:
         sink = SMTPSink()
         sinkService(reactor, options["smtp-sink"], sink).setServiceParent(root)
     if options["no-websocket"]:
-        alone = _makeTaskServer(options, reactor)
+        alone = _makeTaskServer(options, reactor, sink)
         alone.setServiceParent(root)
         _serveMetrics(options, reactor, root, _metricsRegistry(alone, None))
         return root
@@ -612,7 +613,7 @@ def makeService(options: Options) -> IService:
     if not servers:
         # The gateway calls the pool of the task server beside it directly,
         # not over a connection to itself.
-        taskServer = _makeTaskServer(options, reactor)
+        taskServer = _makeTaskServer(options, reactor, sink)
         client = PoolCaller(taskServer.factory)
     else:
         for server in servers:
@@ -684,7 +685,14 @@ def _serveMetrics(options: Options, reactor: Any, root: Any, registry: Any) -> N
     listener.setServiceParent(root)
 
 
-def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
+def _makeTaskServer(
+    options: Options, reactor: Any, sink: SMTPSink | None = None
+) -> TaskServerService:
+    """
+    The task server and its pool; its C{$/stats} tells C{sink}'s count
+    (the demo's SMTP sink, which its workers' C{send_mail} delivers to)
+    when it runs beside it.
+    """
     from taskservice._sqlitejournal import SQLiteJournal
     from taskservice.examples import SMTP_ENVIRONMENT
     from taskservice.jobs import JobService
@@ -737,6 +745,8 @@ def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
         token=options.get("token"),
         jobs=jobs,
     )
+    if sink is not None:
+        factory.addStatsProvider(lambda: {"smtpSink": sink.stats()})
     listen: Any = withBacklog(options["listen"])
     if options["reuse-port"]:
         from taskservice._reuseport import ReusePortEndpoint

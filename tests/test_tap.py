@@ -742,6 +742,26 @@ def test_makeServiceRunsTheSMTPSink() -> None:
     assert provider() == {"smtpSink": {"received": 0, "duplicates": 0}}
 
 
+@pytest.mark.parametrize("argv", [["--no-websocket"], ["--websocket", "tcp:0"]])
+def test_taskServerStatsTellTheSink(argv: list[str]) -> None:
+    """
+    The task server's own $/stats reports the sink beside it, with the
+    gateway and without (under --no-websocket it was missing: nothing
+    else reports it then).
+    """
+    root = tap.makeService(parse("--listen", "tcp:0", *argv))
+    stats = taskListener(root).factory.stats()
+    assert stats["smtpSink"] == {"received": 0, "duplicates": 0}
+
+
+def test_taskServerStatsWithoutSink() -> None:
+    """
+    Without the sink (--no-smtp-sink), $/stats has no smtpSink member.
+    """
+    root = tap.makeService(parse("--listen", "tcp:0", "--no-smtp-sink"))
+    assert "smtpSink" not in taskListener(root).factory.stats()
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -445,3 +445,33 @@ def test_connectionPerCallBurstFitsTheBacklog(tmp_path: Path) -> None:
         finally:
             for s in sockets:
                 s.close()
+
+
+def test_noWebsocketStatsTellTheSink(tmp_path: Path) -> None:
+    """
+    Under --no-websocket, where no gateway's /stats reports it, the task
+    server's own $/stats carries the demo SMTP sink's count: after the
+    FAQ's send_mail to one real address (and its placeholder 'xxx',
+    skipped), it says 1.
+    """
+    port = freePort()
+    with twistd(
+        tmp_path,
+        "--workers",
+        "1",
+        "--listen",
+        f"tcp:{port}:interface={HOST}",
+        "--no-websocket",
+    ) as server:
+        connection = connectWhenListening(server, port)
+        with connection, connection.makefile("rb") as reader:
+            assert call(
+                connection,
+                reader,
+                b'{"function":"send_mail","args":{"from":"xxx",'
+                b'"to":["xxx","a@example.com"],"contents":"xxx"}}\n',
+            ) == {"sent": 1, "skipped": ["xxx"]}
+            stats = call(
+                connection, reader, b'{"jsonrpc":"2.0","id":1,"method":"$/stats"}\n'
+            )
+    assert stats["result"]["smtpSink"] == {"received": 1, "duplicates": 0}, stats
