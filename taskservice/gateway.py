@@ -47,7 +47,12 @@ from taskservice.errors import (
     toWireError,
 )
 from taskservice.metrics import MetricsResource, makeRegistry
-from taskservice.wire import DEFAULT_MAX_BATCH, STATS
+from taskservice.wire import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BROWSER_CALLS,
+    DEFAULT_MAX_MESSAGE,
+    STATS,
+)
 
 __all__ = [
     "DEFAULT_MAX_BROWSER_CALLS",
@@ -60,8 +65,6 @@ __all__ = [
     "makeGatewayResource",
 ]
 
-DEFAULT_MAX_MESSAGE = 1024 * 1024
-DEFAULT_MAX_BROWSER_CALLS = 100
 DEFAULT_PING_INTERVAL = 20.0
 DEFAULT_PING_TIMEOUT = 10.0
 STATS_TIMEOUT = 5.0

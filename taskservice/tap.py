@@ -31,7 +31,11 @@ from taskservice.pool import (
     EXAMPLE_TASKS,
 )
 from taskservice.server import DEFAULT_MAX_IN_FLIGHT
-from taskservice.wire import DEFAULT_MAX_BATCH
+from taskservice.wire import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BROWSER_CALLS,
+    DEFAULT_MAX_MESSAGE,
+)
 from taskservice.worker import DEFAULT_MAX_RESULT
 
 if TYPE_CHECKING:
@@ -49,9 +53,6 @@ C{net.core.somaxconn}."""
 SOMAXCONN = "/proc/sys/net/core/somaxconn"
 DEFAULT_SMTP_SINK = "tcp:2525:interface=127.0.0.1"
 DEFAULT_WEBSOCKET = "tcp:8080:interface=127.0.0.1"
-# As in taskservice.gateway, which is not imported here (keep the plugin light).
-DEFAULT_MAX_MESSAGE = 1024 * 1024
-DEFAULT_MAX_BROWSER_CALLS = 100
 
 
 log = Logger()

@@ -142,6 +142,14 @@ batch counts against it and a batch is answered only once all of its
 elements are done.
 """
 
+DEFAULT_MAX_MESSAGE = 1024 * 1024
+"""The largest websocket message a browser may send the gateway, in bytes
+(C{--max-message})."""
+
+DEFAULT_MAX_BROWSER_CALLS = 100
+"""Calls one browser may have in flight through the gateway
+(C{--max-browser-calls})."""
+
 TOO_LONG_PREFIX = 256
 """How much of an overlong line L{LineTooLong} keeps (enough for its id)."""
 

@@ -7,6 +7,7 @@ and inspected, never started: nothing listens and no worker is spawned).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TypeVar
 
@@ -468,15 +469,28 @@ def test_gatewayDefaults() -> None:
     assert options["allowed-origins"] == []
 
 
-def test_gatewayDefaultsMatchTheLibrary() -> None:
+def test_gatewayDefaultsDefinedOnce() -> None:
     """
-    The command line's gateway defaults are the library's (tap keeps copies
-    so that the plugin does not import autobahn).
+    The gateway's limits are defined once, in the Twisted-free wire module
+    (so that the plugin does not import autobahn): the command line's
+    defaults and the library's are that one value, and no other module
+    assigns its own copy.
     """
-    from taskservice import gateway
+    from taskservice import gateway, wire
 
     assert tap.DEFAULT_MAX_MESSAGE == gateway.DEFAULT_MAX_MESSAGE
     assert tap.DEFAULT_MAX_BROWSER_CALLS == gateway.DEFAULT_MAX_BROWSER_CALLS
+    assert parse()["max-browser-calls"] == wire.DEFAULT_MAX_BROWSER_CALLS == 100
+    assert parse()["max-message"] == wire.DEFAULT_MAX_MESSAGE
+    package = Path(tap.__file__).parent
+    for name in ("DEFAULT_MAX_BROWSER_CALLS", "DEFAULT_MAX_MESSAGE"):
+        assigned = re.compile(rf"^{name}\b.*=", re.MULTILINE)
+        defining = [
+            path.name
+            for path in sorted(package.rglob("*.py"))
+            if assigned.search(path.read_text())
+        ]
+        assert defining == ["wire.py"], (name, defining)
 
 
 def test_gatewayOptionValues() -> None:
