@@ -304,6 +304,12 @@ class Options(usage.Options):
         self["tasks"] = []
         self["allowed-origins"] = []
         self["task-servers"] = []
+        self.given: set[str] = set()
+        """The options on the command line, by long name."""
+        # Twisted's Options keeps no record of what was given (a value equal
+        # to the default looks the same): note each option as it is parsed.
+        for name, handler in list(self._dispatch.items()):
+            self._dispatch[name] = _Noted(self.given, name, handler)
 
     def opt_allowed_origin(self, origin: str) -> None:
         """
@@ -382,6 +388,7 @@ class Options(usage.Options):
             if port == 0:
                 raise usage.UsageError("--smtp-sink needs a fixed port")
             self["sink-address"] = f"{host}:{port}"
+        _checkScopes(self)
         if self["no-websocket"] or not self["task-servers"]:
             _checkJournal(self["jobs-db"])
 
@@ -444,6 +451,111 @@ class Options(usage.Options):
             and self["smtp"] is None
             and not self["no-smtp-sink"]
         )
+
+
+class _Noted:
+    """
+    An option's handler that first notes the option as given.
+    """
+
+    def __init__(self, given: set[str], name: str, handler: Any) -> None:
+        self.given, self.name, self.handler = given, name, handler
+
+    def __call__(self, name: str, value: Any = None) -> None:
+        self.given.add(self.name)
+        if isinstance(self.handler, usage.CoerceParameter):
+            self.handler.dispatch(name, value)
+        else:
+            self.handler(name, value)
+
+
+_LOCAL = "local"
+"""Only where a task server and its pool run here (the default, and
+--no-websocket); not with --task-server, which runs the gateway alone."""
+_GATEWAY = "gateway"
+"""Only where the gateway runs (the default, and --task-server); not with
+--no-websocket, which runs the task server alone."""
+_SINK = "sink"
+"""Only where the demo SMTP sink runs (beside a local pool, without --smtp
+or --no-smtp-sink)."""
+_ANY = "any"
+"""In every mode."""
+
+SCOPES: dict[str, str] = {
+    "listen": _LOCAL,
+    "token-file": _LOCAL,
+    "tls-cert": _LOCAL,
+    "tls-key": _LOCAL,
+    "tls-ca": _LOCAL,
+    "workers": _LOCAL,
+    "timeout": _LOCAL,
+    "max-line": _LOCAL,
+    "max-queue": _LOCAL,
+    "shutdown-timeout": _LOCAL,
+    "jobs-db": _LOCAL,
+    "job-ttl": _LOCAL,
+    "job-concurrency": _LOCAL,
+    "worker-start-timeout": _LOCAL,
+    "max-timeout": _LOCAL,
+    "max-in-flight": _LOCAL,
+    "max-batch": _ANY,
+    "worker-concurrency": _LOCAL,
+    "pipeline": _LOCAL,
+    "max-tasks-per-child": _LOCAL,
+    "max-memory": _LOCAL,
+    "max-result": _LOCAL,
+    "smtp": _LOCAL,
+    "smtp-sink": _SINK,
+    "websocket": _GATEWAY,
+    "task-server-token-file": _GATEWAY,
+    "max-message": _GATEWAY,
+    "max-browser-calls": _GATEWAY,
+    "metrics": _ANY,
+    "tracebacks": _LOCAL,
+    "no-websocket": _ANY,
+    "no-smtp-sink": _LOCAL,
+    "reuse-port": _LOCAL,
+    "allowed-origin": _GATEWAY,
+    "task-server": _ANY,
+    "tasks": _LOCAL,
+    "help": _ANY,
+    "version": _ANY,
+}
+"""Where each option of C{twistd taskservice} has an effect. One given in a
+mode where it has none is a usage error (L{_checkScopes})."""
+
+
+def _checkScopes(options: Options) -> None:
+    """
+    A usage error for the first option given that does nothing in the mode
+    chosen, naming the option and the mode. (An error, not a warning: it is
+    seen before twistd goes into the background, where a warning would sit
+    in a log while the option the operator relied on is ignored.)
+    """
+    alone = options["task-servers"] and not options["no-websocket"]
+    for name in sorted(options.given):
+        scope = SCOPES[name]
+        if scope == _LOCAL and alone:
+            why = (
+                "--task-server runs the gateway alone (no task server, pool or"
+                " SMTP sink here: give it to the task server that --task-server"
+                " names)"
+            )
+        elif scope == _GATEWAY and options["no-websocket"]:
+            why = "--no-websocket runs the task server alone (no gateway)"
+        elif scope == _SINK and not options.runsSink():
+            why = (
+                "--task-server runs no SMTP sink"
+                if alone
+                else "--smtp replaces the SMTP sink"
+                if options["smtp"] is not None
+                else "--no-smtp-sink turns the SMTP sink off"
+            )
+        elif name == "no-smtp-sink" and options["smtp"] is not None:
+            why = "--smtp already replaces the SMTP sink"
+        else:
+            continue
+        raise usage.UsageError(f"--{name} does nothing here: {why}")
 
 
 def _tcpAddress(option: str, description: str) -> tuple[str, int]:

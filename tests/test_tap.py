@@ -790,7 +790,8 @@ def test_makeServiceWithoutSink(argv: list[str]) -> None:
     A real relay (--smtp), --no-smtp-sink, or a gateway whose tasks run
     elsewhere: no sink is started.
     """
-    root = tap.makeService(parse("--listen", "tcp:0", "--websocket", "tcp:0", *argv))
+    local = [] if "--task-server" in argv else ["--listen", "tcp:0"]
+    root = tap.makeService(parse(*local, "--websocket", "tcp:0", *argv))
     assert sinkListeners(root) == []
 
 
@@ -829,7 +830,8 @@ def test_jobsDbCheckedBeforeStart(tmp_path: Path) -> None:
     An existing --jobs-db the server would refuse is a usage error naming
     it (so twistd says why before going into the background) and is left
     unchanged; a missing one is not created by parsing the options; a
-    gateway alone (--task-server) keeps no journal and checks none.
+    gateway alone (--task-server) keeps no journal, so --jobs-db there is
+    refused as doing nothing (and the file is not opened).
     """
     foreign = tmp_path / "notes.txt"
     foreign.write_bytes(b"not a journal\n")
@@ -839,7 +841,8 @@ def test_jobsDbCheckedBeforeStart(tmp_path: Path) -> None:
     missing = tmp_path / "new.sqlite3"
     options = parse("--jobs-db", str(missing))
     assert options["jobs-db"] == str(missing) and not missing.exists()
-    parse("--jobs-db", str(foreign), "--task-server", "tcp:127.0.0.1:1")
+    with pytest.raises(usage.UsageError, match=r"^--jobs-db does nothing here"):
+        parse("--jobs-db", str(foreign), "--task-server", "tcp:127.0.0.1:1")
     assert parse()["jobs-db"] == "taskservice-jobs.sqlite3"
     assert (parse()["job-ttl"], parse()["job-concurrency"]) == (86400.0, 100)
 
@@ -911,3 +914,102 @@ def test_backlogOverSomaxconnIsLogged(tmp_path: Path) -> None:
         (LogLevel.warn, 4096, 128)
     ]
     assert "net.core.somaxconn" in formatEvent(warnings[0])
+
+
+# -- options that do nothing in the mode chosen --------------------------------
+
+_MODES: dict[str, list[str]] = {
+    "default": [],
+    "no-websocket": ["--no-websocket"],
+    "gateway-alone": ["--task-server", "tcp:127.0.0.1:1"],
+    "relay": ["--smtp", "mail.example.com:25"],
+    "no-sink": ["--no-smtp-sink"],
+}
+"""The modes of C{twistd taskservice}: what runs is decided by these."""
+
+_VALUES: dict[str, list[str]] = {
+    "listen": ["tcp:0:interface=127.0.0.1"],
+    "workers": ["1"],
+    "timeout": ["5"],
+    "max-line": ["100000"],
+    "max-queue": ["10"],
+    "shutdown-timeout": ["1"],
+    "jobs-db": [":memory:"],
+    "job-ttl": ["60"],
+    "job-concurrency": ["5"],
+    "worker-start-timeout": ["5"],
+    "max-timeout": ["60"],
+    "max-in-flight": ["10"],
+    "max-batch": ["10"],
+    "worker-concurrency": ["5"],
+    "pipeline": ["2"],
+    "max-tasks-per-child": ["10"],
+    "max-memory": ["100"],
+    "max-result": ["1000"],
+    "smtp": ["mail.example.com:25"],
+    "smtp-sink": ["tcp:2526:interface=127.0.0.1"],
+    "websocket": ["tcp:0:interface=127.0.0.1"],
+    "max-message": ["1000"],
+    "max-browser-calls": ["10"],
+    "metrics": ["tcp:0:interface=127.0.0.1"],
+    "tracebacks": [],
+    "no-smtp-sink": [],
+    "allowed-origin": ["https://app.example.com"],
+    "tasks": ["taskservice.examples"],
+}
+"""A valid value of each option the table covers (the rest need files or a
+mode of their own and have their own tests: token and TLS files,
+--reuse-port, --task-server, --no-websocket)."""
+
+
+def _hasEffect(option: str, mode: str) -> bool:
+    """
+    Whether C{option} does something in C{mode}, decided here from what each
+    mode runs (not from L{tap.SCOPES}, which the test checks).
+    """
+    local = mode != "gateway-alone"
+    gateway = mode != "no-websocket"
+    sink = mode in ("default", "no-websocket")
+    if option in ("max-batch", "metrics"):
+        return True
+    if option in ("websocket", "max-message", "max-browser-calls", "allowed-origin"):
+        return gateway
+    if option == "smtp-sink":
+        return sink
+    if option == "no-smtp-sink":
+        return local and mode != "relay"
+    if option == "smtp":
+        return local
+    return local
+
+
+@pytest.mark.parametrize("mode", sorted(_MODES))
+@pytest.mark.parametrize("option", sorted(_VALUES))
+def test_optionsThatDoNothingAreUsageErrors(option: str, mode: str) -> None:
+    """
+    Every option against every mode: one that has an effect there is
+    accepted; one that would be silently ignored (--listen or --workers
+    with --task-server, the gateway's options with --no-websocket, the
+    sink's where no sink runs) is a usage error naming it and the mode.
+    """
+    modeArgs = _MODES[mode]
+    if f"--{option}" in modeArgs:
+        return  # the mode itself
+    argv = [*modeArgs, f"--{option}", *_VALUES[option]]
+    if _hasEffect(option, mode) and {option, mode} != {"smtp", "no-sink"}:
+        parse(*argv)
+    else:
+        # (--smtp with --no-smtp-sink: the error names --no-smtp-sink, which
+        # the relay makes redundant.)
+        with pytest.raises(
+            usage.UsageError, match=rf"^--({option}|no-smtp-sink) does nothing here: "
+        ):
+            parse(*argv)
+
+
+def test_everyOptionHasAScope() -> None:
+    """
+    Every option of the command line is in the table of where it has an
+    effect (a new option must say).
+    """
+    assert set(tap.Options()._dispatch) == set(tap.SCOPES)
