@@ -389,6 +389,7 @@ class Options(usage.Options):
                 raise usage.UsageError("--smtp-sink needs a fixed port")
             self["sink-address"] = f"{host}:{port}"
         _checkScopes(self)
+        self._checkPortsFree()
         if self["no-websocket"] or not self["task-servers"]:
             _checkJournal(self["jobs-db"])
 
@@ -440,6 +441,34 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+
+    def _checkPortsFree(self) -> None:
+        """
+        A usage error naming the option and how to move it for each fixed
+        TCP port this process would listen on that is already taken (a
+        second C{twistd taskservice} on the machine, say), rather than a
+        traceback once twistd starts.
+        """
+        local = self["no-websocket"] or not self["task-servers"]
+        listeners: list[tuple[str, str, str]] = []
+        if local and not self["reuse-port"]:
+            listeners.append(("listen", self["listen"], ""))
+        if not self["no-websocket"]:
+            listeners.append(("websocket", self["websocket"], " or --no-websocket"))
+        if self.runsSink():
+            listeners.append(
+                ("smtp-sink", self["smtp-sink"], " or turn it off with --no-smtp-sink")
+            )
+        if self["metrics"] is not None:
+            listeners.append(("metrics", self["metrics"], ""))
+        for name, description, otherwise in listeners:
+            address = _busyAddress(description)
+            if address is not None:
+                raise usage.UsageError(
+                    f"--{name} {description}: {address} is in use (another"
+                    f" twistd taskservice?): move it with --{name}"
+                    f" tcp:PORT:interface=...{otherwise}"
+                )
 
     def runsSink(self) -> bool:
         """
@@ -572,6 +601,40 @@ def _tcpAddress(option: str, description: str) -> tuple[str, int]:
         raise usage.UsageError(f"{option} {description!r}: no valid TCP port")
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return host, int(port)
+
+
+def _busyAddress(description: str) -> str | None:
+    """
+    For a C{tcp:}, C{tcp6:} or C{ssl:} server endpoint with a fixed port,
+    its address if another socket is listening there (a bind as Twisted's
+    own, with C{SO_REUSEADDR}, fails with C{EADDRINUSE}); else L{None}.
+    """
+    import errno
+    import socket
+
+    positional, keywords = splitDescription(description)
+    kind = positional[0]
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    args = positional[1:]
+    port = keywords.get("port", args[0] if args else "")
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        return None
+    # (Only tcp: takes its interface by position: tcp:PORT:INTERFACE.)
+    byPosition = args[1] if kind == "tcp" and len(args) > 1 else ""
+    interface = keywords.get(
+        "interface", byPosition or ("::" if kind == "tcp6" else "")
+    )
+    family = socket.AF_INET6 if kind == "tcp6" or ":" in interface else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((interface, int(port)))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                host = f"[{interface}]" if ":" in interface else interface or "*"
+                return f"{host}:{port}"
+    return None
 
 
 def _checkListen(listen: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
 from typing import TypeVar
 
@@ -1013,3 +1014,57 @@ def test_everyOptionHasAScope() -> None:
     effect (a new option must say).
     """
     assert set(tap.Options()._dispatch) == set(tap.SCOPES)
+
+
+# -- ports already in use ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "argv", "hint"),
+    [
+        ("listen", ["--listen"], "move it with --listen tcp:PORT"),
+        ("websocket", ["--websocket"], "or --no-websocket"),
+        ("smtp-sink", ["--smtp-sink"], "or turn it off with --no-smtp-sink"),
+        ("metrics", ["--metrics"], "move it with --metrics tcp:PORT"),
+    ],
+)
+def test_busyPortIsAUsageError(option: str, argv: list[str], hint: str) -> None:
+    """
+    A fixed port this process would listen on that another socket holds
+    is a usage error naming the option, the address and how to move it
+    (before twistd starts anything), not a traceback at start; the same
+    port free again is accepted.
+    """
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        endpoint = f"tcp:{port}:interface=127.0.0.1"
+        with pytest.raises(usage.UsageError) as raised:
+            parse(*argv, endpoint)
+        message = str(raised.value)
+        assert message.startswith(f"--{option} {endpoint}: 127.0.0.1:{port} is in use")
+        assert hint in message, message
+    parse(*argv, endpoint)
+
+
+def test_busyAddressForms() -> None:
+    """
+    The probe reads the port and interface of tcp: (by name or position),
+    tcp6: and ssl: descriptions; port 0, UNIX sockets and other endpoint
+    types are never busy.
+    """
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        assert tap._busyAddress(f"tcp:{port}:127.0.0.1") == f"127.0.0.1:{port}"
+        assert tap._busyAddress(f"tcp:port={port}:interface=127.0.0.1") == (
+            f"127.0.0.1:{port}"
+        )
+        assert tap._busyAddress(f"tcp:{port}") == f"*:{port}"
+        assert tap._busyAddress(f"ssl:{port}:privateKey=k.pem:interface=127.0.0.1")
+    assert tap._busyAddress(f"tcp:{port}:interface=127.0.0.1") is None
+    assert tap._busyAddress("tcp:0:interface=127.0.0.1") is None
+    assert tap._busyAddress("unix:/tmp/nothing.sock") is None
+    assert tap._busyAddress("systemd:domain=INET:index=0") is None

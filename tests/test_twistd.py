@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,7 +166,9 @@ def twistd(
     workers. Unless ARGS place it, the demo's SMTP sink listens on a free
     port, not 2525.
     """
-    if not any(a.startswith("--smtp") or a == "--no-smtp-sink" for a in args):
+    if not any(
+        a.startswith("--smtp") or a in ("--no-smtp-sink", "--task-server") for a in args
+    ):
         args = (*args, "--smtp-sink", f"tcp:{freePort()}:interface=127.0.0.1")
     log = cwd / "twistd.out"
     marker = f"TASKSERVICE_TEST_TWISTD={uuid.uuid4().hex}"
@@ -362,7 +364,7 @@ def test_portInUse(tmp_path: Path) -> None:
             output = server.output()
             assert returncode == 1, output
             assert f"{HOST}:{port}" in output, output
-            assert "Address already in use" in output, output
+            assert "is in use" in output and "--listen" in output, output
             waitFor(
                 "no process of it to be left", lambda: server.family() == [] or None
             )
@@ -475,3 +477,58 @@ def test_noWebsocketStatsTellTheSink(tmp_path: Path) -> None:
                 connection, reader, b'{"jsonrpc":"2.0","id":1,"method":"$/stats"}\n'
             )
     assert stats["result"]["smtpSink"] == {"received": 1, "duplicates": 0}, stats
+
+
+def test_secondTwistdNamesTheBusyPort(tmp_path: Path) -> None:
+    """
+    A second C{twistd taskservice} on the same machine, given the first's
+    ports, exits with status 1 before starting anything and names the busy
+    port and the option that moves it: the task server's (--listen), the
+    gateway's (--websocket), the demo SMTP sink's (--smtp-sink) and
+    /metrics' (--metrics), each in turn as the others are moved.
+    """
+    ports = {
+        name: freePort() for name in ("listen", "websocket", "smtp-sink", "metrics")
+    }
+
+    def argv(moved: set[str]) -> list[str]:
+        args = ["--workers", "1", "--jobs-db", ":memory:"]
+        for name, port in ports.items():
+            args += [
+                f"--{name}",
+                f"tcp:{freePort() if name in moved else port}:interface={HOST}",
+            ]
+        return args
+
+    first = tmp_path / "first"
+    first.mkdir()
+    with twistd(first, *argv(set())) as server:
+        waitFor(
+            "the first twistd to listen", lambda: _listening(ports.values()) or None
+        )
+        moved: set[str] = set()
+        for name, port in ports.items():
+            second = tmp_path / f"second-{name}"
+            second.mkdir()
+            with twistd(second, *argv(moved)) as other:
+                returncode = waitFor("the second twistd to exit", other.exited)
+                output = other.output()
+                assert returncode == 1, output
+                assert f"--{name} tcp:{port}:interface={HOST}:" in output, output
+                assert f"{HOST}:{port} is in use" in output, output
+                assert f"move it with --{name} tcp:PORT" in output, output
+                assert "Traceback" not in output, output
+            moved.add(name)
+        assert server.exited() is None, server.output()
+
+
+def _listening(ports: Iterable[int]) -> bool:
+    """
+    Whether every one of C{ports} on the loopback accepts a connection.
+    """
+    for port in ports:
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+        except OSError:
+            return False
+    return True
