@@ -124,7 +124,10 @@ class GatewayProtocol(WebSocketServerProtocol):
                 )
             )
             return
-        message = _jsonrpc.parseLine(payload)
+        factory = self.factory
+        message = _jsonrpc.parseLine(
+            payload, min(factory.maxBatch, factory.maxBrowserCalls)
+        )
         if isinstance(message, Request):
             response = self._start(message, reply=True)
             if not isinstance(response, Deferred):

@@ -73,6 +73,7 @@ _decoder = json.JSONDecoder(parse_constant=_refuseConstant, parse_float=_finiteF
 
 _fastEncoder = msgspec.json.Encoder()
 _fastDecoder = msgspec.json.Decoder()
+_arrayDecoder = msgspec.json.Decoder(list[msgspec.Raw])
 
 _FAST_DEPTH = 200
 """
@@ -171,8 +172,27 @@ def loads(data: bytes) -> Any:
     try:
         return _decoder.decode(text)
     except json.JSONDecodeError as e:
-        raise DecodeError(f"{e.msg} at line {e.lineno} column {e.colno}") from None
+        # Some of json's messages end in " at" already ("Invalid control
+        # character at").
+        where = f"at line {e.lineno} column {e.colno}"
+        raise DecodeError(f"{e.msg.removesuffix(' at')} {where}") from None
     except ValueError as e:
         raise DecodeError(str(e)) from None
     except RecursionError:
         raise DecodeError("nested too deeply") from None
+
+
+def splitArray(data: bytes) -> list[msgspec.Raw] | None:
+    """
+    The elements of the JSON array C{data}, each still encoded (decode one
+    with C{loads(bytes(element))}), found without decoding them: a few
+    milliseconds for a 10 MB array of small objects, where decoding it
+    takes hundreds. L{None} when C{data} is not an array or the scan cannot
+    tell (not JSON, nested too deeply, ...): L{loads} then decides, and
+    says why.
+    """
+    try:
+        elements = _arrayDecoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError):
+        return None
+    return elements

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskservice import _json
-from taskservice.errors import InvalidRequest, ParseError, TaskServiceError
+from taskservice.errors import InvalidRequest, ParseError, TaskServiceError, TooLarge
+from taskservice.wire import DEFAULT_MAX_BATCH
 
 Id = str | int | float | None
 _NO_ID: Any = object()
@@ -66,21 +67,73 @@ class Batch:
     items: tuple[Request | Invalid, ...]
 
 
-def parseLine(data: bytes) -> Request | Invalid | Batch:
+def parseLine(
+    data: bytes, maxBatch: int = DEFAULT_MAX_BATCH
+) -> Request | Invalid | Batch:
     """
     Parse one line (without its delimiter; a trailing C{\\r} is tolerated).
+
+    A batch of more than C{maxBatch} elements is refused whole (-32004,
+    C{{"limit": maxBatch}}) before any element is decoded, so its size
+    costs one quick scan of the line.
     """
     if data.endswith(b"\r"):
         data = data[:-1]
+    first = data[:1]
+    if first == b"[" or (first != b"{" and data.lstrip()[:1] == b"["):
+        batch = _parseBatch(data, maxBatch)
+        if batch is not None:
+            return batch
     try:
         message = _json.loads(data)
     except _json.DecodeError as e:
-        return Invalid(ParseError("parse error", str(e)))
+        return Invalid(ParseError("parse error", _explained(str(e), data)))
     if isinstance(message, list):
+        # (Only when the quick scan could not split it.)
         if not message:
             return Invalid(InvalidRequest("invalid request", "empty batch"))
+        if len(message) > maxBatch:
+            return _batchTooLarge(len(message), maxBatch)
         return Batch(tuple(_parseObject(item, inBatch=True) for item in message))
     return _parseObject(message, inBatch=False)
+
+
+def _parseBatch(data: bytes, maxBatch: int) -> Batch | Invalid | None:
+    """
+    A batch line, its elements decoded one by one; L{None} when the line
+    must be decoded whole (it is not valid JSON, say: that says why).
+    """
+    elements = _json.splitArray(data)
+    if elements is None:
+        return None
+    if not elements:
+        return Invalid(InvalidRequest("invalid request", "empty batch"))
+    if len(elements) > maxBatch:
+        return _batchTooLarge(len(elements), maxBatch)
+    try:
+        messages = [_json.loads(bytes(element)) for element in elements]
+    except _json.DecodeError:
+        return None
+    return Batch(tuple(_parseObject(item, inBatch=True) for item in messages))
+
+
+def _batchTooLarge(size: int, maxBatch: int) -> Invalid:
+    return Invalid(
+        TooLarge(
+            f"batch of {size} requests is over the limit of {maxBatch}",
+            {"limit": maxBatch},
+        )
+    )
+
+
+def _explained(reason: str, data: bytes) -> str:
+    """
+    The decoder's C{reason}, and why when the line holds a C{\\r}: a
+    C{\\r} alone does not end a line.
+    """
+    if b"\r" in data:
+        return f"{reason} (lines end with \\n: a \\r alone does not end one)"
+    return reason
 
 
 def _parseObject(message: Any, inBatch: bool) -> Request | Invalid:

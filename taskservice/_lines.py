@@ -8,6 +8,10 @@ buffer is re-split per line. This protocol discards only the overlong line,
 reports it once through L{LineProtocol.lineTooLong}, and keeps going with the
 next line; the splitting itself (linear buffering, C{\\r\\n}) is the
 splitter's, which programs without Twisted use too.
+
+A C{\\r} alone ends no line (as in JSON Lines: only C{\\n} does, and a C{\\r}
+before it is tolerated). When the peer has sent all it will send,
+L{LineProtocol.finishInput} delivers what is left as a last line.
 """
 
 from __future__ import annotations
@@ -73,6 +77,16 @@ class LineProtocol(Protocol):
                 self.lineTooLong()
             else:
                 self.lineReceived(line)
+
+    def finishInput(self) -> None:
+        """
+        The peer will send nothing more (it half-closed): the bytes it sent
+        after its last C{\\n}, if any, are its last line. (The rest of a
+        line already reported too long is not.)
+        """
+        line = self._splitter.finish()
+        if line is not None:
+            self.lineReceived(line)
 
     def lineReceived(self, line: bytes) -> None:
         raise NotImplementedError

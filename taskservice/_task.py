@@ -99,6 +99,9 @@ class TaskSpec:
         earlier attempt did, and keys its effects by the job's id. A job of
         a resumable (or idempotent) task that was running when its server
         went away runs again; any other is marked interrupted.
+    @ivar validate: called with a call's arguments in the service process,
+        before the call is queued, or L{None}: raising L{TypeError} or
+        L{ValueError} refuses the call as invalid params.
     """
 
     name: str
@@ -109,6 +112,9 @@ class TaskSpec:
     retries: int = 0
     backoff: float = 1.0
     resumable: bool = False
+    validate: Callable[..., object] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @cached_property
     def signature(self) -> inspect.Signature:
@@ -144,18 +150,23 @@ class TaskSpec:
 
     def checkArguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         """
-        Raise L{TypeError} if C{args} and C{kwargs} do not fit the function.
+        Raise L{TypeError} if C{args} and C{kwargs} do not fit the function,
+        or the task's C{validate} refuses them.
         """
         positional = self._positional
         # The common case first, without Signature.bind's cost (a third of
         # the pool's own time per trivial call).
-        if (
+        if not (
             not kwargs
             and positional is not None
             and positional[0] <= len(args) <= positional[1]
         ):
-            return
-        self.signature.bind(*args, **kwargs)
+            self.signature.bind(*args, **kwargs)
+        if self.validate is not None:
+            try:
+                self.validate(*args, **kwargs)
+            except ValueError as e:
+                raise TypeError(str(e)) from None
 
 
 @overload
@@ -172,6 +183,7 @@ def task(
     retries: int = 0,
     backoff: float = 1.0,
     resumable: bool = False,
+    validate: Callable[..., object] | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -186,6 +198,7 @@ def task(
     retries: int = 0,
     backoff: float = 1.0,
     resumable: bool = False,
+    validate: Callable[..., object] | None = None,
 ) -> F | Callable[[F], F]:
     """
     Register a function as a task callable over the network.
@@ -202,6 +215,12 @@ def task(
     C{Deferred} (say, an C{@inlineCallbacks} function): its calls then run
     concurrently in a worker that runs Twisted's asyncio reactor. (C{async
     def} tasks are concurrent without saying so.)
+
+    C{validate}, a function taking the task's arguments, checks them in
+    the service process before the call is queued (without it, only the
+    signature is checked): raising L{TypeError} or L{ValueError} refuses
+    the call with -32602 (invalid params), the exception's message as
+    C{data}.
     """
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be positive, not {timeout!r}")
@@ -229,6 +248,7 @@ def task(
                 retries=retries,
                 backoff=float(backoff),
                 resumable=resumable,
+                validate=validate,
             ),
         )
         return f

@@ -29,24 +29,40 @@ def echo(value: Any) -> Any:
     return value
 
 
-@task(idempotent=True)
+def _checkSleep(seconds: object) -> None:
+    # A JSON true is no number of seconds (though Python's True is an int).
+    if (
+        not isinstance(seconds, int | float)
+        or isinstance(seconds, bool)
+        or not 0 <= seconds <= MAX_SLEEP
+    ):
+        raise ValueError(f"seconds must be a number from 0 to {MAX_SLEEP:g}")
+
+
+def _checkFib(n: object) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_FIB:
+        raise ValueError(f"n must be an integer from 0 to {MAX_FIB}")
+
+
+@task(idempotent=True, validate=_checkSleep)
 def sleep(seconds: float) -> float:
     """
     Block the worker for C{seconds} (at most an hour), then return them.
+    Checked before it is queued (C{sleep(true)} is invalid params).
     """
-    if not isinstance(seconds, int | float) or not 0 <= seconds <= MAX_SLEEP:
-        raise ValueError(f"seconds must be a number from 0 to {MAX_SLEEP:g}")
+    _checkSleep(seconds)
     time.sleep(seconds)
     return seconds
 
 
-@task(idempotent=True)
+@task(idempotent=True, validate=_checkFib)
 def fib(n: int) -> int:
     """
     The C{n}th Fibonacci number, computed the slow recursive way: CPU-bound.
+    Checked before it is queued (C{fib(true)}, C{fib(99)} are invalid
+    params).
     """
-    if not isinstance(n, int) or not 0 <= n <= MAX_FIB:
-        raise ValueError(f"n must be an integer from 0 to {MAX_FIB}")
+    _checkFib(n)
     return n if n < 2 else _fib(n - 1) + _fib(n - 2)
 
 
@@ -81,14 +97,19 @@ def send_mail(
     sender: str = DEFAULT_SENDER,
     contents: str | None = None,
     **faq: str,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """
     Send one message to each address in C{to} over one SMTP connection,
     reporting progress after each. Returns C{{"sent": n}}.
 
     The Workerman FAQ's caller names its arguments C{from}, C{to} and
     C{contents}; those are accepted too (C{from} cannot be a Python
-    parameter name, hence C{**faq}).
+    parameter name, hence C{**faq}). So is its call as written, whose
+    values are the placeholder C{'xxx'}: a recipient that is not an e-mail
+    address (no C{@}, or a line break) is skipped, never sent to, and
+    listed in the result as C{"skipped"}; a sender that is not one is
+    replaced by L{DEFAULT_SENDER}. With nothing left to send to, no SMTP
+    connection is made.
     """
     unexpected = sorted(set(faq) - {"from"})
     if unexpected:
@@ -100,18 +121,27 @@ def send_mail(
     if not isinstance(recipients, list) or not recipients:
         raise ValueError("to must be an address or a non-empty list of addresses")
     for address in recipients:
-        if not isinstance(address, str) or "@" not in address or "\n" in address:
+        if not isinstance(address, str):
             raise ValueError(f"not an e-mail address: {address!r}")
     for name, text in (("subject", subject), ("body", body), ("sender", sender)):
         if not isinstance(text, str):
             raise ValueError(f"{name} must be a string")
+    if not _isAddress(sender):
+        sender = DEFAULT_SENDER
+    deliverable = [address for address in recipients if _isAddress(address)]
+    skipped = [address for address in recipients if not _isAddress(address)]
+    result: dict[str, Any] = {"sent": len(deliverable)}
+    if skipped:
+        result["skipped"] = skipped
+    if not deliverable:
+        return result
     # Imported here, not at the top: smtplib and email (with ssl) would add
     # about 7 MiB and 25 ms to every worker, mail or no mail.
     import smtplib
     from email.message import EmailMessage
 
     host, port = smtpServer()
-    total = len(recipients)
+    total = len(deliverable)
     # Run as a durable job, this may be a second attempt (the server went
     # away mid-send): skip the recipients the first reported done, and give
     # each message a Message-ID of the job and recipient, so that a mail
@@ -123,7 +153,7 @@ def send_mail(
     if job is not None and job.progress is not None:
         start = min(total, max(0, int(job.progress.get("done", 0))))
     with smtplib.SMTP(host, port, timeout=30) as smtp:
-        for done, address in enumerate(recipients[start:], start + 1):
+        for done, address in enumerate(deliverable[start:], start + 1):
             message = EmailMessage()
             message["From"] = sender
             message["To"] = address
@@ -133,4 +163,13 @@ def send_mail(
             message.set_content(body)
             smtp.send_message(message)
             progress(done, total)
-    return {"sent": total}
+    return result
+
+
+def _isAddress(text: str) -> bool:
+    """
+    Whether C{text} may be an e-mail address: it has an C{@} with something
+    on both sides, and no line break (which would inject headers).
+    """
+    local, at, domain = text.rpartition("@")
+    return bool(at and local and domain) and not any(c in text for c in "\r\n")

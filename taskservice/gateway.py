@@ -47,7 +47,12 @@ from taskservice.errors import (
     toWireError,
 )
 from taskservice.metrics import MetricsResource, makeRegistry
-from taskservice.wire import STATS
+from taskservice.wire import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BROWSER_CALLS,
+    DEFAULT_MAX_MESSAGE,
+    STATS,
+)
 
 __all__ = [
     "DEFAULT_MAX_BROWSER_CALLS",
@@ -60,8 +65,6 @@ __all__ = [
     "makeGatewayResource",
 ]
 
-DEFAULT_MAX_MESSAGE = 1024 * 1024
-DEFAULT_MAX_BROWSER_CALLS = 100
 DEFAULT_PING_INTERVAL = 20.0
 DEFAULT_PING_TIMEOUT = 10.0
 STATS_TIMEOUT = 5.0
@@ -118,6 +121,9 @@ class GatewayFactory(WebSocketServerFactory):
         send, in bytes; past it the connection is closed with code 1009.
     @param maxBrowserCalls: calls one browser may have in flight; past it a
         call is answered -32003 (overloaded) with C{data.retryAfter}.
+    @param maxBatch: the most requests one batch may hold, and never more
+        than C{maxBrowserCalls} (each counts against it); a larger batch is
+        answered -32004 whole, as by the task server.
     """
 
     protocol = GatewayProtocol  # type: ignore[assignment]
@@ -130,6 +136,7 @@ class GatewayFactory(WebSocketServerFactory):
         allowedOrigins: Iterable[str] = (),
         maxMessageSize: int = DEFAULT_MAX_MESSAGE,
         maxBrowserCalls: int = DEFAULT_MAX_BROWSER_CALLS,
+        maxBatch: int = DEFAULT_MAX_BATCH,
         autoPingInterval: float = DEFAULT_PING_INTERVAL,
         autoPingTimeout: float = DEFAULT_PING_TIMEOUT,
         statsTimeout: float = STATS_TIMEOUT,
@@ -139,6 +146,7 @@ class GatewayFactory(WebSocketServerFactory):
         self.client = client
         self.maxMessageSize = maxMessageSize
         self.maxBrowserCalls = maxBrowserCalls
+        self.maxBatch = maxBatch
         self.statsTimeout = statsTimeout
         self.anyOrigin = False
         self.extraOrigins: set[tuple[str, str, int] | str] = set()

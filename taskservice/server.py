@@ -14,7 +14,7 @@ C{$/auth} with it; anything else first, or a wrong token, is answered -32005
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
 
@@ -52,6 +52,7 @@ from taskservice.wire import (
     AUTH,
     CANCEL,
     CANCEL_JOB,
+    DEFAULT_MAX_BATCH,
     DEFAULT_MAX_LINE,
     JOB,
     JOB_METHODS,
@@ -105,7 +106,9 @@ class TaskServerProtocol(LineProtocol):
     still answered, then the connection is closed.
 
     Backpressure: a connection has at most C{maxInFlight} calls running or
-    queued in the pool; further calls wait, parsed, on the connection (in
+    queued in the pool, each request of a batch counting as one (a batch
+    may hold no more requests than that, nor than the factory's
+    C{maxBatch}); further calls wait, parsed, on the connection (in
     order), and past L{HOLD_LIMIT} bytes of those the server stops reading
     from the client, so TCP slows it down. It also stops reading from a
     client that does not read its replies (the protocol is a streaming
@@ -120,6 +123,7 @@ class TaskServerProtocol(LineProtocol):
         self.factory = factory
         self.pool = factory.pool
         self.maxInFlight = factory.maxInFlight
+        self.maxBatch = min(factory.maxBatch, factory.maxInFlight)
         if factory.token is None:
             self._access = _Access.OPEN
             self.maxLineLength = factory.maxLineLength
@@ -138,6 +142,7 @@ class TaskServerProtocol(LineProtocol):
         self._producing = False
         self._readClosed = False
         self._outstanding = 0
+        self._pendingBatches = 0
         self._closedWaiters: list[Deferred[None]] = []
         self._jobCalls: set[Deferred[Any]] = set()
 
@@ -210,6 +215,8 @@ class TaskServerProtocol(LineProtocol):
         return d
 
     def readConnectionLost(self) -> None:
+        # The client's last bytes are a line, with or without their "\n".
+        self.finishInput()
         self._readClosed = True
         self._closeIfDone()
 
@@ -220,6 +227,7 @@ class TaskServerProtocol(LineProtocol):
         if (
             self._readClosed
             and not self._outstanding
+            and not self._pendingBatches
             and not self._waiting
             and self.transport is not None
         ):
@@ -248,7 +256,7 @@ class TaskServerProtocol(LineProtocol):
         if self._access is not _Access.OPEN:
             self._authenticate(line)
             return
-        message = _jsonrpc.parseLine(line)
+        message = _jsonrpc.parseLine(line, self.maxBatch)
         if isinstance(message, Invalid) and not message.seed:
             self._refused(message.error)
             self._write(_jsonrpc.errorObject(message.id, message.error))
@@ -264,7 +272,7 @@ class TaskServerProtocol(LineProtocol):
                 self._start(message)
             finally:
                 self._cancelLane = False
-        elif self._waiting or self._outstanding >= self.maxInFlight:
+        elif self._waiting or self._outstanding + _weight(message) > self.maxInFlight:
             self._waiting.append((message, len(line)))
             self._waitingBytes += len(line)
             self._updateReading()
@@ -279,7 +287,12 @@ class TaskServerProtocol(LineProtocol):
             self._refused(error)
             answered = self._seedReply(lambda: fail(error))
         elif isinstance(message, Batch):
-            answered = self._batch(message)
+            # Each request counts while it runs; the batch holds the
+            # connection open until its reply is written.
+            self._outstanding += len(message.items)
+            self._pendingBatches += 1
+            self._batch(message).addBoth(self._batchAnswered)
+            return
         elif message.seed:
             answered = self._seed(message)
         else:
@@ -292,13 +305,30 @@ class TaskServerProtocol(LineProtocol):
         answered.addBoth(self._answered)
 
     def _answered(self, result: object) -> None:
+        self._release()
+        self._closeIfDone()
+
+    def _release(self) -> None:
+        """
+        One call of this connection is done: start what waits for room.
+        """
         self._outstanding -= 1
-        while self._waiting and self._outstanding < self.maxInFlight:
-            message, size = self._waiting.popleft()
+        waiting = self._waiting
+        while (
+            waiting and self._outstanding + _weight(waiting[0][0]) <= self.maxInFlight
+        ):
+            message, size = waiting.popleft()
             self._waitingBytes -= size
             self._start(message)
         if self._readingPaused:
             self._updateReading()
+
+    def _itemAnswered(self, response: Response) -> Response:
+        self._release()
+        return response
+
+    def _batchAnswered(self, result: object) -> None:
+        self._pendingBatches -= 1
         self._closeIfDone()
 
     def lineTooLong(self) -> None:
@@ -334,7 +364,7 @@ class TaskServerProtocol(LineProtocol):
         """
         if self._access is _Access.REFUSED:
             return
-        message = _jsonrpc.parseLine(line)
+        message = _jsonrpc.parseLine(line, self.maxBatch)
         if isinstance(message, Request) and message.method == AUTH:
             assert self.factory.token is not None
             if self.factory.token.matches(_authToken(message)):
@@ -412,13 +442,19 @@ class TaskServerProtocol(LineProtocol):
         return error
 
     def _batch(self, batch: Batch) -> Deferred[None]:
+        """
+        Run a batch's requests (counted in C{_outstanding}, each released
+        as it finishes) and write the one reply.
+        """
         replies: list[Deferred[Response]] = []
         for item in batch.items:
+            reply: Deferred[Response]
             if isinstance(item, Invalid):
                 self._refused(item.error)
-                replies.append(succeed(_jsonrpc.errorObject(item.id, item.error)))
+                reply = succeed(_jsonrpc.errorObject(item.id, item.error))
             else:
-                replies.append(self._respond(item))
+                reply = self._respond(item)
+            replies.append(reply.addBoth(self._itemAnswered))
 
         def write(responses: list[Response]) -> None:
             answered = [r for r in responses if r is not None]
@@ -641,6 +677,10 @@ class TaskServerFactory(Factory):
     """
     Builds L{TaskServerProtocol}s that run calls in C{pool}.
 
+    @param maxInFlight: calls one connection may have in the pool at once
+        (each request of a batch counts).
+    @param maxBatch: the most requests a batch may hold (and never more
+        than C{maxInFlight}); a larger one is answered -32004.
     @param token: the shared secret every connection must send with
         C{$/auth} before anything else, or L{None} for none (C{$/auth} is
         then answered C{true}).
@@ -655,6 +695,7 @@ class TaskServerFactory(Factory):
         *,
         maxLineLength: int = DEFAULT_MAX_LINE,
         maxInFlight: int = DEFAULT_MAX_IN_FLIGHT,
+        maxBatch: int = DEFAULT_MAX_BATCH,
         token: Token | str | None = None,
         jobs: JobService | None = None,
     ) -> None:
@@ -664,14 +705,23 @@ class TaskServerFactory(Factory):
         methods, or L{None} (they are then "method not found")."""
         self.maxLineLength = maxLineLength
         self.maxInFlight = maxInFlight
+        self.maxBatch = maxBatch
         self.token = Token(token) if isinstance(token, str) else token
         self.protocols: set[TaskServerProtocol] = set()
         self.refused: Counter[str] = Counter(dict.fromkeys(REFUSALS.values(), 0))
         """Messages the server answered with an error itself, before they
         reached the pool, by reason (the values of L{REFUSALS})."""
+        self._statsProviders: list[Callable[[], Mapping[str, Any]]] = []
 
     def buildProtocol(self, addr: Any) -> TaskServerProtocol:
         return TaskServerProtocol(self)
+
+    def addStatsProvider(self, provider: Callable[[], Mapping[str, Any]]) -> None:
+        """
+        Merge C{provider()} (a mapping such as C{{"smtpSink": {"received":
+        3}}}) into every C{$/stats} result.
+        """
+        self._statsProviders.append(provider)
 
     def stats(self) -> dict[str, Any]:
         stats = self.pool.stats()
@@ -679,6 +729,8 @@ class TaskServerFactory(Factory):
         stats["refused"] = dict(self.refused)
         if self.jobs is not None:
             stats["jobs"] = self.jobs.stats()
+        for provider in self._statsProviders:
+            stats.update(provider())
         return stats
 
 
@@ -721,6 +773,14 @@ def _objectParams(request: Request) -> object:
     if request.kwargs:
         return request.kwargs
     return list(request.args) if request.args else None
+
+
+def _weight(message: Request | Batch | Invalid) -> int:
+    """
+    How many of a connection's C{maxInFlight} C{message} takes: one per
+    request of a batch, else one.
+    """
+    return len(message.items) if isinstance(message, Batch) else 1
 
 
 def _authToken(request: Request) -> object:

@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, MultiService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from taskservice._auth import Token, readTokenFile
@@ -30,19 +31,31 @@ from taskservice.pool import (
     EXAMPLE_TASKS,
 )
 from taskservice.server import DEFAULT_MAX_IN_FLIGHT
+from taskservice.wire import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BROWSER_CALLS,
+    DEFAULT_MAX_MESSAGE,
+)
 from taskservice.worker import DEFAULT_MAX_RESULT
 
 if TYPE_CHECKING:
     from taskservice.service import TaskServerService
+    from taskservice.smtpsink import SMTPSink
 
 DEFAULT_LISTEN = "tcp:12345:interface=127.0.0.1"
 DEFAULT_JOBS_DB = "taskservice-jobs.sqlite3"
 MEMORY = ":memory:"
+DEFAULT_BACKLOG = 4096
+"""The accept queue of the --listen socket when its description gives none
+(Twisted's own default is 50): what Workerman uses, enough for the FAQ's
+caller, which opens a connection per call. The kernel caps it at
+C{net.core.somaxconn}."""
+SOMAXCONN = "/proc/sys/net/core/somaxconn"
 DEFAULT_SMTP_SINK = "tcp:2525:interface=127.0.0.1"
 DEFAULT_WEBSOCKET = "tcp:8080:interface=127.0.0.1"
-# As in taskservice.gateway, which is not imported here (keep the plugin light).
-DEFAULT_MAX_MESSAGE = 1024 * 1024
-DEFAULT_MAX_BROWSER_CALLS = 100
+
+
+log = Logger()
 
 
 def _positive(kind: type[int] | type[float], name: str) -> Any:
@@ -182,6 +195,15 @@ class Options(usage.Options):
             _positive(int, "max-in-flight"),
         ],
         [
+            "max-batch",
+            None,
+            DEFAULT_MAX_BATCH,
+            "Most requests in one JSON-RPC batch (and never more than"
+            " --max-in-flight, or --max-browser-calls on the websocket); a"
+            " larger batch is 'too large'.",
+            _positive(int, "max-batch"),
+        ],
+        [
             "worker-concurrency",
             None,
             DEFAULT_CONCURRENCY,
@@ -277,11 +299,23 @@ class Options(usage.Options):
         ],
     ]
 
+    checkPorts = True
+    """Whether parsing refuses fixed ports already in use (see
+    L{_checkPortsFree}); unit tests that build service trees without
+    listening turn it off, so that a server running on the machine does
+    not change their outcome."""
+
     def __init__(self) -> None:
         super().__init__()
         self["tasks"] = []
         self["allowed-origins"] = []
         self["task-servers"] = []
+        self.given: set[str] = set()
+        """The options on the command line, by long name."""
+        # Twisted's Options keeps no record of what was given (a value equal
+        # to the default looks the same): note each option as it is parsed.
+        for name, handler in list(self._dispatch.items()):
+            self._dispatch[name] = _Noted(self.given, name, handler)
 
     def opt_allowed_origin(self, origin: str) -> None:
         """
@@ -360,6 +394,9 @@ class Options(usage.Options):
             if port == 0:
                 raise usage.UsageError("--smtp-sink needs a fixed port")
             self["sink-address"] = f"{host}:{port}"
+        _checkScopes(self)
+        if self.checkPorts:
+            self._checkPortsFree()
         if self["no-websocket"] or not self["task-servers"]:
             _checkJournal(self["jobs-db"])
 
@@ -412,6 +449,34 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
 
+    def _checkPortsFree(self) -> None:
+        """
+        A usage error naming the option and how to move it for each fixed
+        TCP port this process would listen on that is already taken (a
+        second C{twistd taskservice} on the machine, say), rather than a
+        traceback once twistd starts.
+        """
+        local = self["no-websocket"] or not self["task-servers"]
+        listeners: list[tuple[str, str, str]] = []
+        if local and not self["reuse-port"]:
+            listeners.append(("listen", self["listen"], ""))
+        if not self["no-websocket"]:
+            listeners.append(("websocket", self["websocket"], " or --no-websocket"))
+        if self.runsSink():
+            listeners.append(
+                ("smtp-sink", self["smtp-sink"], " or turn it off with --no-smtp-sink")
+            )
+        if self["metrics"] is not None:
+            listeners.append(("metrics", self["metrics"], ""))
+        for name, description, otherwise in listeners:
+            address = _busyAddress(description)
+            if address is not None:
+                raise usage.UsageError(
+                    f"--{name} {description}: {address} is in use (another"
+                    f" twistd taskservice?): move it with --{name}"
+                    f" tcp:PORT:interface=...{otherwise}"
+                )
+
     def runsSink(self) -> bool:
         """
         The SMTP sink runs beside local workers, unless a relay is given
@@ -422,6 +487,111 @@ class Options(usage.Options):
             and self["smtp"] is None
             and not self["no-smtp-sink"]
         )
+
+
+class _Noted:
+    """
+    An option's handler that first notes the option as given.
+    """
+
+    def __init__(self, given: set[str], name: str, handler: Any) -> None:
+        self.given, self.name, self.handler = given, name, handler
+
+    def __call__(self, name: str, value: Any = None) -> None:
+        self.given.add(self.name)
+        if isinstance(self.handler, usage.CoerceParameter):
+            self.handler.dispatch(name, value)
+        else:
+            self.handler(name, value)
+
+
+_LOCAL = "local"
+"""Only where a task server and its pool run here (the default, and
+--no-websocket); not with --task-server, which runs the gateway alone."""
+_GATEWAY = "gateway"
+"""Only where the gateway runs (the default, and --task-server); not with
+--no-websocket, which runs the task server alone."""
+_SINK = "sink"
+"""Only where the demo SMTP sink runs (beside a local pool, without --smtp
+or --no-smtp-sink)."""
+_ANY = "any"
+"""In every mode."""
+
+SCOPES: dict[str, str] = {
+    "listen": _LOCAL,
+    "token-file": _LOCAL,
+    "tls-cert": _LOCAL,
+    "tls-key": _LOCAL,
+    "tls-ca": _LOCAL,
+    "workers": _LOCAL,
+    "timeout": _LOCAL,
+    "max-line": _LOCAL,
+    "max-queue": _LOCAL,
+    "shutdown-timeout": _LOCAL,
+    "jobs-db": _LOCAL,
+    "job-ttl": _LOCAL,
+    "job-concurrency": _LOCAL,
+    "worker-start-timeout": _LOCAL,
+    "max-timeout": _LOCAL,
+    "max-in-flight": _LOCAL,
+    "max-batch": _ANY,
+    "worker-concurrency": _LOCAL,
+    "pipeline": _LOCAL,
+    "max-tasks-per-child": _LOCAL,
+    "max-memory": _LOCAL,
+    "max-result": _LOCAL,
+    "smtp": _LOCAL,
+    "smtp-sink": _SINK,
+    "websocket": _GATEWAY,
+    "task-server-token-file": _GATEWAY,
+    "max-message": _GATEWAY,
+    "max-browser-calls": _GATEWAY,
+    "metrics": _ANY,
+    "tracebacks": _LOCAL,
+    "no-websocket": _ANY,
+    "no-smtp-sink": _LOCAL,
+    "reuse-port": _LOCAL,
+    "allowed-origin": _GATEWAY,
+    "task-server": _ANY,
+    "tasks": _LOCAL,
+    "help": _ANY,
+    "version": _ANY,
+}
+"""Where each option of C{twistd taskservice} has an effect. One given in a
+mode where it has none is a usage error (L{_checkScopes})."""
+
+
+def _checkScopes(options: Options) -> None:
+    """
+    A usage error for the first option given that does nothing in the mode
+    chosen, naming the option and the mode. (An error, not a warning: it is
+    seen before twistd goes into the background, where a warning would sit
+    in a log while the option the operator relied on is ignored.)
+    """
+    alone = options["task-servers"] and not options["no-websocket"]
+    for name in sorted(options.given):
+        scope = SCOPES[name]
+        if scope == _LOCAL and alone:
+            why = (
+                "--task-server runs the gateway alone (no task server, pool or"
+                " SMTP sink here: give it to the task server that --task-server"
+                " names)"
+            )
+        elif scope == _GATEWAY and options["no-websocket"]:
+            why = "--no-websocket runs the task server alone (no gateway)"
+        elif scope == _SINK and not options.runsSink():
+            why = (
+                "--task-server runs no SMTP sink"
+                if alone
+                else "--smtp replaces the SMTP sink"
+                if options["smtp"] is not None
+                else "--no-smtp-sink turns the SMTP sink off"
+            )
+        elif name == "no-smtp-sink" and options["smtp"] is not None:
+            why = "--smtp already replaces the SMTP sink"
+        else:
+            continue
+        raise usage.UsageError(f"--{name} does nothing here: {why}")
 
 
 def _tcpAddress(option: str, description: str) -> tuple[str, int]:
@@ -438,6 +608,40 @@ def _tcpAddress(option: str, description: str) -> tuple[str, int]:
         raise usage.UsageError(f"{option} {description!r}: no valid TCP port")
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return host, int(port)
+
+
+def _busyAddress(description: str) -> str | None:
+    """
+    For a C{tcp:}, C{tcp6:} or C{ssl:} server endpoint with a fixed port,
+    its address if another socket is listening there (a bind as Twisted's
+    own, with C{SO_REUSEADDR}, fails with C{EADDRINUSE}); else L{None}.
+    """
+    import errno
+    import socket
+
+    positional, keywords = splitDescription(description)
+    kind = positional[0]
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    args = positional[1:]
+    port = keywords.get("port", args[0] if args else "")
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        return None
+    # (Only tcp: takes its interface by position: tcp:PORT:INTERFACE.)
+    byPosition = args[1] if kind == "tcp" and len(args) > 1 else ""
+    interface = keywords.get(
+        "interface", byPosition or ("::" if kind == "tcp6" else "")
+    )
+    family = socket.AF_INET6 if kind == "tcp6" or ":" in interface else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((interface, int(port)))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                host = f"[{interface}]" if ":" in interface else interface or "*"
+                return f"{host}:{port}"
+    return None
 
 
 def _checkListen(listen: str) -> None:
@@ -479,7 +683,9 @@ def _tcpListenAddress(listen: str, option: str) -> tuple[int, str, int]:
     args = positional[1:]
     port = keywords.pop("port", args[0] if args else "")
     interface = keywords.pop("interface", args[1] if len(args) > 1 else "")
-    backlog = keywords.pop("backlog", args[2] if len(args) > 2 else "50")
+    backlog = keywords.pop(
+        "backlog", args[2] if len(args) > 2 else str(DEFAULT_BACKLOG)
+    )
     if positional[0] != "tcp" or keywords or len(args) > 3:
         raise usage.UsageError(
             f"with {option}, --listen must be a plain tcp: endpoint"
@@ -510,6 +716,52 @@ def _checkJournal(path: str) -> None:
         raise usage.UsageError(f"--jobs-db: {e}") from None
 
 
+_BACKLOG_POSITION = {"tcp": 3, "tcp6": 2, "unix": 3, "ssl": 6}
+"""For the endpoint types that take a C{backlog}, its place among the
+positional arguments (the type counted)."""
+
+
+def withBacklog(listen: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """
+    C{listen} with C{:backlog=BACKLOG} added when it is a C{tcp:},
+    C{tcp6:}, C{ssl:} or C{unix:} server endpoint that does not give a
+    backlog itself, by name or by position; else C{listen} unchanged.
+    """
+    positional, keywords = splitDescription(listen)
+    position = _BACKLOG_POSITION.get(positional[0])
+    if position is None or "backlog" in keywords or len(positional) > position:
+        return listen
+    return f"{listen}:backlog={backlog}"
+
+
+def somaxconn(path: str = SOMAXCONN) -> int | None:
+    """
+    The kernel's cap on a listening socket's accept queue
+    (C{net.core.somaxconn}), or L{None} where it cannot be read.
+    """
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _checkBacklog(backlog: int, cap: int | None) -> None:
+    """
+    Warn, once at startup, when the kernel silently shortens the accept
+    queue asked for.
+    """
+    if cap is not None and cap < backlog:
+        log.warn(
+            "the task server's listen backlog of {backlog} is capped at {cap}"
+            " by net.core.somaxconn: raise it (sysctl -w"
+            " net.core.somaxconn={backlog}) for clients that open a connection"
+            " per call",
+            backlog=backlog,
+            cap=cap,
+        )
+
+
 def makeService(options: Options) -> IService:
     """
     The service tree: the task server (process pool and task-protocol
@@ -533,7 +785,7 @@ def makeService(options: Options) -> IService:
         sink = SMTPSink()
         sinkService(reactor, options["smtp-sink"], sink).setServiceParent(root)
     if options["no-websocket"]:
-        alone = _makeTaskServer(options, reactor)
+        alone = _makeTaskServer(options, reactor, sink)
         alone.setServiceParent(root)
         _serveMetrics(options, reactor, root, _metricsRegistry(alone, None))
         return root
@@ -544,7 +796,7 @@ def makeService(options: Options) -> IService:
     if not servers:
         # The gateway calls the pool of the task server beside it directly,
         # not over a connection to itself.
-        taskServer = _makeTaskServer(options, reactor)
+        taskServer = _makeTaskServer(options, reactor, sink)
         client = PoolCaller(taskServer.factory)
     else:
         for server in servers:
@@ -562,6 +814,7 @@ def makeService(options: Options) -> IService:
         allowedOrigins=options["allowed-origins"],
         maxMessageSize=options["max-message"],
         maxBrowserCalls=options["max-browser-calls"],
+        maxBatch=options["max-batch"],
     )
     if sink is not None:
         factory.addStatsProvider(lambda: {"smtpSink": sink.stats()})
@@ -615,7 +868,14 @@ def _serveMetrics(options: Options, reactor: Any, root: Any, registry: Any) -> N
     listener.setServiceParent(root)
 
 
-def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
+def _makeTaskServer(
+    options: Options, reactor: Any, sink: SMTPSink | None = None
+) -> TaskServerService:
+    """
+    The task server and its pool; its C{$/stats} tells C{sink}'s count
+    (the demo's SMTP sink, which its workers' C{send_mail} delivers to)
+    when it runs beside it.
+    """
     from taskservice._sqlitejournal import SQLiteJournal
     from taskservice.examples import SMTP_ENVIRONMENT
     from taskservice.jobs import JobService
@@ -664,10 +924,13 @@ def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
         pool,
         maxLineLength=options["max-line"],
         maxInFlight=options["max-in-flight"],
+        maxBatch=options["max-batch"],
         token=options.get("token"),
         jobs=jobs,
     )
-    listen: Any = options["listen"]
+    if sink is not None:
+        factory.addStatsProvider(lambda: {"smtpSink": sink.stats()})
+    listen: Any = withBacklog(options["listen"])
     if options["reuse-port"]:
         from taskservice._reuseport import ReusePortEndpoint
 
@@ -682,4 +945,9 @@ def _makeTaskServer(options: Options, reactor: Any) -> TaskServerService:
         listen = SSL4ServerEndpoint(
             reactor, port, options["tls"], backlog=backlog, interface=interface
         )
+    else:
+        _, keywords = splitDescription(listen)
+        given = keywords.get("backlog", "")
+        backlog = int(given) if given.isascii() and given.isdigit() else 0
+    _checkBacklog(backlog, somaxconn())
     return TaskServerService(reactor, listen, pool, factory, jobs)

@@ -134,6 +134,22 @@ PRE_AUTH_MAX_LINE = 8192
 CLIENT_MAX_LINE = 1 << 30
 """The longest response line a client accepts; past it, it disconnects."""
 
+DEFAULT_MAX_BATCH = 1000
+"""
+The most requests one JSON-RPC batch may hold (C{--max-batch}): the default
+C{--max-in-flight} of a task server connection, since every element of a
+batch counts against it and a batch is answered only once all of its
+elements are done.
+"""
+
+DEFAULT_MAX_MESSAGE = 1024 * 1024
+"""The largest websocket message a browser may send the gateway, in bytes
+(C{--max-message})."""
+
+DEFAULT_MAX_BROWSER_CALLS = 100
+"""Calls one browser may have in flight through the gateway
+(C{--max-browser-calls})."""
+
 TOO_LONG_PREFIX = 256
 """How much of an overlong line L{LineTooLong} keeps (enough for its id)."""
 
@@ -239,6 +255,23 @@ class LineSplitter:
             partial.clear()
             return LineTooLong(prefix)
         partial += memoryview(chunk)[pos:end]
+        line = bytes(partial)
+        partial.clear()
+        return line
+
+    def finish(self) -> bytes | None:
+        """
+        The stream has ended (the peer half-closed): the bytes fed after the
+        last C{\\n}, if any, as a last line (a C{\\r} at their end kept, as
+        before a C{\\n}); L{None} when nothing is left. The rest of a line
+        already returned as L{LineTooLong} is not a line. Call it once every
+        line fed has been read (L{nextLine} returned L{None}).
+        """
+        self._keepRest()
+        self._discarding = False
+        partial = self._partial
+        if not partial:
+            return None
         line = bytes(partial)
         partial.clear()
         return line

@@ -104,7 +104,6 @@ async def test_twoTaskServersOneKilledMidRun(tmp_path: Path) -> None:
         gateway = stack.enter_context(
             twistd(
                 tmp_path,
-                "--no-smtp-sink",
                 "--task-server",
                 f"tcp:{HOST}:{portA}",
                 "--task-server",
@@ -202,7 +201,6 @@ async def test_noTaskServerReachable(tmp_path: Path) -> None:
     wsPort = freePort()
     with twistd(
         tmp_path,
-        "--no-smtp-sink",
         "--task-server",
         f"tcp:{HOST}:{freePort()}",
         "--task-server",

@@ -429,6 +429,50 @@ def test_batchesAndNotifications() -> None:
     assert h.factory.stats()["inFlight"] == 0
 
 
+def test_batchOverTheLimitRefusedWhole() -> None:
+    """
+    As on the task server, a batch of more requests than the browser may
+    have in flight (C{maxBrowserCalls}, or C{maxBatch} when smaller) is
+    answered with one -32004 error, id null, C{{"limit": n}}, and none of
+    it is called; the websocket stays open and a batch at the limit runs.
+    """
+    h = Harness(maxBrowserCalls=3)
+    browser = h.browser()
+    browser.send(
+        [
+            {"jsonrpc": "2.0", "id": i, "method": "add", "params": [i, i]}
+            for i in range(4)
+        ]
+    )
+    h.run()
+    (reply,) = browser.take()
+    assert reply["id"] is None
+    assert reply["error"]["code"] == -32004
+    assert reply["error"]["data"] == {"limit": 3}
+    assert h.factory.stats()["calls"] == 0
+    browser.send(
+        [
+            {"jsonrpc": "2.0", "id": i, "method": "add", "params": [i, i]}
+            for i in range(3)
+        ]
+    )
+    h.run()
+    (replies,) = browser.take()
+    assert sorted(r["result"] for r in replies) == [0, 2, 4]
+    assert browser.closed is None
+    small = Harness(maxBatch=2)
+    browser = small.browser()
+    browser.send(
+        [
+            {"jsonrpc": "2.0", "id": i, "method": "add", "params": [i, i]}
+            for i in range(3)
+        ]
+    )
+    small.run()
+    (reply,) = browser.take()
+    assert reply["error"]["data"] == {"limit": 2}
+
+
 def test_timeoutMemberReachesTheTaskServer() -> None:
     """
     A request's "timeout" member is the caller's deadline upstream too.

@@ -78,7 +78,9 @@ def referenceLoads(data: bytes) -> Any:
     try:
         return _referenceDecoder.decode(text)
     except json.JSONDecodeError as e:
-        raise DecodeError(f"{e.msg} at line {e.lineno} column {e.colno}") from None
+        # json's "Invalid control character at" says "at" itself.
+        message = e.msg.removesuffix(" at")
+        raise DecodeError(f"{message} at line {e.lineno} column {e.colno}") from None
     except ValueError as e:
         raise DecodeError(str(e)) from None
     except RecursionError:
@@ -597,8 +599,8 @@ def test_otherEncodingsRefused(encoding: str) -> None:
         (b"nul", "Expecting value at line 1 column 1"),
         (b'"\\x41"', "Invalid \\escape at line 1 column 2"),
         (b'"\\u12"', "Invalid \\uXXXX escape at line 1 column 3"),
-        (b'"a\tb"', "Invalid control character at at line 1 column 3"),
-        (b'"\x00"', "Invalid control character at at line 1 column 2"),
+        (b'"a\tb"', "Invalid control character at line 1 column 3"),
+        (b'"\x00"', "Invalid control character at line 1 column 2"),
         (b"\x0c[1]", "Expecting value at line 1 column 1"),
         (b"\xc2\xa0[1]", "Expecting value at line 1 column 1"),
         (b"\xef\xbb\xbf[1]", "Expecting value at line 1 column 1"),

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError
 
-from taskservice import _jsonrpc
+from taskservice import _json, _jsonrpc
 from taskservice._jsonrpc import Batch, Invalid, Request, parseLine
 from taskservice.errors import (
     Cancelled,
@@ -36,6 +36,7 @@ from taskservice.errors import (
     fromWireError,
     toWireError,
 )
+from taskservice.wire import DEFAULT_MAX_BATCH
 
 
 def encode(message: Any) -> bytes:
@@ -291,6 +292,72 @@ def test_mixedBatch() -> None:
     assertInvalid(badVersion, ErrorCode.INVALID_REQUEST, 3)
     assertInvalid(scalar, ErrorCode.INVALID_REQUEST)
     assertInvalid(array, ErrorCode.INVALID_REQUEST)
+
+
+def test_batchOverTheLimit() -> None:
+    """
+    A batch of more than C{maxBatch} elements (default
+    L{DEFAULT_MAX_BATCH}) is one -32004 with the limit in C{data},
+    whatever its elements; at the limit it is a batch.
+    """
+    item = {"jsonrpc": "2.0", "id": 1, "method": "echo"}
+    parsed = assertInvalid(
+        parseLine(encode([item] * (DEFAULT_MAX_BATCH + 1))),
+        ErrorCode.TOO_LARGE,
+    )
+    assert parsed.error.data == {"limit": DEFAULT_MAX_BATCH}
+    assert isinstance(parseLine(encode([item] * DEFAULT_MAX_BATCH)), Batch)
+    parsed = assertInvalid(parseLine(b"[1, 2, 3]", maxBatch=2), ErrorCode.TOO_LARGE)
+    assert parsed.error.data == {"limit": 2}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b' [{"jsonrpc":"2.0","id":1,"method":"e"} , 7 ,[]]\r',
+        b'[{"jsonrpc":"2.0","id":1,"method":"e","params":["\\ud800"]}]',
+        b'[{"jsonrpc":"2.0","id":1,"method":"e","params":[1e400]}]',
+        b'[{"jsonrpc":"2.0","id":1,"method":"e","params":["\xff"]}]',
+        b"[NaN]",
+        b"[1,]",
+        b"[" * 300 + b"]" * 300,
+        b"\x0c[1]",
+    ],
+)
+def test_batchSplitAsDecodedWhole(line: bytes) -> None:
+    """
+    A batch line, whose elements are found by a quick scan and decoded one
+    by one, parses exactly as the whole line decoded at once would (the
+    same requests, or the same parse error).
+    """
+    data = line[:-1] if line.endswith(b"\r") else line
+    try:
+        whole = _json.loads(data)
+    except _json.DecodeError as e:
+        assertInvalid(parsed := parseLine(line), ErrorCode.PARSE_ERROR)
+        assert isinstance(parsed, Invalid)
+        assert parsed.error.data == str(e) or parsed.error.data.startswith(str(e))
+        return
+    parsed = parseLine(line)
+    assert isinstance(parsed, Batch), parsed
+    # (repr: the errors of invalid items are exceptions, which compare by
+    # identity.)
+    assert repr(parsed) == repr(
+        Batch(tuple(_jsonrpc._parseObject(item, inBatch=True) for item in whole))
+    )
+
+
+def test_carriageReturnExplained() -> None:
+    """
+    Two requests separated by a C{\\r} alone are one line that is not
+    JSON: the parse error says that C{\\r} alone does not end a line.
+    """
+    line = encode({"jsonrpc": "2.0", "id": 1, "method": "a"})
+    parsed = assertInvalid(parseLine(line + b"\r" + line), ErrorCode.PARSE_ERROR)
+    assert parsed.error.data == (
+        "Extra data at line 1 column 44 (lines end with \\n: a \\r alone"
+        " does not end one)"
+    )
 
 
 # -- the Workerman FAQ dialect ------------------------------------------------

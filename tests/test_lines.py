@@ -203,3 +203,34 @@ def test_sendLine() -> None:
     protocol.makeConnection(transport)
     protocol.sendLine(b'{"a":1}\n')
     assert transport.value() == b'{"a":1}\n'
+
+
+def test_finishInputDeliversTheRest() -> None:
+    """
+    When the peer will send no more, the bytes after its last C{\\n} are
+    delivered as a last line (a C{\\r} at their end kept, as before a
+    C{\\n}); with nothing left, nothing is delivered.
+    """
+    protocol = connected()
+    protocol.dataReceived(b"one\ntw")
+    protocol.dataReceived(b"o\r")
+    protocol.finishInput()
+    assert protocol.events == [b"one", b"two\r"]
+    protocol.finishInput()
+    assert protocol.events == [b"one", b"two\r"]
+    empty = connected()
+    empty.dataReceived(b"one\n")
+    empty.finishInput()
+    assert empty.events == [b"one"]
+
+
+def test_finishInputAfterAnOverlongLine() -> None:
+    """
+    The unterminated rest of a line already reported too long is not
+    delivered as a line at the end: the line was reported once.
+    """
+    protocol = connected(limit=4)
+    protocol.dataReceived(b"123456")
+    protocol.dataReceived(b"78")
+    protocol.finishInput()
+    assert protocol.events == [TOO_LONG]

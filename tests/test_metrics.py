@@ -636,7 +636,10 @@ def test_metricsOption() -> None:
     ("argv", "expected"),
     [
         (["--no-websocket"], {"taskservice_calls", "taskservice_connections"}),
-        (["--task-server", "tcp:127.0.0.1:1"], {"taskservice_gateway_browsers"}),
+        (
+            ["--task-server", "tcp:127.0.0.1:1", "--websocket", "tcp:0"],
+            {"taskservice_gateway_browsers"},
+        ),
     ],
     ids=["task-server-alone", "gateway-alone"],
 )
@@ -645,7 +648,8 @@ def test_metricsOptionAlone(argv: list[str], expected: set[str]) -> None:
     The task server alone serves its own metrics on --metrics, and the
     gateway alone its own.
     """
-    root = tap.makeService(parse("--listen", "tcp:0", "--metrics", "tcp:0", *argv))
+    local = [] if "--task-server" in argv else ["--listen", "tcp:0"]
+    root = tap.makeService(parse(*local, "--metrics", "tcp:0", *argv))
     registry = metricsListener(root).factory.registry
     names = {family.name for family in registry.collect()}
     assert expected <= names

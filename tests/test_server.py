@@ -28,6 +28,7 @@ from taskservice.server import (
     TaskServerProtocol,
 )
 from taskservice.testing import FakeProcessReactor, FakeWorker
+from taskservice.wire import DEFAULT_MAX_BATCH
 from tests import tasks
 from tests.badinput import ANY_DATA, BadInput, badInputs
 
@@ -400,6 +401,102 @@ def test_batchOfNotifications(server: Server) -> None:
     server.runAll()
     assert client.lines() == []
     assert server.pool.completed == 2
+
+
+def test_batchOverTheLimitRefusedWhole(server: Server) -> None:
+    """
+    A batch of more than C{maxBatch} requests (default 1000) is answered
+    with one -32004 error (id null, the limit in C{data}) and none of it
+    runs; the connection carries on, and a batch at the limit runs.
+    """
+    client = server.connect()
+    client.send([request(i, "echo", i) for i in range(DEFAULT_MAX_BATCH + 1)])
+    (reply,) = client.replies()
+    error = assertError(reply, None, -32004, {"limit": DEFAULT_MAX_BATCH})
+    assert str(DEFAULT_MAX_BATCH + 1) in error["message"]
+    assert server.dispatched() == []
+    assert server.factory.refused["too_large"] == 1
+    client.send([request(i, "echo", i) for i in range(DEFAULT_MAX_BATCH)])
+    server.runAll()
+    (line,) = client.lines()
+    assert len(json.loads(line)) == DEFAULT_MAX_BATCH
+
+
+def test_batchLimitIsAtMostMaxInFlight() -> None:
+    """
+    A batch may not hold more requests than the connection may have in
+    flight (it could never run whole): with C{maxInFlight=2}, a batch of
+    three is refused with C{{"limit": 2}}, whatever C{maxBatch} says.
+    """
+    server = Server(maxInFlight=2)
+    client = server.connect()
+    client.send([request(i, "echo", i) for i in range(3)])
+    (reply,) = client.replies()
+    assertError(reply, None, -32004, {"limit": 2})
+    client.send([request(i, "echo", i) for i in range(2)])
+    server.runAll()
+    (line,) = client.lines()
+    assert sorted(r["id"] for r in json.loads(line)) == [0, 1]
+
+
+def test_batchSmallerMaxBatch() -> None:
+    """
+    The factory's C{maxBatch} bounds a batch below C{maxInFlight}.
+    """
+    server = Server()
+    server.factory.maxBatch = 2
+    client = server.connect()
+    client.send([request(i, "echo", i) for i in range(3)])
+    (reply,) = client.replies()
+    assertError(reply, None, -32004, {"limit": 2})
+
+
+def test_batchItemsCountAgainstMaxInFlight() -> None:
+    """
+    Each request of a batch takes one of the connection's C{maxInFlight}:
+    a batch that does not fit in what is left waits on the connection
+    (nothing of it reaches the pool) until earlier calls finish, and lines
+    after it wait behind it; each item gives its place back as it finishes.
+    """
+    server = Server(maxInFlight=3, size=4)
+    client = server.connect()
+    client.call("single", "echo", "s")
+    client.send([request(i, "echo", f"b{i}") for i in range(3)])
+    client.call("after", "echo", "a")
+    assert server.dispatched() == [("echo", ["s"])]
+    worker, cid = server.holder("echo", "s")
+    worker.reply("s", cid=cid)
+    assert client.replies() == [result("single", "s")]
+    assert sorted(args[0] for _, args in server.dispatched()) == ["b0", "b1", "b2", "s"]
+    # One item done: its place goes to the call waiting behind the batch,
+    # before the batch is answered.
+    worker, cid = server.holder("echo", "b1")
+    worker.reply("b1", cid=cid)
+    assert ("echo", ["a"]) in server.dispatched()
+    assert client.lines() == []
+    server.runAll()
+    replies = client.replies()
+    assert result("after", "a") in replies
+    (batch,) = [r for r in replies if isinstance(r, list)]
+    assert sorted(r["result"] for r in batch) == ["b0", "b1", "b2"]
+
+
+def test_halfCloseWaitsForTheBatchReply(server: Server) -> None:
+    """
+    A client that half-closes after a batch gets the batch's reply before
+    the server closes, even though each item gave its place back earlier.
+    """
+    client = server.connect()
+    client.send([request(1, "echo", "a"), request(2, "echo", "b")])
+    client.protocol.readConnectionLost()
+    worker, cid = server.holder("echo", "a")
+    worker.reply("a", cid=cid)
+    assert not client.transport.disconnecting
+    worker, cid = server.holder("echo", "b")
+    worker.reply("b", cid=cid)
+    (line,) = client.lines()
+    assert sorted(r["id"] for r in json.loads(line)) == [1, 2]
+    assert client.transport.disconnecting
 
 
 # -- the Workerman FAQ dialect ------------------------------------------------
@@ -1035,6 +1132,83 @@ def test_halfCloseWithNothingPending(server: Server) -> None:
     client.call(1, "$/stats")
     client.protocol.readConnectionLost()
     assert client.transport.disconnecting
+
+
+def test_halfCloseAnswersALastLineWithoutNewline(server: Server) -> None:
+    """
+    The bytes a client sends after its last C{\\n} before half-closing are
+    its last line, and are answered (JSON-RPC here); then the server
+    closes. (They were dropped silently.)
+    """
+    client = server.connect()
+    client.sendRaw(b'{"jsonrpc":"2.0","id":1,"method":"echo","params":["one"]}\n')
+    client.sendRaw(b'{"jsonrpc":"2.0","id":2,"method":"echo","params":["last"]}')
+    client.protocol.readConnectionLost()
+    server.runAll()
+    assert sorted(r["id"] for r in client.replies()) == [1, 2]
+    assert client.transport.disconnecting
+
+
+def test_halfCloseAnswersALastSeedLineWithoutNewline(server: Server) -> None:
+    """
+    The Workerman dialect's last line without its C{\\n} (or with C{\\r}
+    alone) is answered too, in its turn.
+    """
+    client = server.connect()
+    client.sendRaw(b'{"function":"echo","args":["first"]}\n')
+    client.sendRaw(b'{"function":"echo","args":["last"]}\r')
+    client.protocol.readConnectionLost()
+    server.runAll()
+    assert client.lines() == [b'"first"', b'"last"']
+    assert client.transport.disconnecting
+
+
+def test_halfCloseAnswersABadLastLine(server: Server) -> None:
+    """
+    A last line that is not JSON is answered with a parse error, as it
+    would be with its C{\\n}.
+    """
+    client = server.connect()
+    client.sendRaw(b'{"jsonrpc":"2.0","id":1,')
+    client.protocol.readConnectionLost()
+    (reply,) = client.replies()
+    assertError(reply, None, -32700)
+    assert client.transport.disconnecting
+
+
+def test_halfCloseAfterAnOverlongLine() -> None:
+    """
+    The rest of a line already answered as too long is not a line of its
+    own at half-close: the client gets the one -32004.
+    """
+    server = Server(maxLineLength=64)
+    client = server.connect()
+    client.sendRaw(b'{"jsonrpc":"2.0","id":1,"method":"echo","params":["' + b"x" * 100)
+    (reply,) = client.replies()
+    assertError(reply, 1, -32004)
+    client.sendRaw(b'"]}')
+    client.protocol.readConnectionLost()
+    assert client.lines() == []
+    assert client.transport.disconnecting
+
+
+def test_carriageReturnAloneEndsNoLine(server: Server) -> None:
+    """
+    Lines separated by C{\\r} alone are one line: answered with one parse
+    error that says a C{\\r} does not end a line (and the connection stays
+    usable), as JSON Lines frames them.
+    """
+    client = server.connect()
+    client.sendRaw(
+        b'{"jsonrpc":"2.0","id":1,"method":"echo","params":[1]}\r'
+        b'{"jsonrpc":"2.0","id":2,"method":"echo","params":[2]}\r\n'
+    )
+    (reply,) = client.replies()
+    error = assertError(reply, None, -32700)
+    assert "\\r alone does not end" in error["data"], error
+    client.call(3, "echo", 3)
+    server.runAll()
+    assert client.replies() == [result(3, 3)]
 
 
 # -- bugs ------------------------------------------------------------------------

@@ -367,6 +367,80 @@ async def test_halfClose(server: Server, tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_halfCloseAnswersALastLineWithoutNewline(server: Server) -> None:
+    """
+    Over a real socket, the bytes a client sends after its last C{\\n},
+    then FIN, are its last line and are answered: a JSON-RPC call, or (on
+    another connection) a Workerman-dialect line, as the FAQ's PHP caller
+    sends it (C{send()} of the bare JSON, no C{\\n}, before closing).
+    """
+    client = await server.connect()
+    client.sendRaw(_jsonrpc.line(request(1, "add", 1, 1)))
+    client.sendRaw(_jsonrpc.line(request(2, "add", 2, 2))[:-1])
+    assert client.transport is not None
+    client.transport.loseWriteConnection()
+    replies = await client.next(2)
+    assert sorted(replies, key=lambda r: r["id"]) == [result(1, 2), result(2, 4)]
+    await client.closed
+    seed = await server.connect()
+    seed.sendRaw(b'{"function":"add","args":{"a":2,"b":40}}')
+    assert seed.transport is not None
+    seed.transport.loseWriteConnection()
+    assert await seed.one() == 42
+    await seed.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_hugeBatchRefusedWhileOthersAreServed(server: Server) -> None:
+    """
+    A 5 MB batch of 80,000 calls is answered at once with one -32004 (the
+    limit is 1000 requests) and runs nothing, while another connection's
+    call is answered as usual; both connections stay usable.
+    """
+    client = await server.connect()
+    other = await server.connect()
+    items = b",".join(
+        b'{"jsonrpc":"2.0","id":%d,"method":"echo","params":["x"]}' % i
+        for i in range(80_000)
+    )
+    assert 4 * 1024 * 1024 < len(items) < LIMIT
+    completed = server.pool.stats()["completed"]
+    client.sendRaw(b"[" + items + b"]\n")
+    other.call("meanwhile", "add", 1, 2)
+    assert await other.one() == result("meanwhile", 3)
+    reply = await client.one()
+    assertError(reply, None, -32004, {"limit": 1000})
+    assert server.pool.stats()["completed"] == completed + 1
+    await assertServes(client, "after")
+    await assertServes(other, "other after")
+
+
+@pytest_twisted.ensureDeferred
+async def test_batchesAtTheLimitPipelined(server: Server) -> None:
+    """
+    Five batches of 1000 calls written at once on one connection (5000
+    calls, five times its in-flight share) are each answered in full, one
+    array per batch: each waits on the connection until the one before
+    has made room.
+    """
+    client = await server.connect()
+    client.sendRaw(
+        b"".join(
+            _jsonrpc.line([request(f"{b}-{i}", "add", b, i) for i in range(1000)])
+            for b in range(5)
+        )
+    )
+    batches = await client.next(5)
+    for replies in batches:
+        assert isinstance(replies, list) and len(replies) == 1000
+        (batch,) = {r["id"].split("-")[0] for r in replies}
+        assert sorted(r["result"] for r in replies) == [
+            int(batch) + i for i in range(1000)
+        ]
+    await assertServes(client, "after")
+
+
+@pytest_twisted.ensureDeferred
 async def test_pipelined(server: Server) -> None:
     """
     200 calls written at once on one connection are all answered, each

@@ -480,3 +480,34 @@ def test_repeatedMessageIdIsDroppedPerRecipient() -> None:
     # <1@x> for b was the oldest of three remembered pairs: forgotten.
     talk.send(b"a@example.com", [b"b@example.com"], message(b"<1@x>"))
     assert sink.stats() == {"received": 6, "duplicates": 1}
+
+
+@pytest.mark.integration
+@pytest_twisted.ensureDeferred
+async def test_faqPlaceholdersBesideRealAddresses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    Over a real SMTP socket: with the FAQ's placeholder C{'xxx'} as sender
+    and among the recipients, the real address gets its message (from the
+    default sender, since C{'xxx'} is not one) and C{'xxx'} is skipped and
+    listed in the result.
+    """
+    from taskservice.examples import DEFAULT_SENDER, send_mail
+
+    sink = SMTPSink()
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        sink.factory(reactor)
+    )
+    monkeypatch.setenv("TASKSERVICE_SMTP", f"127.0.0.1:{port.getHost().port}")
+    try:
+        args = {"from": "xxx", "to": ["xxx", "a@example.com"], "contents": "xxx"}
+        result = await deferToThread(lambda: send_mail(**args))
+    finally:
+        await port.stopListening()
+    assert result == {"sent": 1, "skipped": ["xxx"]}
+    assert sink.received == 1
+    assert (sink.recent[-1].sender, sink.recent[-1].recipient) == (
+        DEFAULT_SENDER,
+        "a@example.com",
+    )

@@ -7,6 +7,8 @@ and inspected, never started: nothing listens and no worker is spawned).
 from __future__ import annotations
 
 import os
+import re
+import socket
 from pathlib import Path
 from typing import TypeVar
 
@@ -14,6 +16,7 @@ import pytest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 
 from taskservice import tap
@@ -30,8 +33,14 @@ from taskservice.server import TaskServerFactory
 T = TypeVar("T")
 
 
-def parse(*argv: str) -> tap.Options:
+def parse(*argv: str, checkPorts: bool = False) -> tap.Options:
+    """
+    C{argv} parsed as C{twistd taskservice} does; ports in use are refused
+    only with C{checkPorts} (what runs on the machine must not decide the
+    outcome of the other tests, which never listen).
+    """
     options = tap.Options()
+    options.checkPorts = checkPorts
     options.parseOptions(list(argv))
     return options
 
@@ -157,6 +166,7 @@ _NUMERIC = [
     "worker-start-timeout",
     "max-timeout",
     "max-in-flight",
+    "max-batch",
     "worker-concurrency",
     "pipeline",
     "max-tasks-per-child",
@@ -425,6 +435,28 @@ def test_poolLimitDefaults() -> None:
     assert options["max-result"] == 64 * 1024 * 1024
 
 
+def test_maxBatch() -> None:
+    """
+    C{--max-batch} (default 1000, the default C{--max-in-flight}) reaches
+    the task server's factory and the gateway's, which both cap a batch.
+    """
+    from taskservice.service import GatewayService
+
+    assert parse()["max-batch"] == 1000
+    root = tap.makeService(
+        parse(
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--websocket",
+            "tcp:0:interface=127.0.0.1",
+            "--max-batch",
+            "7",
+        )
+    )
+    assert only(GatewayService, root).factory.maxBatch == 7
+    assert only(GatewayService, root).taskServer.factory.maxBatch == 7
+
+
 # -- the websocket gateway -------------------------------------------------------
 
 
@@ -444,15 +476,28 @@ def test_gatewayDefaults() -> None:
     assert options["allowed-origins"] == []
 
 
-def test_gatewayDefaultsMatchTheLibrary() -> None:
+def test_gatewayDefaultsDefinedOnce() -> None:
     """
-    The command line's gateway defaults are the library's (tap keeps copies
-    so that the plugin does not import autobahn).
+    The gateway's limits are defined once, in the Twisted-free wire module
+    (so that the plugin does not import autobahn): the command line's
+    defaults and the library's are that one value, and no other module
+    assigns its own copy.
     """
-    from taskservice import gateway
+    from taskservice import gateway, wire
 
     assert tap.DEFAULT_MAX_MESSAGE == gateway.DEFAULT_MAX_MESSAGE
     assert tap.DEFAULT_MAX_BROWSER_CALLS == gateway.DEFAULT_MAX_BROWSER_CALLS
+    assert parse()["max-browser-calls"] == wire.DEFAULT_MAX_BROWSER_CALLS == 100
+    assert parse()["max-message"] == wire.DEFAULT_MAX_MESSAGE
+    package = Path(tap.__file__).parent
+    for name in ("DEFAULT_MAX_BROWSER_CALLS", "DEFAULT_MAX_MESSAGE"):
+        assigned = re.compile(rf"^{name}\b.*=", re.MULTILINE)
+        defining = [
+            path.name
+            for path in sorted(package.rglob("*.py"))
+            if assigned.search(path.read_text())
+        ]
+        assert defining == ["wire.py"], (name, defining)
 
 
 def test_gatewayOptionValues() -> None:
@@ -718,6 +763,26 @@ def test_makeServiceRunsTheSMTPSink() -> None:
     assert provider() == {"smtpSink": {"received": 0, "duplicates": 0}}
 
 
+@pytest.mark.parametrize("argv", [["--no-websocket"], ["--websocket", "tcp:0"]])
+def test_taskServerStatsTellTheSink(argv: list[str]) -> None:
+    """
+    The task server's own $/stats reports the sink beside it, with the
+    gateway and without (under --no-websocket it was missing: nothing
+    else reports it then).
+    """
+    root = tap.makeService(parse("--listen", "tcp:0", *argv))
+    stats = taskListener(root).factory.stats()
+    assert stats["smtpSink"] == {"received": 0, "duplicates": 0}
+
+
+def test_taskServerStatsWithoutSink() -> None:
+    """
+    Without the sink (--no-smtp-sink), $/stats has no smtpSink member.
+    """
+    root = tap.makeService(parse("--listen", "tcp:0", "--no-smtp-sink"))
+    assert "smtpSink" not in taskListener(root).factory.stats()
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -732,7 +797,8 @@ def test_makeServiceWithoutSink(argv: list[str]) -> None:
     A real relay (--smtp), --no-smtp-sink, or a gateway whose tasks run
     elsewhere: no sink is started.
     """
-    root = tap.makeService(parse("--listen", "tcp:0", "--websocket", "tcp:0", *argv))
+    local = [] if "--task-server" in argv else ["--listen", "tcp:0"]
+    root = tap.makeService(parse(*local, "--websocket", "tcp:0", *argv))
     assert sinkListeners(root) == []
 
 
@@ -771,7 +837,8 @@ def test_jobsDbCheckedBeforeStart(tmp_path: Path) -> None:
     An existing --jobs-db the server would refuse is a usage error naming
     it (so twistd says why before going into the background) and is left
     unchanged; a missing one is not created by parsing the options; a
-    gateway alone (--task-server) keeps no journal and checks none.
+    gateway alone (--task-server) keeps no journal, so --jobs-db there is
+    refused as doing nothing (and the file is not opened).
     """
     foreign = tmp_path / "notes.txt"
     foreign.write_bytes(b"not a journal\n")
@@ -781,6 +848,229 @@ def test_jobsDbCheckedBeforeStart(tmp_path: Path) -> None:
     missing = tmp_path / "new.sqlite3"
     options = parse("--jobs-db", str(missing))
     assert options["jobs-db"] == str(missing) and not missing.exists()
-    parse("--jobs-db", str(foreign), "--task-server", "tcp:127.0.0.1:1")
+    with pytest.raises(usage.UsageError, match=r"^--jobs-db does nothing here"):
+        parse("--jobs-db", str(foreign), "--task-server", "tcp:127.0.0.1:1")
     assert parse()["jobs-db"] == "taskservice-jobs.sqlite3"
     assert (parse()["job-ttl"], parse()["job-concurrency"]) == (86400.0, 100)
+
+
+# -- the listen backlog --------------------------------------------------------
+
+
+def test_defaultListenBacklog() -> None:
+    """
+    The task server listens with a backlog of 4096 (Twisted's default is
+    50, which the FAQ's connection-per-call callers overflow) when
+    C{--listen} gives none; a backlog given by name or position is kept.
+    """
+    endpoint = taskListener(tap.makeService(parse("--no-websocket"))).endpoint
+    assert isinstance(endpoint, TCP4ServerEndpoint)
+    assert (endpoint._port, endpoint._interface, endpoint._backlog) == (
+        12345,
+        "127.0.0.1",
+        4096,
+    )
+    given = parse("--no-websocket", "--listen", "tcp:0:interface=127.0.0.1:backlog=7")
+    endpoint = taskListener(tap.makeService(given)).endpoint
+    assert isinstance(endpoint, TCP4ServerEndpoint)
+    assert endpoint._backlog == 7
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("tcp:12345:interface=127.0.0.1", "tcp:12345:interface=127.0.0.1:backlog=4096"),
+        ("tcp:0", "tcp:0:backlog=4096"),
+        ("tcp:0:127.0.0.1:9", "tcp:0:127.0.0.1:9"),
+        ("tcp:0:backlog=7", "tcp:0:backlog=7"),
+        ("tcp6:0:interface=\\:\\:1", "tcp6:0:interface=\\:\\:1:backlog=4096"),
+        ("tcp6:0:9", "tcp6:0:9"),
+        ("unix:/run/tasks.sock", "unix:/run/tasks.sock:backlog=4096"),
+        ("ssl:443:privateKey=k.pem", "ssl:443:privateKey=k.pem:backlog=4096"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ],
+)
+def test_withBacklog(listen: str, expected: str) -> None:
+    """
+    The default backlog is added to the endpoint types that take one, only
+    when the description gives none.
+    """
+    assert tap.withBacklog(listen) == expected
+
+
+def test_backlogOverSomaxconnIsLogged(tmp_path: Path) -> None:
+    """
+    When the kernel's C{net.core.somaxconn} is below the backlog, a warning
+    says so (the kernel shortens the queue silently); at or above it,
+    nothing is said.
+    """
+    capFile = tmp_path / "somaxconn"
+    capFile.write_text("128\n")
+    assert tap.somaxconn(str(capFile)) == 128
+    assert tap.somaxconn(str(tmp_path / "missing")) is None
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        tap._checkBacklog(4096, 128)
+        tap._checkBacklog(4096, 4096)
+        tap._checkBacklog(4096, None)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [e for e in events if e.get("log_namespace") == "taskservice.tap"]
+    assert [(e["log_level"], e["backlog"], e["cap"]) for e in warnings] == [
+        (LogLevel.warn, 4096, 128)
+    ]
+    assert "net.core.somaxconn" in formatEvent(warnings[0])
+
+
+# -- options that do nothing in the mode chosen --------------------------------
+
+_MODES: dict[str, list[str]] = {
+    "default": [],
+    "no-websocket": ["--no-websocket"],
+    "gateway-alone": ["--task-server", "tcp:127.0.0.1:1"],
+    "relay": ["--smtp", "mail.example.com:25"],
+    "no-sink": ["--no-smtp-sink"],
+}
+"""The modes of C{twistd taskservice}: what runs is decided by these."""
+
+_VALUES: dict[str, list[str]] = {
+    "listen": ["tcp:0:interface=127.0.0.1"],
+    "workers": ["1"],
+    "timeout": ["5"],
+    "max-line": ["100000"],
+    "max-queue": ["10"],
+    "shutdown-timeout": ["1"],
+    "jobs-db": [":memory:"],
+    "job-ttl": ["60"],
+    "job-concurrency": ["5"],
+    "worker-start-timeout": ["5"],
+    "max-timeout": ["60"],
+    "max-in-flight": ["10"],
+    "max-batch": ["10"],
+    "worker-concurrency": ["5"],
+    "pipeline": ["2"],
+    "max-tasks-per-child": ["10"],
+    "max-memory": ["100"],
+    "max-result": ["1000"],
+    "smtp": ["mail.example.com:25"],
+    "smtp-sink": ["tcp:2526:interface=127.0.0.1"],
+    "websocket": ["tcp:0:interface=127.0.0.1"],
+    "max-message": ["1000"],
+    "max-browser-calls": ["10"],
+    "metrics": ["tcp:0:interface=127.0.0.1"],
+    "tracebacks": [],
+    "no-smtp-sink": [],
+    "allowed-origin": ["https://app.example.com"],
+    "tasks": ["taskservice.examples"],
+}
+"""A valid value of each option the table covers (the rest need files or a
+mode of their own and have their own tests: token and TLS files,
+--reuse-port, --task-server, --no-websocket)."""
+
+
+def _hasEffect(option: str, mode: str) -> bool:
+    """
+    Whether C{option} does something in C{mode}, decided here from what each
+    mode runs (not from L{tap.SCOPES}, which the test checks).
+    """
+    local = mode != "gateway-alone"
+    gateway = mode != "no-websocket"
+    sink = mode in ("default", "no-websocket")
+    if option in ("max-batch", "metrics"):
+        return True
+    if option in ("websocket", "max-message", "max-browser-calls", "allowed-origin"):
+        return gateway
+    if option == "smtp-sink":
+        return sink
+    if option == "no-smtp-sink":
+        return local and mode != "relay"
+    if option == "smtp":
+        return local
+    return local
+
+
+@pytest.mark.parametrize("mode", sorted(_MODES))
+@pytest.mark.parametrize("option", sorted(_VALUES))
+def test_optionsThatDoNothingAreUsageErrors(option: str, mode: str) -> None:
+    """
+    Every option against every mode: one that has an effect there is
+    accepted; one that would be silently ignored (--listen or --workers
+    with --task-server, the gateway's options with --no-websocket, the
+    sink's where no sink runs) is a usage error naming it and the mode.
+    """
+    modeArgs = _MODES[mode]
+    if f"--{option}" in modeArgs:
+        return  # the mode itself
+    argv = [*modeArgs, f"--{option}", *_VALUES[option]]
+    if _hasEffect(option, mode) and {option, mode} != {"smtp", "no-sink"}:
+        parse(*argv)
+    else:
+        # (--smtp with --no-smtp-sink: the error names --no-smtp-sink, which
+        # the relay makes redundant.)
+        with pytest.raises(
+            usage.UsageError, match=rf"^--({option}|no-smtp-sink) does nothing here: "
+        ):
+            parse(*argv)
+
+
+def test_everyOptionHasAScope() -> None:
+    """
+    Every option of the command line is in the table of where it has an
+    effect (a new option must say).
+    """
+    assert set(tap.Options()._dispatch) == set(tap.SCOPES)
+
+
+# -- ports already in use ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "argv", "hint"),
+    [
+        ("listen", ["--listen"], "move it with --listen tcp:PORT"),
+        ("websocket", ["--websocket"], "or --no-websocket"),
+        ("smtp-sink", ["--smtp-sink"], "or turn it off with --no-smtp-sink"),
+        ("metrics", ["--metrics"], "move it with --metrics tcp:PORT"),
+    ],
+)
+def test_busyPortIsAUsageError(option: str, argv: list[str], hint: str) -> None:
+    """
+    A fixed port this process would listen on that another socket holds
+    is a usage error naming the option, the address and how to move it
+    (before twistd starts anything), not a traceback at start; the same
+    port free again is accepted.
+    """
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        endpoint = f"tcp:{port}:interface=127.0.0.1"
+        with pytest.raises(usage.UsageError) as raised:
+            parse(*argv, endpoint, checkPorts=True)
+        message = str(raised.value)
+        assert message.startswith(f"--{option} {endpoint}: 127.0.0.1:{port} is in use")
+        assert hint in message, message
+    parse(*argv, endpoint, checkPorts=True)
+
+
+def test_busyAddressForms() -> None:
+    """
+    The probe reads the port and interface of tcp: (by name or position),
+    tcp6: and ssl: descriptions; port 0, UNIX sockets and other endpoint
+    types are never busy.
+    """
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        assert tap._busyAddress(f"tcp:{port}:127.0.0.1") == f"127.0.0.1:{port}"
+        assert tap._busyAddress(f"tcp:port={port}:interface=127.0.0.1") == (
+            f"127.0.0.1:{port}"
+        )
+        assert tap._busyAddress(f"tcp:{port}") == f"*:{port}"
+        assert tap._busyAddress(f"ssl:{port}:privateKey=k.pem:interface=127.0.0.1")
+    assert tap._busyAddress(f"tcp:{port}:interface=127.0.0.1") is None
+    assert tap._busyAddress("tcp:0:interface=127.0.0.1") is None
+    assert tap._busyAddress("unix:/tmp/nothing.sock") is None
+    assert tap._busyAddress("systemd:domain=INET:index=0") is None

@@ -79,6 +79,39 @@ def test_checkArguments() -> None:
         spec.checkArguments([1, 2, 3], {})
 
 
+def test_validate() -> None:
+    """
+    A task's C{validate} sees the arguments after the signature check (by
+    position or by name, the fast path included); its L{ValueError} or
+    L{TypeError} becomes a L{TypeError} with the same message (which the
+    pool answers as invalid params); the function itself is not called.
+    """
+    seen: list[tuple[object, ...]] = []
+
+    def positive(a: object, b: object = 1) -> None:
+        seen.append((a, b))
+        if not isinstance(a, int) or isinstance(a, bool) or a <= 0:
+            raise ValueError("a must be a positive integer")
+        if b is None:
+            raise TypeError("b may not be null")
+
+    @task(validate=positive)
+    def f(a: int, b: int = 1) -> None:
+        raise AssertionError("never called")
+
+    spec = specOf(f)
+    assert spec is not None
+    spec.checkArguments([3], {})
+    spec.checkArguments([], {"a": 3, "b": 2})
+    with pytest.raises(TypeError, match=r"^a must be a positive integer$"):
+        spec.checkArguments([True], {})
+    with pytest.raises(TypeError, match=r"^b may not be null$"):
+        spec.checkArguments([1, None], {})
+    with pytest.raises(TypeError, match="missing a required argument"):
+        spec.checkArguments([], {"b": 2})
+    assert seen == [(3, 1), (3, 2), (True, 1), (1, None)]
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "fits"),
     [

@@ -13,21 +13,25 @@ C{finally}.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from taskservice import tap
 
 pytestmark = pytest.mark.integration
 
@@ -162,7 +166,9 @@ def twistd(
     workers. Unless ARGS place it, the demo's SMTP sink listens on a free
     port, not 2525.
     """
-    if not any(a.startswith("--smtp") or a == "--no-smtp-sink" for a in args):
+    if not any(
+        a.startswith("--smtp") or a in ("--no-smtp-sink", "--task-server") for a in args
+    ):
         args = (*args, "--smtp-sink", f"tcp:{freePort()}:interface=127.0.0.1")
     log = cwd / "twistd.out"
     marker = f"TASKSERVICE_TEST_TWISTD={uuid.uuid4().hex}"
@@ -358,7 +364,7 @@ def test_portInUse(tmp_path: Path) -> None:
             output = server.output()
             assert returncode == 1, output
             assert f"{HOST}:{port}" in output, output
-            assert "Address already in use" in output, output
+            assert "is in use" in output and "--listen" in output, output
             waitFor(
                 "no process of it to be left", lambda: server.family() == [] or None
             )
@@ -384,3 +390,145 @@ def test_missingTaskModule(tmp_path: Path) -> None:
         assert returncode == 1, output
         assert "no.such.module" in output, output
         waitFor("no process of it to be left", lambda: server.family() == [] or None)
+
+
+def test_connectionPerCallBurstFitsTheBacklog(tmp_path: Path) -> None:
+    """
+    300 callers that each open a connection at the same moment, the
+    Workerman FAQ's pattern, all complete their TCP handshake even while
+    the server does not accept for a while (here: stopped with SIGSTOP):
+    the default backlog (4096) holds them, where Twisted's default of 50
+    dropped the SYNs past it and those callers retried a second later.
+    Once the server runs again, every one is answered, its FAQ-dialect
+    line sent without a newline before its FIN.
+    """
+    callers = 300
+    cap = tap.somaxconn()
+    if cap is not None and cap < callers:
+        pytest.skip(f"net.core.somaxconn is {cap}: the kernel caps the backlog")
+    port = freePort()
+    with twistd(
+        tmp_path,
+        "--workers",
+        "1",
+        "--listen",
+        f"tcp:{port}:interface={HOST}",
+        "--no-websocket",
+    ) as server:
+        connectWhenListening(server, port).close()
+        sockets: list[socket.socket] = []
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(callers):
+                s = socket.socket()
+                s.setblocking(False)
+                sockets.append(s)
+                assert s.connect_ex((HOST, port)) in (0, errno.EINPROGRESS)
+
+            def allConnected() -> bool | None:
+                _, writable, _ = select.select([], sockets, [], 0.1)
+                return True if len(writable) == callers else None
+
+            waitFor(f"{callers} handshakes", allConnected, deadline=5.0)
+            assert all(
+                s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for s in sockets
+            )
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        try:
+            for i, s in enumerate(sockets):
+                s.setblocking(True)
+                s.settimeout(DEADLINE)
+                s.sendall(b'{"function":"echo","args":[%d]}' % i)
+                s.shutdown(socket.SHUT_WR)
+            for i, s in enumerate(sockets):
+                with s.makefile("rb") as reader:
+                    assert reader.read() == b"%d\n" % i
+        finally:
+            for s in sockets:
+                s.close()
+
+
+def test_noWebsocketStatsTellTheSink(tmp_path: Path) -> None:
+    """
+    Under --no-websocket, where no gateway's /stats reports it, the task
+    server's own $/stats carries the demo SMTP sink's count: after the
+    FAQ's send_mail to one real address (and its placeholder 'xxx',
+    skipped), it says 1.
+    """
+    port = freePort()
+    with twistd(
+        tmp_path,
+        "--workers",
+        "1",
+        "--listen",
+        f"tcp:{port}:interface={HOST}",
+        "--no-websocket",
+    ) as server:
+        connection = connectWhenListening(server, port)
+        with connection, connection.makefile("rb") as reader:
+            assert call(
+                connection,
+                reader,
+                b'{"function":"send_mail","args":{"from":"xxx",'
+                b'"to":["xxx","a@example.com"],"contents":"xxx"}}\n',
+            ) == {"sent": 1, "skipped": ["xxx"]}
+            stats = call(
+                connection, reader, b'{"jsonrpc":"2.0","id":1,"method":"$/stats"}\n'
+            )
+    assert stats["result"]["smtpSink"] == {"received": 1, "duplicates": 0}, stats
+
+
+def test_secondTwistdNamesTheBusyPort(tmp_path: Path) -> None:
+    """
+    A second C{twistd taskservice} on the same machine, given the first's
+    ports, exits with status 1 before starting anything and names the busy
+    port and the option that moves it: the task server's (--listen), the
+    gateway's (--websocket), the demo SMTP sink's (--smtp-sink) and
+    /metrics' (--metrics), each in turn as the others are moved.
+    """
+    ports = {
+        name: freePort() for name in ("listen", "websocket", "smtp-sink", "metrics")
+    }
+
+    def argv(moved: set[str]) -> list[str]:
+        args = ["--workers", "1", "--jobs-db", ":memory:"]
+        for name, port in ports.items():
+            args += [
+                f"--{name}",
+                f"tcp:{freePort() if name in moved else port}:interface={HOST}",
+            ]
+        return args
+
+    first = tmp_path / "first"
+    first.mkdir()
+    with twistd(first, *argv(set())) as server:
+        waitFor(
+            "the first twistd to listen", lambda: _listening(ports.values()) or None
+        )
+        moved: set[str] = set()
+        for name, port in ports.items():
+            second = tmp_path / f"second-{name}"
+            second.mkdir()
+            with twistd(second, *argv(moved)) as other:
+                returncode = waitFor("the second twistd to exit", other.exited)
+                output = other.output()
+                assert returncode == 1, output
+                assert f"--{name} tcp:{port}:interface={HOST}:" in output, output
+                assert f"{HOST}:{port} is in use" in output, output
+                assert f"move it with --{name} tcp:PORT" in output, output
+                assert "Traceback" not in output, output
+            moved.add(name)
+        assert server.exited() is None, server.output()
+
+
+def _listening(ports: Iterable[int]) -> bool:
+    """
+    Whether every one of C{ports} on the loopback accepts a connection.
+    """
+    for port in ports:
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+        except OSError:
+            return False
+    return True

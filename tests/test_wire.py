@@ -224,3 +224,35 @@ def test_anyChunkingMatchesTheReference(
         buffered = splitter.buffered
         assert len(buffered) - buffered.endswith(b"\r") <= limit
     assert events == _reference(stream, limit)
+
+
+def test_finishIsTheLastLine() -> None:
+    """
+    At the end of the stream, the bytes after the last C{\\n} are one last
+    line (a C{\\r} at their end kept); then nothing is left, and a stream that
+    ended on a C{\\n} has no last line.
+    """
+    splitter = LineSplitter(10)
+    splitter.feed(b"one\ntw")
+    assert drain(splitter) == [b"one"]
+    splitter.feed(b"o\r")
+    assert drain(splitter) == []
+    assert splitter.finish() == b"two\r"
+    assert splitter.finish() is None
+    ended = LineSplitter(10)
+    ended.feed(b"one\n")
+    assert drain(ended) == [b"one"]
+    assert ended.finish() is None
+
+
+def test_finishAfterAnOverlongLine() -> None:
+    """
+    The unterminated rest of a line already reported too long is no line at
+    the end: it was reported once.
+    """
+    splitter = LineSplitter(4)
+    splitter.feed(b"123456")
+    assert drain(splitter) == [LineTooLong(b"123456")]
+    splitter.feed(b"78")
+    assert drain(splitter) == []
+    assert splitter.finish() is None
