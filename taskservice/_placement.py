@@ -29,9 +29,12 @@ class Placement:
     Chooses workers for calls, and learns how long each task's calls run.
     """
 
-    def __init__(self, concurrency: int, pipeline: int) -> None:
+    def __init__(
+        self, concurrency: int, pipeline: int, shortCall: float = SHORT_CALL
+    ) -> None:
         self.concurrency = concurrency
         self.pipeline = pipeline
+        self.shortCall = shortCall
         self._runTime: dict[str, float] = {}
         self._samples: dict[str, int] = {}
         self._short: set[str] = set()
@@ -97,7 +100,7 @@ class Placement:
         else:
             runTime = seconds
         self._runTime[name] = runTime
-        if samples + 1 >= _SHORT_SAMPLES and runTime < SHORT_CALL:
+        if samples + 1 >= _SHORT_SAMPLES and runTime < self.shortCall:
             self._short.add(name)
         else:
             self._short.discard(name)

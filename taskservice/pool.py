@@ -96,8 +96,10 @@ class ProcessPool(Service):
     @param concurrency: coroutine calls a worker runs at once.
     @param pipeline: plain calls a worker may hold at once, the extra ones
         waiting in its pipe; only for tasks measured to be short (under
-        L{SHORT_CALL} on average), never behind a long call. 1 turns
+        C{shortCall} on average), never behind a long call. 1 turns
         pipelining off.
+    @param shortCall: the mean run time in seconds under which a task's
+        calls count as short (default L{SHORT_CALL}).
     @param maxTasksPerChild: recycle a worker after this many calls (its
         successor is started beforehand, so callers see no stall).
     @param maxMemory: recycle a worker whose resident memory passes this
@@ -131,6 +133,7 @@ class ProcessPool(Service):
         maxQueue: int = DEFAULT_MAX_QUEUE,
         concurrency: int = DEFAULT_CONCURRENCY,
         pipeline: int = DEFAULT_PIPELINE,
+        shortCall: float = SHORT_CALL,
         maxTasksPerChild: int | None = None,
         maxMemory: int | None = None,
         maxResult: int = DEFAULT_MAX_RESULT,
@@ -166,7 +169,7 @@ class ProcessPool(Service):
         self.python = python
         self.includeTracebacks = includeTracebacks
         self._env = workerEnvironment(env)
-        self._placement = Placement(concurrency, self.pipeline)
+        self._placement = Placement(concurrency, self.pipeline, shortCall)
         self._scheduler = Scheduler(
             reactor,
             queue if queue is not None else FifoQueue(),
