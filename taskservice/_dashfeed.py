@@ -126,6 +126,7 @@ class DashboardFeed(Service):
         self.samples = 0
         self._latest: bytes | None = None
         self._jobs: dict[str | None, bytes] = {}
+        self._listing: set[str | None] = set()
         self._last: tuple[float, float, float] | None = None
         self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor
@@ -183,7 +184,6 @@ class DashboardFeed(Service):
     def _tick(self) -> Deferred[None]:
         at = self.reactor.seconds()
         d = self.gateway.statsDocument().addCallback(self._sampled, at)
-        d.addCallback(lambda _: self.refreshJobs())
         # Never let a failure stop the loop.
         return d.addErrback(lambda f: _log.failure("the dashboard's sample failed", f))
 
@@ -198,6 +198,9 @@ class DashboardFeed(Service):
         )
         for viewer in list(self.viewers):
             viewer.push(self._latest)
+        # The listings go on beside the samples (the tick does not wait for
+        # them): a slow journal does not hold the chart back.
+        self.refreshJobs()
 
     def _point(self, at: float, server: object) -> dict[str, Any]:
         """
@@ -250,9 +253,12 @@ class DashboardFeed(Service):
         states = {viewer.jobState for viewer in self.viewers}
         for gone in set(self._jobs) - states:
             del self._jobs[gone]
-        return gatherResults(
-            [self.listJobs(state).addBoth(self._listed, state) for state in states]
-        ).addCallback(lambda _: None)
+        listings = []
+        for state in states - self._listing:
+            # (A state still being listed is not asked for again.)
+            self._listing.add(state)
+            listings.append(self.listJobs(state).addBoth(self._listed, state))
+        return gatherResults(listings).addCallback(lambda _: None)
 
     def listJobs(self, state: str | None) -> Deferred[list[dict[str, Any]]]:
         """
@@ -271,6 +277,7 @@ class DashboardFeed(Service):
         return d
 
     def _listed(self, outcome: object, state: str | None) -> None:
+        self._listing.discard(state)
         params: dict[str, Any] = {"state": state}
         if isinstance(outcome, Failure):
             assert outcome.value is not None

@@ -331,7 +331,9 @@ def makeGatewayResource(
     at C{/dashboard/} (see L{taskservice.dashboard}). The files are read
     once, here.
     """
-    root = FilesResource(loadFiles(defaultWebRoot() if web is None else web))
+    files = loadFiles(defaultWebRoot() if web is None else web)
+    # The dashboard's files are served by its own resource, or not at all.
+    root = FilesResource({k: v for k, v in files.items() if k[0] != b"dashboard"})
     root.putChild(b"ws", WebSocketResource(factory))
     root.putChild(b"stats", StatsResource(factory.statsDocument))
     if metrics is None:
