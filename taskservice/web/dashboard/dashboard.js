@@ -4,6 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const numbers = new Intl.NumberFormat("en");
+const rates = new Intl.NumberFormat("en", { maximumFractionDigits: 1 });
 const MAX_DELAY = 5000;
 
 const view = {
@@ -157,8 +158,8 @@ function sample(params) {
     upstream.hidden = true;
   }
   const point = params.point;
-  text("rate", point.rate === null ? "—" : numbers.format(point.rate));
-  text("failed-rate", point.failedRate === null ? "—" : numbers.format(point.failedRate));
+  text("rate", point.rate === null ? "—" : rates.format(point.rate));
+  text("failed-rate", point.failedRate === null ? "—" : rates.format(point.failedRate));
   text("queued", count(server.queued));
   text("running", count(server.running));
   text("completed", count(server.completed));
