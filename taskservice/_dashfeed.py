@@ -95,6 +95,18 @@ def _count(value: object) -> float | None:
     return value
 
 
+def _sameServer(
+    uptime: float | None, lastUptime: float | None, elapsed: float, slack: float
+) -> bool:
+    """
+    Whether two samples C{elapsed} seconds apart, with these uptimes, can
+    be of the same task server, running all along.
+    """
+    if uptime is None or lastUptime is None:
+        return True
+    return abs(uptime - lastUptime - elapsed) <= slack
+
+
 class DashboardFeed(Service):
     """
     Samples C{gateway}'s stats every C{interval} seconds while it runs and
@@ -127,7 +139,7 @@ class DashboardFeed(Service):
         self._latest: bytes | None = None
         self._jobs: dict[str | None, bytes] = {}
         self._listing: set[str | None] = set()
-        self._last: tuple[float, float, float] | None = None
+        self._last: tuple[float, float, float, float | None] | None = None
         self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor
 
@@ -206,8 +218,10 @@ class DashboardFeed(Service):
         """
         One point of the chart: C{queued}, C{running}, C{busy} (workers),
         C{rate} and C{failedRate} (calls per second since the last point;
-        L{None} for the first point, after a gap, or when the task server's
-        counters went back: it restarted).
+        L{None} for the first point, after a gap, or when the counters are
+        not the same task server's since the last point: they went back, or
+        its uptime did not grow as the time did, as when it restarted or
+        another of several task servers answered).
         """
         point: dict[str, Any] = {
             "at": round(at, 3),
@@ -227,17 +241,19 @@ class DashboardFeed(Service):
             point["busy"] = _count(workers.get("busy"))
         completed = _count(server.get("completed"))
         failed = _count(server.get("failed"))
+        uptime = _count(server.get("uptime"))
         if completed is None or failed is None:
             self._last = None
             return point
-        last, self._last = self._last, (at, completed, failed)
+        last, self._last = self._last, (at, completed, failed, uptime)
         if last is not None:
-            lastAt, lastCompleted, lastFailed = last
+            lastAt, lastCompleted, lastFailed, lastUptime = last
             elapsed = at - lastAt
             if (
                 0 < elapsed <= 3 * self.interval
                 and completed >= lastCompleted
                 and failed >= lastFailed
+                and _sameServer(uptime, lastUptime, elapsed, self.interval)
             ):
                 point["rate"] = round((completed - lastCompleted) / elapsed, 2)
                 point["failedRate"] = round((failed - lastFailed) / elapsed, 2)

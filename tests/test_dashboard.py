@@ -283,17 +283,21 @@ def test_ticksNeverPileUp() -> None:
 def test_throughput() -> None:
     """
     Calls per second come from the counters' change since the last point;
-    not for the first point, after the task server was unreachable, or when
-    its counters went back (it restarted).
+    not for the first point, after the task server was unreachable, when
+    its counters went back (it restarted), or when they are another task
+    server's (its uptime did not follow the clock).
     """
     clock, gateway, feed = makeFeed()
     answers = [
-        serverStats(completed=100, failed=4),
-        serverStats(completed=150, failed=6),
+        serverStats(completed=100, failed=4, uptime=10.0),
+        serverStats(completed=150, failed=6, uptime=11.0),
         {"error": {"code": -32006, "message": "task server unavailable"}},
-        serverStats(completed=160, failed=6),
-        serverStats(completed=170, failed=6),
-        serverStats(completed=5, failed=0),
+        serverStats(completed=160, failed=6, uptime=13.0),
+        serverStats(completed=170, failed=6, uptime=14.0),
+        serverStats(completed=5, failed=0, uptime=0.5),
+        serverStats(completed=10, failed=0, uptime=1.5),
+        # Another task server, with more calls (it started earlier).
+        serverStats(completed=900, failed=0, uptime=800.0),
     ]
     for answer in answers:
         gateway.answer(answer)
@@ -306,6 +310,8 @@ def test_throughput() -> None:
         (None, None),
         (None, None),
         (10.0, 0.0),
+        (None, None),
+        (5.0, 0.0),
         (None, None),
     ]
     assert feed.history[2]["queued"] is None
