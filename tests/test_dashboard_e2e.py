@@ -19,12 +19,17 @@ import os
 import socket
 import struct
 import threading
+import urllib.request
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
 
 from tests.test_js_client import CHROMIUM, BrowserThread, browser, syncAPI
 from tests.test_twistd import DEADLINE, call, connectWhenListening, freePort, twistd
@@ -173,6 +178,41 @@ CONTROL_BY_HAND = """async () => {
 }"""
 
 
+OTHER_ORIGIN = """async (url) => {
+  const socket = new WebSocket(url);
+  return await new Promise((resolve) => {
+    socket.addEventListener("open", () => { socket.close(); resolve("open"); });
+    socket.addEventListener("close", () => resolve("refused"));
+  });
+}"""
+"""In a page of another origin: open the dashboard's websocket at C{url}."""
+
+
+class OtherSite(Resource):
+    """
+    A page served from another origin (another port of this machine).
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return b"<!doctype html><title>elsewhere</title><p>another site</p>"
+
+
+def _fromOtherOrigin(browser: BrowserThread, page: str, url: str) -> str:
+    """
+    In the browser's thread: from C{page}, open the websocket C{url}.
+    """
+    tab = browser.browser.new_page()
+    try:
+        tab.goto(page)
+        outcome: str = tab.evaluate(OTHER_ORIGIN, url)
+    finally:
+        tab.close()
+    return outcome
+
+
 def openDashboard(browser: BrowserThread, origin: str) -> tuple[Any, list[str]]:
     page = browser.browser.new_page(viewport={"width": 1200, "height": 900})
     errors: list[str] = []
@@ -235,7 +275,8 @@ async def test_liveUnderLoad(browser: BrowserThread, tmp_path: Path) -> None:
     show with their error, the failed job is listed and the filter lists
     only succeeded jobs when asked. No Cancel or Retry button, and a
     cancelJob sent by hand on the websocket is refused (-32005). A
-    handshake from another origin gets 403. The screenshot is not blank.
+    handshake from another origin gets 403, and a page of another origin
+    in Chromium cannot open the websocket. The screenshot is not blank.
     """
     taskPort, wsPort = freePort(), freePort()
     shot = Path(
@@ -259,6 +300,20 @@ async def test_liveUnderLoad(browser: BrowserThread, tmp_path: Path) -> None:
             seen = await browser.run(_readOnly, browser, origin, jobId, shot)
         refused = handshakeStatus(wsPort, "http://evil.example")
         allowed = handshakeStatus(wsPort, origin)
+        other = await TCP4ServerEndpoint(reactor, 0, interface=HOST).listen(
+            Site(OtherSite())
+        )
+        try:
+            elsewhere = await browser.run(
+                _fromOtherOrigin,
+                browser,
+                f"http://{HOST}:{other.getHost().port}/",
+                f"ws://{HOST}:{wsPort}/dashboard/ws",
+            )
+        finally:
+            await other.stopListening()
+        with urllib.request.urlopen(origin + "/stats", timeout=DEADLINE) as response:
+            denied = json.load(response)["gateway"]["deniedOrigins"]
         pids = {p.pid for p in server.family()} - {server.process.pid}
     assert seen["errors"] == []
     first, later = seen["first"], seen["later"]
@@ -280,6 +335,8 @@ async def test_liveUnderLoad(browser: BrowserThread, tmp_path: Path) -> None:
     assert seen["byHand"]["error"]["code"] == -32005
     assert refused == b"HTTP/1.1 403 origin not allowed"
     assert allowed == b"HTTP/1.1 101 Switching Protocols"
+    assert elsewhere == "refused", "a page of another origin cannot open it"
+    assert denied == 2
     assert distinctRows(seen["png"]) > 100, "the screenshot is not blank"
 
 
