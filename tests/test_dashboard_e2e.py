@@ -9,7 +9,9 @@ C{--dashboard-control}, Cancel stops a running job and Retry submits it
 again. A page from another origin is refused.
 
 Set C{TASKSERVICE_DASHBOARD_SCREENSHOT=path.png} to keep the screenshot of
-the page under load (the one in docs/_static/ was made that way).
+the page under load. (The one in docs/_static/ was taken the same way by
+hand, after two minutes of steady calls with a burst every 15 s, so that
+the chart has more to show than this test's few seconds.)
 """
 
 from __future__ import annotations
