@@ -12,9 +12,8 @@ answered with an error and the connection stays open.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from importlib.abc import Traversable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -39,9 +38,7 @@ from taskservice.errors import (
     TaskServiceError,
     toWireError,
 )
-
-if TYPE_CHECKING:
-    from taskservice.gateway import GatewayFactory
+from taskservice.gateway import GatewayFactory, _ReactorTimer
 
 __all__ = [
     "MAX_VIEWERS",
@@ -177,20 +174,6 @@ class DashboardProtocol(WebSocketServerProtocol):
     def _write(self, message: Any) -> None:
         if self.state == self.STATE_OPEN:
             self.sendMessage(_json.dumps(message))
-
-
-class _ReactorTimer:
-    """
-    Autobahn's timer seam on the injected reactor (as the gateway's).
-    """
-
-    def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
-
-    def call_later(
-        self, delay: float, f: Callable[..., object], *a: Any, **kw: Any
-    ) -> Any:
-        return self._reactor.callLater(delay, f, *a, **kw)
 
 
 class DashboardFactory(WebSocketServerFactory):
