@@ -411,3 +411,85 @@ async def test_cancelAndRetryWithControl(
     assert first["error"]["code"] == -32800
     assert newId != jobId
     assert (again["method"], again["params"]) == ("sleep", [300])
+
+
+class DashboardTab:
+    """
+    A dashboard page kept open across steps (each runs in the browser's
+    thread; the reactor's side acts in between).
+    """
+
+    def __init__(self, browser: BrowserThread) -> None:
+        self.browser = browser
+        self.page: Any = None
+        self.errors: list[str] = []
+
+    async def open(self, origin: str) -> None:
+        def inBrowser() -> None:
+            self.page, self.errors = openDashboard(self.browser, origin)
+
+        await self.browser.run(inBrowser)
+
+    async def waitFor(self, expression: str) -> None:
+        await self.browser.run(
+            lambda: self.page.wait_for_function(
+                expression, timeout=WAIT * 1000, polling=50
+            )
+        )
+
+    async def samples(self) -> int:
+        count: int = await self.browser.run(
+            lambda: self.page.evaluate("Number(document.body.dataset.samples)")
+        )
+        return count
+
+    async def close(self) -> None:
+        if self.page is not None:
+            await self.browser.run(self.page.close)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pageReconnectsAfterRestart(
+    browser: BrowserThread, tmp_path: Path
+) -> None:
+    """
+    The gateway going away (SIGTERM) closes the page's websocket; the page
+    says it is reconnecting, and once the gateway is back on the
+    same port it is live again and the samples go on by themselves, the
+    chart starting afresh from the new gateway's history.
+    """
+    taskPort, wsPort = freePort(), freePort()
+    args = (
+        "--workers",
+        "1",
+        "--listen",
+        f"tcp:{taskPort}:interface={HOST}",
+        "--websocket",
+        f"tcp:{wsPort}:interface={HOST}",
+    )
+    origin = f"http://{HOST}:{wsPort}"
+    tab = DashboardTab(browser)
+    try:
+        (tmp_path / "first").mkdir()
+        with twistd(tmp_path / "first", *args) as first:
+            connectWhenListening(first, wsPort).close()
+            await tab.open(origin)
+            await tab.waitFor("Number(document.body.dataset.samples) >= 2")
+            first.process.terminate()
+            await tab.waitFor(
+                "document.querySelector('#status').dataset.state === 'reconnecting'"
+            )
+            first.process.wait(timeout=DEADLINE)
+        before = await tab.samples()
+        (tmp_path / "second").mkdir()
+        with twistd(tmp_path / "second", *args) as second:
+            connectWhenListening(second, wsPort).close()
+            await tab.waitFor(
+                "document.querySelector('#status').dataset.state === 'open'"
+                f" && Number(document.body.dataset.samples) >= {before + 2}"
+            )
+    finally:
+        await tab.close()
+    assert first.process.returncode == -15
+    # Chromium logs each refused attempt while the gateway is down.
+    assert [e for e in tab.errors if "ERR_CONNECTION_REFUSED" not in e] == []
