@@ -380,11 +380,6 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--task-server is for the gateway: not with --no-websocket"
             )
-        if self["no-websocket"] and self["dashboard-control"]:
-            raise usage.UsageError(
-                "--dashboard-control is for the gateway's /dashboard: not with"
-                " --no-websocket"
-            )
         self._checkSecurity()
         if self["reuse-port"]:
             if self["task-servers"]:
@@ -556,6 +551,7 @@ SCOPES: dict[str, str] = {
     "task-server-token-file": _GATEWAY,
     "max-message": _GATEWAY,
     "max-browser-calls": _GATEWAY,
+    "dashboard-control": _GATEWAY,
     "metrics": _ANY,
     "tracebacks": _LOCAL,
     "no-websocket": _ANY,
