@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from importlib.abc import Traversable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
@@ -53,6 +53,9 @@ from taskservice.wire import (
     DEFAULT_MAX_MESSAGE,
     STATS,
 )
+
+if TYPE_CHECKING:
+    from taskservice._dashfeed import DashboardFeed
 
 __all__ = [
     "DEFAULT_MAX_BROWSER_CALLS",
@@ -317,20 +320,31 @@ def makeGatewayResource(
     factory: GatewayFactory,
     web: Traversable | None = None,
     metrics: CollectorRegistry | None = None,
+    dashboard: DashboardFeed | None = None,
 ) -> Resource:
     """
     The gateway's root resource: C{/ws} (the websocket), C{/stats} (JSON),
     C{/metrics} (Prometheus text: C{metrics}, by default a registry of the
-    gateway's and this process's metrics), and the files of C{web}
-    (default: C{taskservice/web/}), C{/} being its C{index.html}. The files
-    are read once, here.
+    gateway's and this process's metrics), the files of C{web} (default:
+    C{taskservice/web/}), C{/} being its C{index.html}, and with a
+    C{dashboard} feed (a service of its own: start it), the live dashboard
+    at C{/dashboard/} (see L{taskservice.dashboard}). The files are read
+    once, here.
     """
-    root = FilesResource(loadFiles(defaultWebRoot() if web is None else web))
+    files = loadFiles(defaultWebRoot() if web is None else web)
+    # The dashboard's files are served by its own resource, or not at all.
+    root = FilesResource({k: v for k, v in files.items() if k[0] != b"dashboard"})
     root.putChild(b"ws", WebSocketResource(factory))
     root.putChild(b"stats", StatsResource(factory.statsDocument))
     if metrics is None:
         metrics = makeRegistry(gateway=factory)
     root.putChild(b"metrics", MetricsResource(metrics))
+    if dashboard is not None:
+        from taskservice.dashboard import DashboardFactory, DashboardResource
+
+        root.putChild(
+            b"dashboard", DashboardResource(DashboardFactory(factory, dashboard))
+        )
     return root
 
 
@@ -345,8 +359,10 @@ class GatewaySite(Site):
         factory: GatewayFactory,
         web: Traversable | None = None,
         metrics: CollectorRegistry | None = None,
+        dashboard: DashboardFeed | None = None,
     ) -> None:
         super().__init__(
-            makeGatewayResource(factory, web, metrics), reactor=factory.reactor
+            makeGatewayResource(factory, web, metrics, dashboard),
+            reactor=factory.reactor,
         )
         self.gateway = factory

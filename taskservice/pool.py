@@ -44,6 +44,7 @@ from taskservice._call import (
 )
 from taskservice._placement import SHORT_CALL, Placement
 from taskservice._queue import CallQueue, FifoQueue
+from taskservice._recentcalls import RecentCalls
 from taskservice._recycling import residentMemory
 from taskservice._scheduler import Scheduler
 from taskservice._supervisor import STOP_GRACE, PoolState, Supervisor
@@ -194,6 +195,11 @@ class ProcessPool(Service):
             memoryOf=memoryOf,
         )
         self._scheduler.supervisor = self._supervisor
+        self._memoryOf = memoryOf
+        self.recentCalls = RecentCalls()
+        """The percentiles of recent calls' times and the last failures,
+        for C{$/stats}."""
+        self._scheduler.listeners.append(self.recentCalls)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -410,4 +416,25 @@ class ProcessPool(Service):
             "idempotentTasks": sorted(
                 name for name, spec in self.registry.items() if spec.idempotent
             ),
+            "workerList": self.workerList(),
+            "latency": self.recentCalls.latency(self.reactor.seconds()),
+            "recentFailures": self.recentCalls.failures(),
         }
+
+    def workerList(self) -> list[dict[str, Any]]:
+        """
+        Each live worker, by id: C{id}, C{pid}, C{state}, C{rss} (resident
+        memory in bytes, L{None} if unknown), C{served} (calls it answered)
+        and C{holding} (calls it holds now, running or in its pipe).
+        """
+        return [
+            {
+                "id": worker.workerID,
+                "pid": worker.pid,
+                "state": worker.state.value,
+                "rss": None if worker.pid is None else self._memoryOf(worker.pid),
+                "served": worker.completed,
+                "holding": len(worker.calls),
+            }
+            for worker in sorted(self._supervisor.workers, key=lambda w: w.workerID)
+        ]

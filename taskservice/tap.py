@@ -292,6 +292,11 @@ class Options(usage.Options):
         ["no-websocket", None, "Serve the task protocol only, without the gateway."],
         ["no-smtp-sink", None, "Do not run the demo's SMTP sink."],
         [
+            "dashboard-control",
+            None,
+            "Let the gateway's /dashboard cancel and retry jobs (default: read-only).",
+        ],
+        [
             "reuse-port",
             None,
             "Listen with SO_REUSEPORT: several task servers on this machine may"
@@ -546,6 +551,7 @@ SCOPES: dict[str, str] = {
     "task-server-token-file": _GATEWAY,
     "max-message": _GATEWAY,
     "max-browser-calls": _GATEWAY,
+    "dashboard-control": _GATEWAY,
     "metrics": _ANY,
     "tracebacks": _LOCAL,
     "no-websocket": _ANY,
@@ -771,6 +777,7 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
     from twisted.internet.endpoints import clientFromString
 
+    from taskservice._dashfeed import DashboardFeed
     from taskservice._poolcaller import PoolCaller
     from taskservice.balancer import Balancer
     from taskservice.client import TaskClient
@@ -819,11 +826,14 @@ def makeService(options: Options) -> IService:
     if sink is not None:
         factory.addStatsProvider(lambda: {"smtpSink": sink.stats()})
     metrics = _metricsRegistry(taskServer, factory)
+    dashboard = DashboardFeed(
+        reactor, factory, control=bool(options["dashboard-control"])
+    )
     try:
         gateway = GatewayService(
             reactor,
             options["websocket"],
-            GatewaySite(factory, metrics=metrics),
+            GatewaySite(factory, metrics=metrics, dashboard=dashboard),
             factory,
             client,
             taskServer,
@@ -831,6 +841,7 @@ def makeService(options: Options) -> IService:
     except (ValueError, TypeError, KeyError) as e:
         raise usage.UsageError(f"--websocket {options['websocket']!r}: {e}") from e
     gateway.setServiceParent(root)
+    dashboard.setServiceParent(root)
     _serveMetrics(options, reactor, root, metrics)
     return root
 

@@ -253,15 +253,17 @@ def test_twistdHelpListsTaskservice(installed: Installed) -> None:
 def test_benchmarkShipsWithThePackage(installed: Installed) -> None:
     """
     C{python -m taskservice.bench} works from an installation: its modules,
-    the C load client's source and the web files are installed.
+    the C load client's source and the web files (the dashboard's, in
+    their own directory, too) are installed.
     """
     script = (
         "import importlib.resources as r, taskservice.bench.__main__ as m;"
         " print(r.files('taskservice.bench').joinpath('loadclient.c').is_file(),"
-        " r.files('taskservice').joinpath('web/index.html').is_file())"
+        " r.files('taskservice').joinpath('web/index.html').is_file(),"
+        " r.files('taskservice').joinpath('web/dashboard/dashboard.js').is_file())"
     )
     output = _check(_run([installed.python, "-c", script], cwd=installed.cwd))
-    assert output.split() == ["True", "True"], output
+    assert output.split() == ["True", "True", "True"], output
 
 
 def test_getPluginsFindsTheInstalledPlugin(installed: Installed) -> None:
