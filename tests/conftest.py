@@ -14,8 +14,17 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from hypothesis import HealthCheck, settings
 from twisted.internet import process, reactor
 from twisted.internet.task import deferLater
+
+# The machine is shared: generating or running an example may be slow there
+# without anything being wrong, so neither fails a property test.
+settings.register_profile(
+    "shared-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("shared-machine")
+
 
 _SETTLE_SECONDS = 5.0
 _POLL = 0.01
