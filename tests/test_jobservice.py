@@ -132,8 +132,10 @@ class HeldJournal(SQLiteJournal):
 
     held: list[tuple[Deferred[Any], Deferred[Any]]]
 
-    def submit(self, job: NewJob) -> Deferred[tuple[JobRecord, bool]]:
-        inner = super().submit(job)
+    def submit(
+        self, job: NewJob, *, running: bool = False
+    ) -> Deferred[tuple[JobRecord, bool]]:
+        inner = super().submit(job, running=running)
         outer: Deferred[tuple[JobRecord, bool]] = Deferred()
         self.held.append((inner, outer))
         return outer
