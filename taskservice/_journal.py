@@ -135,11 +135,19 @@ class IJournal(Protocol):
         Commit what is pending and close.
         """
 
-    def submit(self, job: NewJob) -> Deferred[tuple[JobRecord, bool]]:
+    def submit(
+        self, job: NewJob, *, running: bool = False
+    ) -> Deferred[tuple[JobRecord, bool]]:
         """
         Record C{job}; fire with its record and whether it is new. With a
         C{key} that an unpurged job already holds, that job is returned
         instead (and nothing is written).
+
+        With C{running=True} (the caller has a free slot, and runs the job
+        once this fires) the job is recorded already claimed: state
+        C{running}, its first attempt counted, started at its C{createdAt},
+        as L{claim} would leave it; one write instead of an insert and a
+        claim. The caller passes it only for a job due now.
         """
 
     def claim(self, limit: int, now: float) -> Deferred[Claimed]:

@@ -83,6 +83,12 @@ _COLUMNS = (
     " run_at, created_at, started_at, finished_at, progress, result, error"
 )
 
+_INSERT = (
+    "INSERT INTO jobs (id, method, params, key, state, attempts, max_attempts,"
+    " backoff, timeout, run_at, created_at, started_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -225,7 +231,8 @@ class SQLiteJournal:
                 counts[new] += 1
 
     def counts(self) -> dict[str, int]:
-        return {state: self._counts[state] for state in STATES}
+        # (Every state is a key from the start: a copy is all of them.)
+        return dict(self._counts)
 
     def sizeBytes(self) -> int:
         if self.path == MEMORY:
@@ -238,55 +245,39 @@ class SQLiteJournal:
 
     # -- operations --------------------------------------------------------
 
-    def submit(self, job: NewJob) -> Deferred[tuple[JobRecord, bool]]:
-        state = QUEUED if job.runAt <= job.createdAt else SCHEDULED
+    def submit(
+        self, job: NewJob, *, running: bool = False
+    ) -> Deferred[tuple[JobRecord, bool]]:
+        if running:
+            state, attempts, startedAt = RUNNING, 1, job.createdAt
+        else:
+            state = QUEUED if job.runAt <= job.createdAt else SCHEDULED
+            attempts, startedAt = 0, None
+        row = (
+            job.id,
+            job.method,
+            job.params,
+            job.key,
+            state,
+            attempts,
+            job.maxAttempts,
+            job.backoff,
+            job.timeout,
+            job.runAt,
+            job.createdAt,
+            startedAt,
+        )
 
         def insert(db: sqlite3.Connection, batch: Batch) -> tuple[JobRecord, bool]:
             if job.key is not None:
-                row = db.execute(
+                found = db.execute(
                     f"SELECT {_COLUMNS} FROM jobs WHERE key = ?", (job.key,)
                 ).fetchone()
-                if row is not None:
-                    return _record(row), False
-            db.execute(
-                "INSERT INTO jobs (id, method, params, key, state, max_attempts,"
-                " backoff, timeout, run_at, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job.id,
-                    job.method,
-                    job.params,
-                    job.key,
-                    state,
-                    job.maxAttempts,
-                    job.backoff,
-                    job.timeout,
-                    job.runAt,
-                    job.createdAt,
-                ),
-            )
+                if found is not None:
+                    return _record(found), False
+            db.execute(_INSERT, row)
             batch.moved(None, state)
-            return (
-                JobRecord(
-                    job.id,
-                    job.method,
-                    job.params,
-                    job.key,
-                    state,
-                    0,
-                    job.maxAttempts,
-                    job.backoff,
-                    job.timeout,
-                    job.runAt,
-                    job.createdAt,
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                ),
-                True,
-            )
+            return JobRecord(*row, None, None, None, None), True
 
         return self._writer.run(insert)
 

@@ -9,6 +9,7 @@ any caller. See docs/jobs for the states and the guarantees.
 
 from __future__ import annotations
 
+import base64
 import random
 import secrets
 from collections.abc import Callable, Mapping
@@ -26,7 +27,9 @@ from taskservice._journal import (
     CANCELLED,
     FAILED,
     PENDING_STATES,
+    QUEUED,
     RUNNING,
+    SCHEDULED,
     SUCCEEDED,
     Claimed,
     IJournal,
@@ -68,6 +71,34 @@ _REWRITE_DELAY = 1.0
 """Seconds before a job's end the journal could not take is written again."""
 
 ProgressCallback = Callable[[Mapping[str, Any]], None]
+
+
+class JobIds:
+    """
+    Job ids: 16 url-safe characters, a random prefix drawn once per process
+    (48 bits from L{secrets}) and a counter (48 bits), so a new id costs a
+    counter step rather than a read of the system's random source.
+
+    Ids are names, not secrets: anyone allowed to call the server (the
+    token, see docs/security) may list every job with C{$/jobs}. They are
+    unique: the prefix differs from process to process (a clash of two
+    processes' prefixes, about 1 in 2**48 for any two, would make the
+    journal refuse the clashing submit with -32009, never mix two jobs up).
+    """
+
+    __slots__ = ("_next", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = ""
+        self._next = 1 << 48
+
+    def __call__(self) -> str:
+        n = self._next
+        if n >= 1 << 48:
+            self._prefix = secrets.token_urlsafe(6)
+            n = 0
+        self._next = n + 1
+        return self._prefix + base64.urlsafe_b64encode(n.to_bytes(6, "big")).decode()
 
 
 class _Attacher:
@@ -135,6 +166,11 @@ class JobService(Service):
         self.maxPending = maxPending
         self._jitter = jitter
         self._running: dict[str, _Run] = {}
+        self._ending: dict[str, _Run] = {}
+        """Jobs that ended here, until their end is committed."""
+        self._reserved = 0
+        """Slots held for submits recorded as running, not yet committed."""
+        self._newId = JobIds()
         self._attached: dict[str, list[_Attacher]] = {}
         self._maybeDue = True
         self._claiming = False
@@ -224,6 +260,7 @@ class JobService(Service):
                         )
                     )
         self._running.clear()
+        self._ending.clear()
         return self.journal.close()
 
     # -- the wire's job methods -------------------------------------------
@@ -232,40 +269,70 @@ class JobService(Service):
         """
         C{$/submit}: record the job; fire with C{{"job", "state"}} once it
         is committed.
+
+        When a job slot is free and no other job is due, the job is recorded
+        as running (its claim is its insert: one statement, no claim
+        afterwards) and handed to the pool as soon as that is committed;
+        otherwise it is recorded as waiting, and the pump claims it in turn.
         """
         if not self.running or self._stopping:
             return fail(Unavailable("the task server is stopping"))
         counts = self.journal.counts()
-        if sum(counts[s] for s in PENDING_STATES) >= self.maxPending:
+        if counts[QUEUED] + counts[SCHEDULED] >= self.maxPending:
             return fail(
                 Overloaded("overloaded", {"retryAfter": 1.0, "limit": self.maxPending})
             )
         now = self.reactor.seconds()
+        runAt = request.runAt(now)
+        start = (
+            runAt <= now
+            and not self._maybeDue
+            and not self._claiming
+            and len(self._running) + self._reserved < self.maxRunning
+        )
         job = NewJob(
-            id=secrets.token_urlsafe(12),
+            id=self._newId(),
             method=request.method,
             params=request.paramsJSON,
             key=request.key,
             maxAttempts=request.retries + 1,
             backoff=request.backoff,
             timeout=request.timeout,
-            runAt=request.runAt(now),
+            runAt=runAt,
             createdAt=now,
         )
-        d = self.journal.submit(job)
+        if start:
+            self._reserved += 1
+            d = self.journal.submit(job, running=True)
+        else:
+            d = self.journal.submit(job)
 
         def submitted(outcome: tuple[JobRecord, bool]) -> dict[str, Any]:
             record, new = outcome
+            if start:
+                self._reserved -= 1
             self._journalRecovered()
             if new:
                 self.submitted += 1
-                self._due(record.runAt)
+                if record.state != RUNNING:
+                    self._due(record.runAt)
+                elif self._stopping:
+                    # Recorded as we stopped: it never ran, so it waits.
+                    self.journal.release(record.id).addErrback(self._logFailure)
+                    return {"job": record.id, "state": "queued"}
+                else:
+                    self._start(record)
             reply: dict[str, Any] = {"job": record.id, "state": self._state(record)}
             if not new:
                 reply["existing"] = True
             return reply
 
-        return _detached(d.addCallbacks(submitted, self._refusedByJournal))
+        def refused(failure: Failure) -> Failure:
+            if start:
+                self._reserved -= 1
+            return self._refusedByJournal(failure)
+
+        return _detached(d.addCallbacks(submitted, refused))
 
     def job(self, jobId: str) -> Deferred[dict[str, Any]]:
         """
@@ -298,15 +365,17 @@ class JobService(Service):
         detaches, and leaves the job running.
         """
         attacher = _Attacher(self, jobId, onProgress, owner)
-        run = self._running.get(jobId)
+        run = self._running.get(jobId) or self._ending.get(jobId)
         if run is not None:
+            # Running here, or ended here and its end not yet committed
+            # (which delivers it): no read of the journal.
             self._follow(jobId, attacher, run.progress)
             return attacher.deferred
 
         def found(job: JobRecord) -> None:
             if attacher.deferred.called:
                 return
-            current = self._running.get(jobId)
+            current = self._running.get(jobId) or self._ending.get(jobId)
             if current is not None:
                 self._follow(jobId, attacher, current.progress)
             elif job.final:
@@ -410,7 +479,7 @@ class JobService(Service):
         self._pumpCall = None
         if self._stopping or self._claiming or not self._maybeDue:
             return
-        free = self.maxRunning - len(self._running)
+        free = self.maxRunning - len(self._running) - self._reserved
         if free <= 0:
             return
         self._claiming = True
@@ -473,7 +542,8 @@ class JobService(Service):
     def _ran(self, outcome: Any, run: _Run) -> None:
         job = run.job
         self._running.pop(job.id, None)
-        self._schedulePump()
+        if self._maybeDue:
+            self._schedulePump()
         now = self.reactor.seconds()
         if not isinstance(outcome, Failure):
             try:
@@ -528,6 +598,7 @@ class JobService(Service):
         error: TaskServiceError | None = None,
     ) -> None:
         job = run.job
+        self._ending[job.id] = run
         wire = None if error is None else error.toWire()
         d = self.journal.finish(
             job.id,
@@ -540,6 +611,7 @@ class JobService(Service):
         )
 
         def recorded(_: object) -> None:
+            self._ending.pop(job.id, None)
             self._journalRecovered()
             for attacher in self._attached.pop(job.id, []):
                 if error is None:
@@ -555,6 +627,7 @@ class JobService(Service):
             # callers wait for that to be on disk.
             self._journalFailed(failure)
             if self._closed:
+                self._ending.pop(job.id, None)
                 for attacher in self._attached.pop(job.id, []):
                     attacher.deferred.errback(_journalError(failure))
                 for waiter in run.cancelling or ():

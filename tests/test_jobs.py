@@ -268,10 +268,12 @@ class _FullJournal(SQLiteJournal):
 
     full = False
 
-    def submit(self, job: NewJob) -> Deferred[tuple[JobRecord, bool]]:
+    def submit(
+        self, job: NewJob, *, running: bool = False
+    ) -> Deferred[tuple[JobRecord, bool]]:
         if self.full:
             return fail(JournalError("OperationalError: database or disk is full"))
-        return super().submit(job)
+        return super().submit(job, running=running)
 
 
 def test_journalUnavailable(tmp_path: Path) -> None:

@@ -132,8 +132,10 @@ class HeldJournal(SQLiteJournal):
 
     held: list[tuple[Deferred[Any], Deferred[Any]]]
 
-    def submit(self, job: NewJob) -> Deferred[tuple[JobRecord, bool]]:
-        inner = super().submit(job)
+    def submit(
+        self, job: NewJob, *, running: bool = False
+    ) -> Deferred[tuple[JobRecord, bool]]:
+        inner = super().submit(job, running=running)
         outer: Deferred[tuple[JobRecord, bool]] = Deferred()
         self.held.append((inner, outer))
         return outer
@@ -253,3 +255,91 @@ def test_anEndTheJournalCouldNotTakeIsWrittenAgain(tmp_path: Path) -> None:
     assert (state["state"], state["result"]) == ("succeeded", 5)
     assert result(attached) == result(late) == 5
     assert rig.jobs.stats()["journal"] == "ok"
+
+
+class CountingJournal(SQLiteJournal):
+    """
+    A journal counting its reads of one job and its claims.
+    """
+
+    gets = 0
+    claims = 0
+
+    def get(self, jobId: str) -> Deferred[JobRecord | None]:
+        self.gets += 1
+        return super().get(jobId)
+
+    def claim(self, limit: int, now: float) -> Deferred[Any]:
+        self.claims += 1
+        return super().claim(limit, now)
+
+
+def test_submitWithAFreeSlotIsRecordedRunning(tmp_path: Path) -> None:
+    """
+    Once nothing waits in the journal, a job submitted with a slot free is
+    recorded as running (attempt 1) by its insert and handed to the pool on
+    commit, with no claim; an attach to it reads nothing from the journal
+    while it runs, nor after it ended until its end is committed; the job
+    ends as any other.
+    """
+    journal = CountingJournal(
+        FakeProcessReactor(), str(tmp_path / "jobs.sqlite3"), threaded=False
+    )
+    rig = Rig(tmp_path, journal)
+    rig.turn()  # the first look at the journal: nothing to run
+    claims = journal.claims
+    submitted = result(rig.submit(method="jobInfo"))
+    assert submitted["state"] == "running"
+    record = result(journal.get(submitted["job"]))
+    assert record is not None
+    assert (record.state, record.attempts, record.startedAt) == (
+        "running",
+        1,
+        record.createdAt,
+    )
+    gets = journal.gets
+    attached = rig.jobs.attach(submitted["job"])
+    rig.reactor.runAllCalls(rig.pool.registry)
+    rig.reactor.advance(0)
+    assert result(attached) == {"id": submitted["job"], "attempt": 1, "progress": None}
+    assert (journal.gets, journal.claims) == (gets, claims)
+    assert rig.state(submitted["job"])["state"] == "succeeded"
+
+
+def test_submitWaitsBehindJobsDue(tmp_path: Path) -> None:
+    """
+    With every slot taken, a submit is recorded queued; and while jobs wait
+    in the journal, a new submit waits behind them (oldest first) even once
+    a slot is free.
+    """
+    rig = Rig(tmp_path)
+    rig.jobs.maxRunning = 1
+    rig.turn()
+    first = result(rig.submit(method="hang", params=[30]))
+    assert first["state"] == "running"
+    second = result(rig.submit(method="add", params=[1, 2]))
+    assert second["state"] == "queued"
+    rig.jobs.maxRunning = 2
+    third = result(rig.submit(method="add", params=[3, 4]))
+    assert third["state"] == "queued"
+
+
+def test_jobIds() -> None:
+    """
+    Job ids are 16 url-safe characters, all different; a process's ids
+    share a random prefix, which is drawn again once its counter is spent.
+    """
+    from taskservice.jobs import JobIds
+
+    ids = JobIds()
+    many = [ids() for _ in range(10_000)]
+    assert len(set(many)) == len(many)
+    assert all(
+        len(i) == 16 and i.replace("-", "").replace("_", "").isalnum() for i in many
+    )
+    assert len({i[:8] for i in many}) == 1
+    assert JobIds()()[:8] != many[0][:8]  # (equal 1 time in 2**48)
+    ids._next = (1 << 48) - 1
+    last = ids()
+    assert last[:8] == many[0][:8] and last[8:] == "________"
+    assert ids()[:8] != last[:8]
