@@ -40,6 +40,7 @@ from taskservice._journal import (
     NewJob,
     Recovered,
 )
+from taskservice._schedules import Schedule, Ticker, schedulesOf
 from taskservice.errors import (
     Cancelled,
     InternalError,
@@ -54,7 +55,6 @@ from taskservice.errors import (
     fromWireError,
     toWireError,
 )
-from taskservice._schedules import Schedule, Ticker, schedulesOf
 from taskservice.pool import ProcessPool
 
 DEFAULT_TTL = 86400.0
