@@ -499,5 +499,5 @@ def test_wrongSchedulesAreRefusedAtConstruction(tmp_path: Path) -> None:
     journal = SQLiteJournal(reactor, ":memory:", threaded=False)
     with pytest.raises(ValueError, match="no task 'nope' to schedule"):
         JobService(reactor, pool, journal, schedules={"nope": "@daily"})
-    with pytest.raises(ValueError, match="schedule of 'pid': .*has 6 fields"):
+    with pytest.raises(ValueError, match=r"schedule of 'pid': .*has 6 fields"):
         JobService(reactor, pool, journal, schedules={"pid": "0 0 * * * *"})
