@@ -204,7 +204,8 @@ class JobService(Service):
         """
         Open the journal (a journal that cannot be opened stops the start
         with L{JournalError}), recover the jobs an earlier process left
-        running, and start running jobs.
+        running, start running jobs, and start the schedules (each tries
+        its latest tick, then arms a timer for the next).
         """
         self.journal.open()
         super().startService()
@@ -213,6 +214,10 @@ class JobService(Service):
         self.journal.recover(now, now + self.ttl, self._mayRunAgain).addCallbacks(
             self._recovered, self._journalFailed
         )
+        # (After the recovery in the journal's order, whether it works or
+        # not: a tick the journal refuses is tried again by itself.)
+        for ticker in self._tickers:
+            ticker.start()
         self._purgeCall = self.reactor.callLater(
             min(_PURGE_EVERY, self.ttl), self._purge
         )
@@ -234,9 +239,6 @@ class JobService(Service):
                 requeued=len(recovered.requeued),
                 interrupted=len(recovered.interrupted),
             )
-        if not self._stopping:
-            for ticker in self._tickers:
-                ticker.start()
         self._schedulePump()
 
     def stopService(self) -> Deferred[None]:
