@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from taskservice import _json
+from taskservice._cron import TICK_KEY_PREFIX
 from taskservice._journal import STATES
 from taskservice._task import Registry
 from taskservice.errors import InvalidParams, MethodNotFound
@@ -86,6 +87,11 @@ def parseSubmit(params: object, registry: Registry, maxTimeout: float) -> JobReq
     key = params.get("key")
     if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY):
         raise _invalid(f'"key" must be a string of 1 to {MAX_KEY} characters')
+    if key is not None and key.startswith(TICK_KEY_PREFIX):
+        raise _invalid(
+            f'"key" may not start with "{TICK_KEY_PREFIX}": those are the keys of'
+            " schedules' ticks"
+        )
     retries = params.get("retries", spec.retries)
     if not _isInt(retries) or not 0 <= retries <= MAX_RETRIES:
         raise _invalid(f'"retries" must be a whole number from 0 to {MAX_RETRIES}')

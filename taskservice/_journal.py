@@ -199,6 +199,26 @@ class IJournal(Protocol):
         finished job is returned unchanged), or L{None} if there is none.
         """
 
+    def recordTick(
+        self, schedule: str, tick: float, job: NewJob
+    ) -> Deferred[JobRecord | None]:
+        """
+        Run schedule C{schedule}'s tick at C{tick} (epoch seconds), once
+        across every server sharing this journal: in ONE transaction, if
+        no tick of C{schedule} at or after C{tick} is recorded, record
+        C{tick} as its last tick (a row per schedule, updated only to a
+        later tick: a conditional update, never a second row) and insert
+        C{job} as L{submit} would (queued, or scheduled if its C{runAt} is
+        after its C{createdAt}); fire with the job's record. If C{job}'s
+        key is already held, the tick is recorded all the same and the job
+        holding the key is returned.
+
+        Otherwise (this tick, or a later one, was recorded: by another
+        server, or by this one before a restart) write nothing and fire
+        with L{None}. So each tick yields at most one job, and a tick older
+        than one already run never runs.
+        """
+
     def get(self, jobId: str) -> Deferred[JobRecord | None]:
         """
         The job C{jobId}, or L{None}.

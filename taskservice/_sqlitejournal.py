@@ -44,7 +44,7 @@ from taskservice._journal import (
 )
 
 APPLICATION_ID = 0x54534A42  # "TSJB"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MEMORY = ":memory:"
 
 _SCHEMA_V1 = """
@@ -75,7 +75,16 @@ CREATE INDEX jobs_expiry ON jobs (expires_at) WHERE expires_at IS NOT NULL;
 CREATE INDEX jobs_state ON jobs (state, seq);
 """
 
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+_SCHEMA_V2 = """
+CREATE TABLE schedules (
+    name TEXT PRIMARY KEY,
+    last_tick REAL NOT NULL,
+    job TEXT NOT NULL
+);
+"""
+"""Version 2: the last tick each schedule ran (see L{SQLiteJournal.recordTick})."""
+
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 """The script that brings a journal from version N-1 to N."""
 
 _COLUMNS = (
@@ -412,6 +421,50 @@ class SQLiteJournal:
             return _record(row)
 
         return self._writer.run(cancel)
+
+    def recordTick(
+        self, schedule: str, tick: float, job: NewJob
+    ) -> Deferred[JobRecord | None]:
+        state = QUEUED if job.runAt <= job.createdAt else SCHEDULED
+        row = (
+            job.id,
+            job.method,
+            job.params,
+            job.key,
+            state,
+            0,
+            job.maxAttempts,
+            job.backoff,
+            job.timeout,
+            job.runAt,
+            job.createdAt,
+            None,
+        )
+
+        def record(db: sqlite3.Connection, batch: Batch) -> JobRecord | None:
+            # The tick is ours only if no tick at or after it is recorded:
+            # the upsert's update is conditional, and returns no row when
+            # its condition fails.
+            ours = db.execute(
+                "INSERT INTO schedules (name, last_tick, job) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick,"
+                " job = excluded.job WHERE excluded.last_tick > schedules.last_tick"
+                " RETURNING name",
+                (schedule, tick, job.id),
+            ).fetchone()
+            if ours is None:
+                return None
+            if job.key is not None:
+                found = db.execute(
+                    f"SELECT {_COLUMNS} FROM jobs WHERE key = ?", (job.key,)
+                ).fetchone()
+                if found is not None:
+                    return _record(found)
+            db.execute(_INSERT, row)
+            batch.moved(None, state)
+            return JobRecord(*row, None, None, None, None)
+
+        return self._writer.run(record)
 
     def get(self, jobId: str) -> Deferred[JobRecord | None]:
         def get(db: sqlite3.Connection, batch: Batch) -> JobRecord | None:

@@ -102,6 +102,9 @@ class TaskSpec:
     @ivar validate: called with a call's arguments in the service process,
         before the call is queued, or L{None}: raising L{TypeError} or
         L{ValueError} refuses the call as invalid params.
+    @ivar schedule: a cron expression (five fields, UTC; see
+        L{taskservice._cron.parseCron}): the task server runs the task as a
+        durable job, with no arguments, at each tick; or L{None}.
     """
 
     name: str
@@ -115,6 +118,7 @@ class TaskSpec:
     validate: Callable[..., object] | None = field(
         default=None, repr=False, compare=False
     )
+    schedule: str | None = None
 
     @cached_property
     def signature(self) -> inspect.Signature:
@@ -184,6 +188,7 @@ def task(
     backoff: float = 1.0,
     resumable: bool = False,
     validate: Callable[..., object] | None = None,
+    schedule: str | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -199,6 +204,7 @@ def task(
     backoff: float = 1.0,
     resumable: bool = False,
     validate: Callable[..., object] | None = None,
+    schedule: str | None = None,
 ) -> F | Callable[[F], F]:
     """
     Register a function as a task callable over the network.
@@ -221,6 +227,13 @@ def task(
     signature is checked): raising L{TypeError} or L{ValueError} refuses
     the call with -32602 (invalid params), the exception's message as
     C{data}.
+
+    C{schedule}, a cron expression (C{"*/5 * * * *"}: five fields, in UTC;
+    or C{"@hourly"} and the like), makes the task server run the task as a
+    durable job at each tick, with no arguments, once across every server
+    sharing the journal (see docs/jobs, "Schedules"). A wrong expression,
+    or a function that cannot be called without arguments, raises
+    L{ValueError} here.
     """
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be positive, not {timeout!r}")
@@ -228,6 +241,10 @@ def task(
         raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
     if not backoff >= 0:
         raise ValueError(f"backoff must be >= 0 seconds, not {backoff!r}")
+    if schedule is not None:
+        from taskservice._cron import parseCron
+
+        parseCron(schedule)
 
     def register(f: F) -> F:
         taskName = f.__name__ if name is None else name
@@ -236,6 +253,8 @@ def task(
                 f"invalid task name {taskName!r}: letters, digits, '_', '.', '-'"
                 " only, not starting with a digit or '$'"
             )
+        if schedule is not None:
+            checkCallableAlone(taskName, f)
         setattr(
             f,
             SPEC_ATTRIBUTE,
@@ -249,6 +268,7 @@ def task(
                 backoff=float(backoff),
                 resumable=resumable,
                 validate=validate,
+                schedule=schedule,
             ),
         )
         return f
@@ -256,6 +276,20 @@ def task(
     if function is not None:
         return register(function)
     return register
+
+
+def checkCallableAlone(name: str, function: Callable[..., Any]) -> None:
+    """
+    Raise L{ValueError} unless C{function} (task C{name}) can be called
+    with no arguments, as a schedule's tick calls it.
+    """
+    try:
+        inspect.signature(function).bind()
+    except TypeError as e:
+        raise ValueError(
+            f"task {name!r} cannot be scheduled: a tick calls it with no"
+            f" arguments ({e})"
+        ) from None
 
 
 def specOf(function: Callable[..., Any]) -> TaskSpec | None:

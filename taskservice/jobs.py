@@ -10,6 +10,7 @@ any caller. See docs/jobs for the states and the guarantees.
 from __future__ import annotations
 
 import base64
+import functools
 import random
 import secrets
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskservice import _json
+from taskservice._cron import isoTick, tickKey
 from taskservice._jobrequest import JobRequest
 from taskservice._journal import (
     CANCELLED,
@@ -38,6 +40,7 @@ from taskservice._journal import (
     NewJob,
     Recovered,
 )
+from taskservice._schedules import Schedule, Ticker, schedulesOf
 from taskservice.errors import (
     Cancelled,
     InternalError,
@@ -143,6 +146,9 @@ class JobService(Service):
     @param maxRunning: jobs handed to the pool at once (others wait in the
         journal, not in the pool's queue).
     @param maxPending: jobs that may wait at once.
+    @param schedules: cron expressions by task name, adding to or replacing
+        the tasks' own C{@task(schedule=...)} (see L{schedulesOf}, which
+        raises L{ValueError} for a wrong one).
     """
 
     log = Logger()
@@ -157,6 +163,7 @@ class JobService(Service):
         maxRunning: int = DEFAULT_MAX_RUNNING,
         maxPending: int = DEFAULT_MAX_PENDING,
         jitter: Callable[[], float] = random.random,
+        schedules: Mapping[str, str] | None = None,
     ) -> None:
         self.reactor = reactor
         self.pool = pool
@@ -183,6 +190,13 @@ class JobService(Service):
         self._closed = False
         self.submitted = 0
         self.recovered: Recovered | None = None
+        self.schedules: list[Schedule] = schedulesOf(pool.registry, schedules)
+        self._tickers = [
+            Ticker(reactor, schedule, functools.partial(self._tick, schedule))
+            for schedule in self.schedules
+        ]
+        self.ticks = 0
+        """Ticks this server recorded (each a job) since it started."""
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -190,7 +204,8 @@ class JobService(Service):
         """
         Open the journal (a journal that cannot be opened stops the start
         with L{JournalError}), recover the jobs an earlier process left
-        running, and start running jobs.
+        running, start running jobs, and start the schedules (each tries
+        its latest tick, then arms a timer for the next).
         """
         self.journal.open()
         super().startService()
@@ -199,6 +214,10 @@ class JobService(Service):
         self.journal.recover(now, now + self.ttl, self._mayRunAgain).addCallbacks(
             self._recovered, self._journalFailed
         )
+        # (After the recovery in the journal's order, whether it works or
+        # not: a tick the journal refuses is tried again by itself.)
+        for ticker in self._tickers:
+            ticker.start()
         self._purgeCall = self.reactor.callLater(
             min(_PURGE_EVERY, self.ttl), self._purge
         )
@@ -234,6 +253,8 @@ class JobService(Service):
         for call in (self._pumpCall, self._wake, self._purgeCall):
             if call is not None and call.active():
                 call.cancel()
+        for ticker in self._tickers:
+            ticker.stop()
         self._pumpCall = self._wake = self._purgeCall = None
         d: Deferred[None] = Deferred()
         d.callback(None)
@@ -446,7 +467,75 @@ class JobService(Service):
         stats["submitted"] = self.submitted
         stats["journalBytes"] = self.journal.sizeBytes()
         stats["journal"] = "ok" if self._journalBroken is None else self._journalBroken
+        if self._tickers:
+            stats["ticks"] = self.ticks
+            stats["schedules"] = self.scheduleStats()
         return stats
+
+    # -- schedules ---------------------------------------------------------
+
+    def _tick(self, schedule: Schedule, tick: float) -> None:
+        """
+        Record C{schedule}'s tick at C{tick} and its job, unless this tick
+        (or a later one) is recorded already, here or by another server.
+        """
+        if self._stopping:
+            return
+        spec = self.pool.registry[schedule.name]
+        now = self.reactor.seconds()
+        job = NewJob(
+            id=self._newId(),
+            method=schedule.name,
+            params="null",
+            key=tickKey(schedule.name, tick),
+            maxAttempts=spec.retries + 1,
+            backoff=spec.backoff,
+            timeout=spec.timeout,
+            runAt=min(tick, now),
+            createdAt=now,
+        )
+
+        def recorded(record: JobRecord | None) -> None:
+            self._journalRecovered()
+            if record is None:
+                self.log.debug(
+                    "schedule {name}: tick {tick} already recorded",
+                    name=schedule.name,
+                    tick=isoTick(tick),
+                )
+                return
+            self.ticks += 1
+            self.submitted += 1
+            self.log.info(
+                "schedule {name}: tick {tick} is job {job}",
+                name=schedule.name,
+                tick=isoTick(tick),
+                job=record.id,
+            )
+            if not record.final:
+                self._due(record.runAt)
+
+        def failed(failure: Failure) -> None:
+            self._journalFailed(failure)
+            # Try this tick again a little later, until the next is due.
+            nextTick = schedule.cron.next(tick)
+            later = self.reactor.seconds() + _REWRITE_DELAY
+            if not self._stopping and (nextTick is None or later < nextTick):
+                self.reactor.callLater(_REWRITE_DELAY, self._tick, schedule, tick)
+
+        self.journal.recordTick(schedule.name, tick, job).addCallbacks(recorded, failed)
+
+    def scheduleStats(self) -> dict[str, Any]:
+        """
+        Each schedule's expression and next tick (ISO 8601 UTC), by task.
+        """
+        return {
+            ticker.schedule.name: {
+                "cron": ticker.schedule.cron.expression,
+                "next": None if ticker.nextTick is None else isoTick(ticker.nextTick),
+            }
+            for ticker in self._tickers
+        }
 
     # -- running jobs ------------------------------------------------------
 

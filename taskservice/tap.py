@@ -315,6 +315,7 @@ class Options(usage.Options):
         self["tasks"] = []
         self["allowed-origins"] = []
         self["task-servers"] = []
+        self["schedule-overrides"] = {}
         self.given: set[str] = set()
         """The options on the command line, by long name."""
         # Twisted's Options keeps no record of what was given (a value equal
@@ -344,6 +345,30 @@ class Options(usage.Options):
         """
         self["task-servers"].append(endpoint)
 
+    def opt_schedule(self, schedule: str) -> None:
+        """
+        NAME=CRON: run task NAME as a durable job, with no arguments, at each
+        tick of the cron expression CRON (five fields in UTC, e.g. 'fib=*/5 *
+        * * *', or @hourly, @daily ...), once across the servers sharing
+        --jobs-db; replaces the task's own @task(schedule=...) (repeatable).
+        """
+        name, equals, expression = schedule.partition("=")
+        name = name.strip()
+        if not equals or not name or not expression.strip():
+            raise usage.UsageError(
+                f"--schedule must be NAME=CRON (e.g. 'report=0 6 * * *'), not"
+                f" {schedule!r}"
+            )
+        if name in self["schedule-overrides"]:
+            raise usage.UsageError(f"--schedule {name}: given twice")
+        from taskservice._cron import parseCron
+
+        try:
+            parseCron(expression)
+        except ValueError as e:
+            raise usage.UsageError(f"--schedule {name}: {e}") from None
+        self["schedule-overrides"][name] = expression
+
     def opt_tasks(self, module: str) -> None:
         """
         A module whose @task functions are served (repeatable; default:
@@ -366,9 +391,15 @@ class Options(usage.Options):
                     f"--tasks {module}: importing it raised {type(e).__name__}: {e}"
                 ) from e
         try:
-            Registry.fromModules(self["tasks"])
+            registry = Registry.fromModules(self["tasks"])
         except ValueError as e:
             raise usage.UsageError(f"--tasks: {e}") from e
+        from taskservice._schedules import schedulesOf
+
+        try:
+            self["schedules"] = schedulesOf(registry, self["schedule-overrides"])
+        except ValueError as e:
+            raise usage.UsageError(f"--schedule: {e}") from None
         smtp = self["smtp"]
         if smtp is not None:
             host, _, port = smtp.rpartition(":")
@@ -558,6 +589,7 @@ SCOPES: dict[str, str] = {
     "no-smtp-sink": _LOCAL,
     "reuse-port": _LOCAL,
     "allowed-origin": _GATEWAY,
+    "schedule": _LOCAL,
     "task-server": _ANY,
     "tasks": _LOCAL,
     "help": _ANY,
@@ -930,6 +962,7 @@ def _makeTaskServer(
         SQLiteJournal(reactor, options["jobs-db"]),
         ttl=options["job-ttl"],
         maxRunning=options["job-concurrency"],
+        schedules=options["schedule-overrides"],
     )
     factory = TaskServerFactory(
         pool,

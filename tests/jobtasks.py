@@ -19,6 +19,8 @@ from typing import Any
 
 from taskservice import currentJob, progress, task
 
+RUNS_ENVIRONMENT = "TASKSERVICE_TEST_RUNS"
+"""Where L{ticked}, which a schedule calls without arguments, leaves its runs."""
 GATE_DEADLINE = 120.0
 """A gated task gives up waiting after this (a test that went wrong)."""
 
@@ -139,3 +141,12 @@ def echo(value: Any) -> Any:
     A plain call's answer.
     """
     return value
+
+
+@task
+def ticked() -> int:
+    """
+    For schedules (called with no arguments): leave a run in the directory
+    that C{$TASKSERVICE_TEST_RUNS} names.
+    """
+    return _mark(os.environ[RUNS_ENVIRONMENT], "ticked")

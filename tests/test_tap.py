@@ -923,6 +923,72 @@ def test_backlogOverSomaxconnIsLogged(tmp_path: Path) -> None:
     assert "net.core.somaxconn" in formatEvent(warnings[0])
 
 
+# -- schedules -------------------------------------------------------------------
+
+
+def test_scheduleOption() -> None:
+    """
+    --schedule NAME=CRON (repeatable) reaches the job service, added to or
+    replacing the tasks' own @task(schedule=...).
+    """
+    options = parse(
+        "--listen",
+        "tcp:0:interface=127.0.0.1",
+        "--no-websocket",
+        "--jobs-db",
+        ":memory:",
+        "--tasks",
+        "tests.crontasks",
+        "--schedule",
+        "daily=0 6 * * MON-FRI",
+        "--schedule",
+        "everyFive = @hourly",
+    )
+    root = tap.makeService(options)
+    factory = taskListener(root).factory
+    assert isinstance(factory, TaskServerFactory) and factory.jobs is not None
+    assert {s.name: s.cron.fields for s in factory.jobs.schedules} == {
+        "daily": "0 6 * * MON-FRI",
+        "everyFive": "0 * * * *",
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--schedule", "fib"], r"^--schedule must be NAME=CRON \(e\.g\."),
+        (["--schedule", "=@daily"], r"^--schedule must be NAME=CRON"),
+        (["--schedule", "fail="], r"^--schedule must be NAME=CRON"),
+        (
+            ["--schedule", "fail=* * *"],
+            r"^--schedule fail: cron expression '\* \* \*' has 3",
+        ),
+        (["--schedule", "fail=0 0 * * * *"], r"has 6 fields.*no seconds field"),
+        (["--schedule", "fail=99 * * * *"], r"^--schedule fail: .*Bad minute"),
+        (
+            ["--schedule", "fail=@daily", "--schedule", "fail=@hourly"],
+            r"^--schedule fail: given twice",
+        ),
+        (
+            ["--schedule", "nope=@daily"],
+            r"^--schedule: no task 'nope' to schedule \(tasks: ",
+        ),
+        (
+            ["--schedule", "fib=@daily"],
+            r"^--schedule: task 'fib' cannot be scheduled: a tick",
+        ),
+    ],
+)
+def test_wrongSchedulesAreUsageErrors(argv: list[str], message: str) -> None:
+    """
+    A --schedule that is not NAME=CRON, a wrong cron expression, a task
+    named twice, an unknown task or one that needs arguments is a usage
+    error saying which.
+    """
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*argv)
+
+
 # -- options that do nothing in the mode chosen --------------------------------
 
 _MODES: dict[str, list[str]] = {
@@ -963,6 +1029,7 @@ _VALUES: dict[str, list[str]] = {
     "no-smtp-sink": [],
     "allowed-origin": ["https://app.example.com"],
     "tasks": ["taskservice.examples"],
+    "schedule": ["fail=@hourly"],
 }
 """A valid value of each option the table covers (the rest need files or a
 mode of their own and have their own tests: token and TLS files,
