@@ -28,7 +28,7 @@ def test_clusterRunsUnprivilegedOnLoopback(pgCluster: Any, pgDSN: str) -> None:
     if os.geteuid() != 0:
         assert uid == os.geteuid()
     with psycopg.connect(pgDSN) as db:
-        settings = dict(
+        settings: dict[str, str] = dict(
             db.execute(
                 "SELECT name, setting FROM pg_settings WHERE name IN"
                 " ('listen_addresses', 'unix_socket_directories', 'port')"

@@ -1,0 +1,1095 @@
+"""
+The PostgreSQL job journal: the jobs of several task servers in one
+database, claimed once, recovered when a server dies.
+
+Threads, not psycopg's async API: Twisted's default reactor is not asyncio's,
+and the SQLite journal already runs on one L{GroupCommitWriter} thread; this
+backend reuses it (one writer connection, every operation queued in one
+reactor pass committed in one transaction), so both backends keep one shape
+and the same group commits. A second connection only listens (C{LISTEN});
+the reactor reads its socket like any other, without a thread.
+
+Between servers:
+
+ - claims take due jobs with C{SELECT ... FOR UPDATE SKIP LOCKED}, so two
+   servers never claim the same job, and neither waits for the other;
+ - a transaction that makes jobs due sends C{NOTIFY taskservice_jobs} (once,
+   at commit): every server's listener wakes its job service, which claims;
+   a slow poll with each heartbeat is only a safety net;
+ - each server has a row in C{taskservice_servers} and heartbeats it every
+   C{serverTimeout / 5} seconds (the database's clock, so the machines'
+   clocks do not matter); the running jobs of a server whose heartbeat is
+   older than C{serverTimeout}, or that stopped, are recovered by the
+   others with the restart rule (run again if the task is safe to run
+   again and attempts are left, else C{interrupted}; C{cancelled} if a
+   cancel was asked for it);
+ - a server that follows a job running elsewhere (C{$/attach}, a
+   C{$/cancelJob} waiting for the end) adds itself to the job's
+   C{watchers}; the server running it notifies each watcher's channel of
+   its progress and its end; a cancel of a job running elsewhere asks its
+   server, through its channel, to stop it.
+
+The schema is versioned in C{taskservice_meta} and migrated on start under
+a transaction-level advisory lock, so servers starting together do not race.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from taskservice import _json
+from taskservice._journal import (
+    CANCELLED,
+    FINAL_STATES,
+    INTERRUPTED,
+    PENDING_STATES,
+    QUEUED,
+    RUNNING,
+    SCHEDULED,
+    STATES,
+    Batch,
+    Claimed,
+    GroupCommitWriter,
+    JobRecord,
+    JournalError,
+    NewJob,
+    Recovered,
+)
+
+APPLICATION = "taskservice job journal"
+SCHEMA_VERSION = 1
+MIGRATION_LOCK = 0x54534A42  # "TSJB", as the SQLite journal's application_id
+DEFAULT_SERVER_TIMEOUT = 10.0
+"""Seconds without a heartbeat after which a server's jobs are recovered."""
+JOBS_CHANNEL = "taskservice_jobs"
+"""Notified (payload: the earliest run time) when jobs become due."""
+_NOTIFY_LIMIT = 7000
+"""Bytes of a notification's payload we send (PostgreSQL's limit: 8000)."""
+
+_SCHEMA_V1 = """
+CREATE TABLE taskservice_meta (
+    name text PRIMARY KEY,
+    value text NOT NULL
+);
+CREATE TABLE taskservice_servers (
+    id text PRIMARY KEY,
+    name text NOT NULL,
+    started_at double precision NOT NULL,
+    heartbeat_at timestamptz NOT NULL
+);
+CREATE TABLE taskservice_jobs (
+    seq bigserial PRIMARY KEY,
+    id text NOT NULL UNIQUE,
+    method text NOT NULL,
+    params text NOT NULL,
+    key text,
+    state text NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    max_attempts integer NOT NULL,
+    backoff double precision NOT NULL,
+    timeout double precision,
+    run_at double precision NOT NULL,
+    created_at double precision NOT NULL,
+    started_at double precision,
+    finished_at double precision,
+    expires_at double precision,
+    progress text,
+    result text,
+    error text,
+    server text,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    watchers text[]
+);
+CREATE UNIQUE INDEX taskservice_jobs_key ON taskservice_jobs (key)
+    WHERE key IS NOT NULL;
+CREATE INDEX taskservice_jobs_due ON taskservice_jobs (run_at, seq)
+    WHERE state IN ('queued', 'scheduled');
+CREATE INDEX taskservice_jobs_running ON taskservice_jobs (server)
+    WHERE state = 'running';
+CREATE INDEX taskservice_jobs_expiry ON taskservice_jobs (expires_at)
+    WHERE expires_at IS NOT NULL;
+CREATE INDEX taskservice_jobs_state ON taskservice_jobs (state, seq)
+"""
+
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+"""The script that brings a journal from version N-1 to N."""
+
+_COLUMNS = (
+    "id, method, params, key, state, attempts, max_attempts, backoff, timeout,"
+    " run_at, created_at, started_at, finished_at, progress, result, error"
+)
+_JCOLUMNS = ", ".join(f"j.{c.strip()}" for c in _COLUMNS.split(","))
+
+
+class JournalEvents(Protocol):
+    """
+    What a shared journal tells the job service of its server, in the
+    reactor thread.
+    """
+
+    def due(self, runAt: float) -> None:
+        """
+        Jobs may be due at C{runAt}: claim.
+        """
+
+    def progressed(self, jobId: str, update: Mapping[str, Any]) -> None:
+        """
+        A job this server watches, running elsewhere, reported progress.
+        """
+
+    def ended(self, jobId: str) -> None:
+        """
+        A job this server watches ended (read it to see how).
+        """
+
+    def cancelRequested(self, jobId: str) -> None:
+        """
+        Another server asked this one to stop a job it runs.
+        """
+
+    def resync(self) -> None:
+        """
+        Notifications may have been missed (the listener reconnected).
+        """
+
+
+def describe(dsn: str) -> str:
+    """
+    C{dsn} without its password, to name the database in messages.
+    """
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        info = conninfo_to_dict(dsn)
+    except Exception:
+        return "the PostgreSQL job journal"
+    host = info.get("host") or "localhost"
+    port = info.get("port") or "5432"
+    dbname = info.get("dbname") or info.get("user") or ""
+    return f"postgresql://{host}:{port}/{dbname}"
+
+
+def _importPsycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError as e:
+        raise JournalError(
+            "--jobs-db postgresql://... needs psycopg 3: pip install"
+            " 'taskservice[postgresql]'"
+        ) from e
+    return psycopg
+
+
+class _Connection:
+    """
+    The writer's connection: reconnects when the last one broke (the next
+    operation after a lost connection works again), and sends the
+    notifications its operations queued in one statement just before the
+    commit (so they go out with it, or not at all).
+    """
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self.raw: Any = connect()
+        self._notes: list[tuple[str, str]] = []
+        self._wakeAt: float | None = None
+
+    def execute(self, query: str, params: Any = None) -> Any:
+        if self.raw.closed or self.raw.broken:
+            self.raw = self._connect()
+        return self.raw.execute(query, params)
+
+    def notify(self, channel: str, payload: str) -> None:
+        self._notes.append((channel, payload))
+
+    def wake(self, runAt: float) -> None:
+        """
+        Tell every server jobs are due at C{runAt}, once this commits.
+        """
+        if self._wakeAt is None or runAt < self._wakeAt:
+            self._wakeAt = runAt
+
+    def commit(self) -> None:
+        notes, self._notes = self._notes, []
+        if self._wakeAt is not None:
+            notes.append((JOBS_CHANNEL, repr(self._wakeAt)))
+            self._wakeAt = None
+        if notes:
+            self.raw.execute(
+                "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS n(c, p)",
+                ([c for c, _ in notes], [p for _, p in notes]),
+            )
+        self.raw.commit()
+
+    def rollback(self) -> None:
+        self._notes = []
+        self._wakeAt = None
+        self.raw.rollback()
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+@implementer(IReadDescriptor)
+class _Listener:
+    """
+    The listening connection, read by the reactor: each notification is
+    handed to L{PostgreSQLJournal._notified}.
+    """
+
+    def __init__(self, journal: PostgreSQLJournal, connection: Any) -> None:
+        self.journal = journal
+        self.connection = connection
+        self._fd: int = connection.pgconn.socket
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> Any:
+        pgconn = self.connection.pgconn
+        try:
+            pgconn.consume_input()
+        except Exception as e:
+            return e
+        while (note := pgconn.notifies()) is not None:
+            self.journal._notified(note.relname.decode(), note.extra.decode())
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.journal._listenerLost(self, reason)
+
+    def logPrefix(self) -> str:
+        return "taskservice-journal-listener"
+
+
+class PostgreSQLJournal:
+    """
+    L{taskservice._journal.IJournal} on a PostgreSQL database shared by
+    several task servers (see the module's docstring).
+
+    @param dsn: a libpq connection string or C{postgresql://} URL.
+    @param serverTimeout: seconds without a heartbeat after which this
+        server's running jobs are recovered by the others; it heartbeats
+        five times as often.
+    @param threaded: run the writer in its own thread (L{False}: inline).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        dsn: str,
+        *,
+        serverTimeout: float = DEFAULT_SERVER_TIMEOUT,
+        threaded: bool = True,
+    ) -> None:
+        if serverTimeout <= 0:
+            raise ValueError("serverTimeout must be positive")
+        self.reactor = reactor
+        self.dsn = dsn
+        self.name = describe(dsn)
+        self.serverTimeout = serverTimeout
+        self.serverId = secrets.token_hex(8)
+        self.serverName = f"{socket.gethostname()}:{os.getpid()}"
+        self.channel = f"taskservice_s_{self.serverId}"
+        self._counts: Counter[str] = Counter(dict.fromkeys(STATES, 0))
+        self._size = 0
+        self._progress: dict[str, Mapping[str, Any]] = {}
+        self._progressQueued = False
+        self._events: JournalEvents | None = None
+        self._listener: _Listener | None = None
+        self._reconnect: IDelayedCall | None = None
+        self._heartbeat: IDelayedCall | None = None
+        self._beating = False
+        self._aliveSince: float | None = None
+        self._rerun: Callable[[JobRecord], bool] | None = None
+        self._ttl = 0.0
+        self._closing = False
+        self.swept: list[Recovered] = []
+        """What each sweep recovered from servers that went away."""
+        self._writer = GroupCommitWriter(
+            reactor,
+            self._connect,
+            threaded=threaded,
+            onCommitted=self._committed,
+            name=self.name,
+        )
+
+    def __repr__(self) -> str:
+        return f"PostgreSQLJournal({self.name!r})"
+
+    # -- opening -----------------------------------------------------------
+
+    def _rawConnect(self, **options: Any) -> Any:
+        psycopg = _importPsycopg()
+        try:
+            return psycopg.connect(
+                self.dsn,
+                application_name="taskservice",
+                connect_timeout=10,
+                **options,
+            )
+        except psycopg.Error as e:
+            raise JournalError(
+                f"cannot connect to the job journal {self.name}: {_oneLine(e)}"
+            ) from e
+
+    def _connect(self) -> _Connection:
+        connection = _Connection(self._rawConnect)
+        try:
+            self._prepare(connection.raw)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _prepare(self, db: Any) -> None:
+        """
+        Check the database is ours (or empty), migrate it under the
+        advisory lock, register this server and read the counts.
+        """
+        psycopg = _importPsycopg()
+        try:
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            version = self._version(db)
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            db.execute(
+                "INSERT INTO taskservice_meta (name, value) VALUES"
+                " ('application', %s), ('schema', %s) ON CONFLICT (name)"
+                " DO UPDATE SET value = excluded.value",
+                (APPLICATION, str(SCHEMA_VERSION)),
+            )
+            db.execute(
+                "INSERT INTO taskservice_servers (id, name, started_at, heartbeat_at)"
+                " VALUES (%s, %s, %s, now()) ON CONFLICT (id) DO UPDATE SET"
+                " heartbeat_at = now()",
+                (self.serverId, self.serverName, self.reactor.seconds()),
+            )
+            found = dict(
+                db.execute(
+                    "SELECT state, count(*) FROM taskservice_jobs GROUP BY state"
+                ).fetchall()
+            )
+            db.commit()
+        except psycopg.Error as e:
+            db.rollback()
+            raise JournalError(
+                f"cannot open the job journal {self.name}: {_oneLine(e)}"
+            ) from e
+        except BaseException:
+            db.rollback()
+            raise
+        self._counts = Counter(dict.fromkeys(STATES, 0))
+        self._counts.update(found)
+
+    def _version(self, db: Any) -> int:
+        meta, jobs = db.execute(
+            "SELECT to_regclass('taskservice_meta'), to_regclass('taskservice_jobs')"
+        ).fetchone()
+        if meta is None:
+            if jobs is not None:
+                raise JournalError(
+                    f"{self.name} has a taskservice_jobs table that is not a job"
+                    " journal's: refusing to touch it (give --jobs-db another"
+                    " database)"
+                )
+            return 0
+        rows = dict(db.execute("SELECT name, value FROM taskservice_meta").fetchall())
+        if rows.get("application") != APPLICATION:
+            raise JournalError(
+                f"{self.name} has a taskservice_meta table of another"
+                " application: refusing to touch it (give --jobs-db another"
+                " database)"
+            )
+        version = int(rows.get("schema", "0"))
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"{self.name} is a job journal of schema {version}, written by a"
+                f" newer taskservice (this one knows up to {SCHEMA_VERSION})"
+            )
+        return version
+
+    def open(self) -> None:
+        self._closing = False
+        self._writer.start()
+
+    def check(self) -> None:
+        """
+        Connect and check the database as L{open} does (creating or
+        migrating the schema), then disconnect: raise L{JournalError} if the
+        server could not use it.
+        """
+        connection = self._connect()
+        try:
+            connection.execute(
+                "DELETE FROM taskservice_servers WHERE id = %s", (self.serverId,)
+            )
+            connection.commit()
+        finally:
+            connection.close()
+
+    def listen(self, events: JournalEvents) -> None:
+        """
+        Start listening: C{events} hears of due jobs, of the jobs this
+        server watches, and of cancels asked of it.
+        """
+        self._events = events
+        self._startListening()
+
+    def _startListening(self) -> None:
+        connection = self._rawConnect(autocommit=True)
+        try:
+            connection.execute(f"LISTEN {JOBS_CHANNEL}")
+            connection.execute(f'LISTEN "{self.channel}"')
+        except BaseException:
+            connection.close()
+            raise
+        connection.pgconn.nonblocking = 1
+        self._listener = _Listener(self, connection)
+        self.reactor.addReader(self._listener)
+
+    def _listenerLost(self, listener: _Listener, reason: Failure) -> None:
+        if listener is not self._listener:
+            return
+        self.reactor.removeReader(listener)
+        self._listener = None
+        listener.connection.close()
+        if self._closing:
+            return
+        self.log.warn(
+            "lost the job journal's listening connection ({reason}); reconnecting",
+            reason=reason.getErrorMessage(),
+        )
+        self._reconnect = self.reactor.callLater(1.0, self._relisten)
+
+    def _relisten(self) -> None:
+        self._reconnect = None
+        try:
+            self._startListening()
+        except JournalError as e:
+            self.log.warn("{error}; trying again", error=str(e))
+            self._reconnect = self.reactor.callLater(1.0, self._relisten)
+            return
+        if self._events is not None:
+            self._events.resync()
+
+    def _notified(self, channel: str, payload: str) -> None:
+        events = self._events
+        if events is None:
+            return
+        if channel == JOBS_CHANNEL:
+            try:
+                runAt = float(payload)
+            except ValueError:
+                runAt = self.reactor.seconds()
+            events.due(runAt)
+            return
+        try:
+            note = _json.loads(payload.encode())
+        except ValueError:
+            return
+        if not isinstance(note, dict):
+            return
+        if "end" in note:
+            events.ended(str(note["end"]))
+        elif "progress" in note:
+            update = note.get("update")
+            if isinstance(update, dict):
+                events.progressed(str(note["progress"]), update)
+            else:
+                events.ended(str(note["progress"]))
+        elif "cancel" in note:
+            events.cancelRequested(str(note["cancel"]))
+
+    def close(self) -> Deferred[None]:
+        self._closing = True
+        for call in (self._heartbeat, self._reconnect):
+            if call is not None and call.active():
+                call.cancel()
+        self._heartbeat = self._reconnect = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            self.reactor.removeReader(listener)
+            listener.connection.close()
+        self._flushProgress()
+        serverId = self.serverId
+
+        def leave(db: _Connection, batch: Batch) -> None:
+            # Jobs still running here (cut short by the stop) are recovered
+            # by the other servers at their next heartbeat.
+            db.execute("DELETE FROM taskservice_servers WHERE id = %s", (serverId,))
+
+        self._writer.run(leave).addErrback(lambda f: None)
+        return self._writer.stop()
+
+    # -- bookkeeping -------------------------------------------------------
+
+    def _committed(self, batch: Batch) -> None:
+        counts = self._counts
+        for old, new in batch.transitions:
+            if old is not None:
+                counts[old] -= 1
+            if new is not None:
+                counts[new] += 1
+
+    def counts(self) -> dict[str, int]:
+        """
+        Jobs by state: as read at the last heartbeat, plus this server's
+        own changes since.
+        """
+        return {state: max(0, self._counts[state]) for state in STATES}
+
+    def sizeBytes(self) -> int:
+        """
+        The jobs table's size with its indexes, as read at the last
+        heartbeat.
+        """
+        return self._size
+
+    # -- heartbeats and recovery ------------------------------------------
+
+    def recover(
+        self, now: float, expiresAt: float, rerun: Callable[[JobRecord], bool]
+    ) -> Deferred[Recovered]:
+        """
+        Start heartbeating. Jobs left running by servers that went away
+        (this server's earlier process among them) are recovered by the
+        heartbeats' sweeps, once this server has itself heartbeaten for
+        C{serverTimeout} (so that after an outage of the database, servers
+        coming back do not take each other's jobs); nothing is recovered
+        here and now.
+        """
+        self._rerun = rerun
+        self._ttl = max(0.0, expiresAt - now)
+        self._aliveSince = now
+        self._scheduleHeartbeat()
+        d: Deferred[Recovered] = Deferred()
+        d.callback(Recovered([], []))
+        return d
+
+    def _scheduleHeartbeat(self) -> None:
+        if not self._closing:
+            self._heartbeat = self.reactor.callLater(self.serverTimeout / 5, self.beat)
+
+    def beat(self) -> Deferred[Recovered | None]:
+        """
+        Heartbeat now (and sweep, if this server has been alive long
+        enough); fire with what the sweep recovered.
+        """
+        self._heartbeat = None
+        now = self.reactor.seconds()
+        sweep = (
+            self._aliveSince is not None
+            and now - self._aliveSince >= self.serverTimeout
+        )
+        rerun = self._rerun or (lambda job: False)
+        d: Deferred[Any] = self._writer.run(
+            lambda db, batch: self._beat(db, batch, now, sweep, rerun)
+        )
+        d.addCallbacks(self._beaten, self._notBeaten, callbackArgs=(now,))
+        return d
+
+    def _beaten(
+        self, outcome: tuple[Recovered | None, bool, dict[str, int], int], now: float
+    ) -> Recovered | None:
+        recovered, lost, counts, size = outcome
+        if lost:
+            self.log.error(
+                "this server's heartbeat was missing from the job journal: the"
+                " other servers took it for gone and recovered its running jobs"
+            )
+        if self._aliveSince is None:
+            self._aliveSince = now
+        self._counts = Counter(dict.fromkeys(STATES, 0))
+        self._counts.update(counts)
+        self._size = size
+        if recovered is not None and (recovered.requeued or recovered.interrupted):
+            self.swept.append(recovered)
+            self.log.info(
+                "jobs left running by task servers that went away: {requeued}"
+                " queued to run again, {interrupted} ended",
+                requeued=len(recovered.requeued),
+                interrupted=len(recovered.interrupted),
+            )
+        self._scheduleHeartbeat()
+        if self._events is not None:
+            # The safety net: claim whatever a lost notification left due.
+            self._events.due(now)
+        return recovered
+
+    def _notBeaten(self, failure: Failure) -> None:
+        self._aliveSince = None
+        self.log.warn(
+            "heartbeat to the job journal failed: {reason}",
+            reason=failure.getErrorMessage(),
+        )
+        self._scheduleHeartbeat()
+
+    def _beat(
+        self,
+        db: _Connection,
+        batch: Batch,
+        now: float,
+        sweep: bool,
+        rerun: Callable[[JobRecord], bool],
+    ) -> tuple[Recovered | None, bool, dict[str, int], int]:
+        lost = not db.execute(
+            "UPDATE taskservice_servers SET heartbeat_at = now() WHERE id = %s",
+            (self.serverId,),
+        ).rowcount
+        if lost:
+            db.execute(
+                "INSERT INTO taskservice_servers (id, name, started_at, heartbeat_at)"
+                " VALUES (%s, %s, %s, now())",
+                (self.serverId, self.serverName, now),
+            )
+        recovered = self._sweep(db, batch, now, rerun) if sweep else None
+        counts = dict(
+            db.execute(
+                "SELECT state, count(*) FROM taskservice_jobs GROUP BY state"
+            ).fetchall()
+        )
+        size = db.execute(
+            "SELECT pg_total_relation_size('taskservice_jobs')"
+        ).fetchone()[0]
+        return recovered, lost, counts, int(size)
+
+    def _sweep(
+        self,
+        db: _Connection,
+        batch: Batch,
+        now: float,
+        rerun: Callable[[JobRecord], bool],
+    ) -> Recovered:
+        timeout = self.serverTimeout
+        rows = db.execute(
+            f"SELECT {_JCOLUMNS}, j.cancel_requested, j.watchers"
+            " FROM taskservice_jobs j WHERE j.state = 'running' AND NOT EXISTS"
+            " (SELECT 1 FROM taskservice_servers s WHERE s.id = j.server"
+            "  AND s.heartbeat_at >= now() - make_interval(secs => %s))"
+            " FOR UPDATE OF j SKIP LOCKED",
+            (timeout,),
+        ).fetchall()
+        requeued: list[str] = []
+        ended: list[str] = []
+        expiresAt = now + self._ttl
+        for row in rows:
+            job = _record(row[:16])
+            cancelRequested, watchers = row[16], row[17]
+            if cancelRequested:
+                error = {"code": -32800, "message": "cancelled"}
+                state = CANCELLED
+            elif rerun(job):
+                db.execute(
+                    "UPDATE taskservice_jobs SET state = 'queued', run_at = %s,"
+                    " server = NULL WHERE id = %s",
+                    (now, job.id),
+                )
+                db.wake(now)
+                requeued.append(job.id)
+                batch.moved(RUNNING, QUEUED)
+                continue
+            else:
+                state = INTERRUPTED
+                error = {
+                    "code": -32008,
+                    "message": "interrupted",
+                    "data": {
+                        "job": job.id,
+                        "attempts": job.attempts,
+                        "reason": "its task server went away while it ran, and"
+                        " its task is not safe to run again"
+                        if job.attempts <= job.maxAttempts
+                        else "its task server went away while it ran, and it"
+                        " has run as many times as it may",
+                    },
+                }
+            db.execute(
+                "UPDATE taskservice_jobs SET state = %s, finished_at = %s,"
+                " expires_at = %s, error = %s, server = NULL WHERE id = %s",
+                (state, now, expiresAt, _text(error), job.id),
+            )
+            _notifyEnd(db, job.id, watchers)
+            ended.append(job.id)
+            batch.moved(RUNNING, state)
+        db.execute(
+            "DELETE FROM taskservice_servers WHERE id <> %s AND heartbeat_at <"
+            " now() - make_interval(secs => %s)",
+            (self.serverId, timeout),
+        )
+        return Recovered(requeued, ended)
+
+    # -- operations --------------------------------------------------------
+
+    def submit(self, job: NewJob) -> Deferred[tuple[JobRecord, bool]]:
+        state = QUEUED if job.runAt <= job.createdAt else SCHEDULED
+
+        def insert(db: _Connection, batch: Batch) -> tuple[JobRecord, bool]:
+            inserted = db.execute(
+                "INSERT INTO taskservice_jobs (id, method, params, key, state,"
+                " max_attempts, backoff, timeout, run_at, created_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING",
+                (
+                    job.id,
+                    job.method,
+                    job.params,
+                    job.key,
+                    state,
+                    job.maxAttempts,
+                    job.backoff,
+                    job.timeout,
+                    job.runAt,
+                    job.createdAt,
+                ),
+            ).rowcount
+            if not inserted:
+                row = db.execute(
+                    f"SELECT {_COLUMNS} FROM taskservice_jobs WHERE key = %s",
+                    (job.key,),
+                ).fetchone()
+                return _record(row), False
+            batch.moved(None, state)
+            db.wake(job.runAt)
+            record = JobRecord(
+                job.id,
+                job.method,
+                job.params,
+                job.key,
+                state,
+                0,
+                job.maxAttempts,
+                job.backoff,
+                job.timeout,
+                job.runAt,
+                job.createdAt,
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
+            return record, True
+
+        return self._writer.run(insert)
+
+    def claim(self, limit: int, now: float) -> Deferred[Claimed]:
+        serverId = self.serverId
+
+        def claim(db: _Connection, batch: Batch) -> Claimed:
+            rows = db.execute(
+                "WITH due AS (SELECT seq, state FROM taskservice_jobs"
+                " WHERE state IN ('queued', 'scheduled') AND run_at <= %s"
+                " ORDER BY run_at, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
+                " UPDATE taskservice_jobs j SET state = 'running',"
+                " attempts = j.attempts + 1, started_at = %s, server = %s"
+                f" FROM due WHERE j.seq = due.seq RETURNING {_JCOLUMNS},"
+                " j.seq, due.state",
+                (now, limit, now, serverId),
+            ).fetchall()
+            rows.sort(key=lambda row: (row[9], row[16]))
+            for row in rows:
+                batch.moved(row[17], RUNNING)
+            nextRunAt = db.execute(
+                "SELECT min(run_at) FROM taskservice_jobs"
+                " WHERE state IN ('queued', 'scheduled')"
+            ).fetchone()[0]
+            return Claimed([_record(row[:16]) for row in rows], nextRunAt)
+
+        self._flushProgress()
+        return self._writer.run(claim)
+
+    def progress(self, jobId: str, update: Mapping[str, Any]) -> None:
+        self._progress[jobId] = update
+        if not self._progressQueued:
+            self._progressQueued = True
+            self.reactor.callLater(0, self._flushProgress)
+
+    def _flushProgress(self) -> None:
+        self._progressQueued = False
+        if not self._progress:
+            return
+        updates, self._progress = self._progress, {}
+        texts = {jobId: _text(u) for jobId, u in updates.items()}
+        serverId = self.serverId
+
+        def write(db: _Connection, batch: Batch) -> None:
+            watched = db.execute(
+                "UPDATE taskservice_jobs j SET progress = u.p FROM"
+                " unnest(%s::text[], %s::text[]) AS u(id, p) WHERE j.id = u.id"
+                " AND j.state = 'running' AND j.server = %s"
+                " AND j.watchers IS NOT NULL RETURNING j.id, j.watchers",
+                (list(texts), list(texts.values()), serverId),
+            ).fetchall()
+            if len(watched) < len(texts):
+                seen = {jobId for jobId, _ in watched}
+                db.execute(
+                    "UPDATE taskservice_jobs j SET progress = u.p FROM"
+                    " unnest(%s::text[], %s::text[]) AS u(id, p) WHERE j.id = u.id"
+                    " AND j.state = 'running' AND j.server = %s",
+                    (
+                        [i for i in texts if i not in seen],
+                        [p for i, p in texts.items() if i not in seen],
+                        serverId,
+                    ),
+                )
+            for jobId, watchers in watched:
+                note = _text({"progress": jobId, "update": updates[jobId]})
+                if len(note) > _NOTIFY_LIMIT:
+                    note = _text({"progress": jobId})
+                for watcher in watchers:
+                    db.notify(f"taskservice_s_{watcher}", note)
+
+        self._writer.run(write).addErrback(lambda f: None)
+
+    def finish(
+        self,
+        jobId: str,
+        state: str,
+        now: float,
+        expiresAt: float,
+        *,
+        result: str | None = None,
+        error: Mapping[str, Any] | None = None,
+        progress: Mapping[str, Any] | None = None,
+    ) -> Deferred[bool]:
+        assert state in FINAL_STATES
+        pending = self._progress.pop(jobId, None)
+        if progress is None:
+            progress = pending
+        errorText = None if error is None else _text(error)
+        progressText = None if progress is None else _text(progress)
+        serverId = self.serverId
+
+        def finish(db: _Connection, batch: Batch) -> bool:
+            row = db.execute(
+                "UPDATE taskservice_jobs SET state = %s, finished_at = %s,"
+                " expires_at = %s, result = %s, error = %s,"
+                " progress = coalesce(%s, progress), server = NULL"
+                " WHERE id = %s AND state = 'running' AND server = %s"
+                " RETURNING watchers",
+                (
+                    state,
+                    now,
+                    expiresAt,
+                    result,
+                    errorText,
+                    progressText,
+                    jobId,
+                    serverId,
+                ),
+            ).fetchone()
+            if row is None:
+                return False
+            _notifyEnd(db, jobId, row[0])
+            batch.moved(RUNNING, state)
+            return True
+
+        return self._writer.run(finish).addCallback(self._fenced, jobId)
+
+    def _fenced(self, done: bool, jobId: str) -> bool:
+        if not done:
+            self.log.warn(
+                "job {job} is no longer running on this server (recovered by"
+                " another after a missed heartbeat?): its outcome here is not"
+                " recorded",
+                job=jobId,
+            )
+        return done
+
+    def retryAt(
+        self, jobId: str, runAt: float, error: Mapping[str, Any]
+    ) -> Deferred[bool]:
+        errorText = _text(error)
+        serverId = self.serverId
+
+        def retry(db: _Connection, batch: Batch) -> bool:
+            done = db.execute(
+                "UPDATE taskservice_jobs SET state = 'scheduled', run_at = %s,"
+                " error = %s, server = NULL WHERE id = %s AND state = 'running'"
+                " AND server = %s",
+                (runAt, errorText, jobId, serverId),
+            ).rowcount
+            if done:
+                batch.moved(RUNNING, SCHEDULED)
+                db.wake(runAt)
+            return bool(done)
+
+        return self._writer.run(retry)
+
+    def release(self, jobId: str) -> Deferred[bool]:
+        serverId = self.serverId
+
+        def release(db: _Connection, batch: Batch) -> bool:
+            done = db.execute(
+                "UPDATE taskservice_jobs SET state = 'queued', attempts = attempts - 1,"
+                " server = NULL WHERE id = %s AND state = 'running' AND server = %s",
+                (jobId, serverId),
+            ).rowcount
+            if done:
+                batch.moved(RUNNING, QUEUED)
+            return bool(done)
+
+        return self._writer.run(release)
+
+    def cancel(
+        self, jobId: str, now: float, expiresAt: float, error: Mapping[str, Any]
+    ) -> Deferred[JobRecord | None]:
+        """
+        Cancel a waiting job; for a job running on a server, ask that server
+        (through its channel) to stop it, and return it as it is (running).
+        """
+        errorText = _text(error)
+
+        def cancel(db: _Connection, batch: Batch) -> JobRecord | None:
+            row = db.execute(
+                f"SELECT {_COLUMNS}, server, watchers FROM taskservice_jobs"
+                " WHERE id = %s FOR UPDATE",
+                (jobId,),
+            ).fetchone()
+            if row is None:
+                return None
+            job = _record(row[:16])
+            server, watchers = row[16], row[17]
+            if job.state == RUNNING and server is not None:
+                db.execute(
+                    "UPDATE taskservice_jobs SET cancel_requested = true WHERE id = %s",
+                    (jobId,),
+                )
+                db.notify(f"taskservice_s_{server}", _text({"cancel": jobId}))
+                return job
+            if job.state not in PENDING_STATES:
+                return job
+            row = db.execute(
+                "UPDATE taskservice_jobs SET state = 'cancelled', finished_at = %s,"
+                f" expires_at = %s, error = %s WHERE id = %s RETURNING {_COLUMNS}",
+                (now, expiresAt, errorText, jobId),
+            ).fetchone()
+            _notifyEnd(db, jobId, watchers)
+            batch.moved(job.state, CANCELLED)
+            return _record(row)
+
+        return self._writer.run(cancel)
+
+    def watch(self, jobId: str) -> Deferred[JobRecord | None]:
+        """
+        Add this server to the job's watchers (its progress and end are
+        then notified here, wherever it runs); fire with the job as it is
+        now, or L{None} if there is none.
+        """
+        serverId = self.serverId
+
+        def watch(db: _Connection, batch: Batch) -> JobRecord | None:
+            row = db.execute(
+                "UPDATE taskservice_jobs SET watchers = CASE WHEN %s = ANY(watchers)"
+                " THEN watchers ELSE array_append(coalesce(watchers, '{}'), %s) END"
+                f" WHERE id = %s RETURNING {_COLUMNS}",
+                (serverId, serverId, jobId),
+            ).fetchone()
+            return None if row is None else _record(row)
+
+        return self._writer.run(watch)
+
+    def get(self, jobId: str) -> Deferred[JobRecord | None]:
+        def get(db: _Connection, batch: Batch) -> JobRecord | None:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM taskservice_jobs WHERE id = %s", (jobId,)
+            ).fetchone()
+            return None if row is None else _record(row)
+
+        return self._writer.run(get)
+
+    def list(
+        self, state: str | None, method: str | None, limit: int
+    ) -> Deferred[list[JobRecord]]:
+        where, args = [], []
+        if state is not None:
+            where.append("state = %s")
+            args.append(state)
+        if method is not None:
+            where.append("method = %s")
+            args.append(method)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+
+        def listJobs(db: _Connection, batch: Batch) -> list[JobRecord]:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM taskservice_jobs {clause}"
+                " ORDER BY seq DESC LIMIT %s",
+                (*args, limit),
+            ).fetchall()
+            return [_record(row) for row in rows]
+
+        return self._writer.run(listJobs)
+
+    def purge(self, now: float) -> Deferred[int]:
+        def purge(db: _Connection, batch: Batch) -> int:
+            states = db.execute(
+                "DELETE FROM taskservice_jobs WHERE expires_at <= %s RETURNING state",
+                (now,),
+            ).fetchall()
+            for (state,) in states:
+                batch.moved(state, None)
+            return len(states)
+
+        return self._writer.run(purge)
+
+
+def _notifyEnd(db: _Connection, jobId: str, watchers: list[str] | None) -> None:
+    if watchers:
+        note = _text({"end": jobId})
+        for watcher in watchers:
+            db.notify(f"taskservice_s_{watcher}", note)
+
+
+def _record(row: tuple[Any, ...]) -> JobRecord:
+    """
+    The record of a row of L{_COLUMNS}, its progress and error decoded.
+    """
+    (jobId, method, params, key, state, attempts, maxAttempts, backoff) = row[:8]
+    (timeout, runAt, createdAt, startedAt, finishedAt) = row[8:13]
+    progress, result, error = row[13:16]
+    return JobRecord(
+        jobId,
+        method,
+        params,
+        key,
+        state,
+        attempts,
+        maxAttempts,
+        backoff,
+        timeout,
+        runAt,
+        createdAt,
+        startedAt,
+        finishedAt,
+        _fromText(progress),
+        result,
+        _fromText(error),
+    )
+
+
+def _text(value: Any) -> str:
+    return _json.dumps(value).decode()
+
+
+def _fromText(text: str | None) -> Any:
+    return None if text is None else _json.loads(text.encode())
+
+
+def _oneLine(error: BaseException) -> str:
+    return " ".join(str(error).split())
