@@ -346,16 +346,16 @@ class PostgreSQLJournal:
                 f"cannot connect to the job journal {self.name}: {_oneLine(e)}"
             ) from e
 
-    def _connect(self) -> _Connection:
+    def _connect(self, register: bool = True) -> _Connection:
         connection = _Connection(self._rawConnect)
         try:
-            self._prepare(connection.raw)
+            self._prepare(connection.raw, register)
         except BaseException:
             connection.close()
             raise
         return connection
 
-    def _prepare(self, db: Any) -> None:
+    def _prepare(self, db: Any, register: bool) -> None:
         """
         Check the database is ours (or empty), migrate it under the
         advisory lock, register this server and read the counts.
@@ -374,12 +374,13 @@ class PostgreSQLJournal:
                 " DO UPDATE SET value = excluded.value",
                 (APPLICATION, str(SCHEMA_VERSION)),
             )
-            db.execute(
-                "INSERT INTO taskservice_servers (id, name, started_at, heartbeat_at)"
-                " VALUES (%s, %s, %s, now()) ON CONFLICT (id) DO UPDATE SET"
-                " heartbeat_at = now()",
-                (self.serverId, self.serverName, self.reactor.seconds()),
-            )
+            if register:
+                db.execute(
+                    "INSERT INTO taskservice_servers (id, name, started_at,"
+                    " heartbeat_at) VALUES (%s, %s, %s, now()) ON CONFLICT (id)"
+                    " DO UPDATE SET heartbeat_at = now()",
+                    (self.serverId, self.serverName, self.reactor.seconds()),
+                )
             found = dict(
                 db.execute(
                     "SELECT state, count(*) FROM taskservice_jobs GROUP BY state"
@@ -434,14 +435,7 @@ class PostgreSQLJournal:
         migrating the schema), then disconnect: raise L{JournalError} if the
         server could not use it.
         """
-        connection = self._connect()
-        try:
-            connection.execute(
-                "DELETE FROM taskservice_servers WHERE id = %s", (self.serverId,)
-            )
-            connection.commit()
-        finally:
-            connection.close()
+        self._connect(register=False).close()
 
     def listen(self, events: JournalEvents) -> None:
         """
@@ -591,6 +585,8 @@ class PostgreSQLJournal:
         Heartbeat now (and sweep, if this server has been alive long
         enough); fire with what the sweep recovered.
         """
+        if self._heartbeat is not None and self._heartbeat.active():
+            self._heartbeat.cancel()
         self._heartbeat = None
         now = self.reactor.seconds()
         sweep = (
