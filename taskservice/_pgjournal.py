@@ -164,6 +164,13 @@ class JournalEvents(Protocol):
         """
 
 
+def isPostgreSQL(spec: str) -> bool:
+    """
+    Whether a C{--jobs-db} names a PostgreSQL database (a URL), not a file.
+    """
+    return spec.startswith(("postgresql://", "postgres://"))
+
+
 def describe(dsn: str) -> str:
     """
     C{dsn} without its password, to name the database in messages.
