@@ -752,10 +752,10 @@ def _tcpListenAddress(listen: str, option: str) -> tuple[int, str, int]:
 def _checkJournal(path: str) -> None:
     """
     Open an existing --jobs-db file (or the PostgreSQL database) now, so
-    that one the server would refuse
-    at start (not a journal, a newer schema, in use by another server) is a
-    usage error with its reason, before twistd goes into the background. A
-    missing file is created at start.
+    that one the server would refuse at start (not a journal, a newer
+    schema, in use by another server) is a usage error with its reason,
+    before twistd goes into the background. A missing file is created at
+    start.
     """
     if path == MEMORY or not (isPostgreSQL(path) or os.path.exists(path)):
         return
