@@ -507,6 +507,10 @@ class PostgreSQLJournal:
         if not isinstance(note, dict):
             return
         if "end" in note:
+            update = note.get("update")
+            if isinstance(update, dict):
+                # The last progress, saved with the end.
+                events.progressed(str(note["end"]), update)
             events.ended(str(note["end"]))
         elif "progress" in note:
             update = note.get("update")
@@ -899,7 +903,7 @@ class PostgreSQLJournal:
             ).fetchone()
             if row is None:
                 return False
-            _notifyEnd(db, jobId, row[0])
+            _notifyEnd(db, jobId, row[0], progress)
             batch.moved(RUNNING, state)
             return True
 
@@ -1052,9 +1056,18 @@ class PostgreSQLJournal:
         return self._writer.run(purge)
 
 
-def _notifyEnd(db: _Connection, jobId: str, watchers: list[str] | None) -> None:
+def _notifyEnd(
+    db: _Connection,
+    jobId: str,
+    watchers: list[str] | None,
+    progress: Mapping[str, Any] | None = None,
+) -> None:
     if watchers:
         note = _text({"end": jobId})
+        if progress is not None:
+            withProgress = _text({"end": jobId, "update": progress})
+            if len(withProgress) <= _NOTIFY_LIMIT:
+                note = withProgress
         for watcher in watchers:
             db.notify(f"taskservice_s_{watcher}", note)
 

@@ -85,7 +85,9 @@ def test_serversStartingTogetherMigrateOnce(pgDSN: str) -> None:
         thread.join(60)
     assert errors == []
     with psycopg.connect(pgDSN) as db:
-        meta = dict(db.execute("SELECT name, value FROM taskservice_meta").fetchall())
+        meta: dict[str, str] = dict(
+            db.execute("SELECT name, value FROM taskservice_meta").fetchall()
+        )
         servers = db.execute("SELECT count(*) FROM taskservice_servers").fetchone()
     assert meta == {"application": "taskservice job journal", "schema": "1"}
     assert servers == (0,)
