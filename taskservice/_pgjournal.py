@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -258,10 +259,23 @@ class _Listener:
     def __init__(self, journal: PostgreSQLJournal, connection: Any) -> None:
         self.journal = journal
         self.connection = connection
-        self._fd: int = connection.pgconn.socket
+        # A descriptor of our own on the same socket: libpq closes its own
+        # when the connection fails, and the reactor must still be able to
+        # stop watching ours.
+        self._fd: int | None = os.dup(connection.pgconn.socket)
 
     def fileno(self) -> int:
-        return self._fd
+        return -1 if self._fd is None else self._fd
+
+    def close(self) -> None:
+        """
+        Close the connection and our descriptor (once the reactor stopped
+        reading it).
+        """
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        self.connection.close()
 
     def doRead(self) -> Any:
         pgconn = self.connection.pgconn
@@ -453,14 +467,23 @@ class PostgreSQLJournal:
         self._startListening()
 
     def _startListening(self) -> None:
+        self._listenOn(self._listeningConnection())
+
+    def _listeningConnection(self) -> Any:
+        psycopg = _importPsycopg()
         connection = self._rawConnect(autocommit=True)
         try:
             connection.execute(f"LISTEN {JOBS_CHANNEL}")
             connection.execute(f'LISTEN "{self.channel}"')
-        except BaseException:
+        except psycopg.Error as e:
             connection.close()
-            raise
+            raise JournalError(
+                f"cannot listen to the job journal {self.name}: {_oneLine(e)}"
+            ) from e
         connection.pgconn.nonblocking = 1
+        return connection
+
+    def _listenOn(self, connection: Any) -> None:
         self._listener = _Listener(self, connection)
         self.reactor.addReader(self._listener)
 
@@ -469,7 +492,7 @@ class PostgreSQLJournal:
             return
         self.reactor.removeReader(listener)
         self._listener = None
-        listener.connection.close()
+        listener.close()
         if self._closing:
             return
         self.log.warn(
@@ -479,15 +502,27 @@ class PostgreSQLJournal:
         self._reconnect = self.reactor.callLater(1.0, self._relisten)
 
     def _relisten(self) -> None:
+        # Connecting blocks: not in the reactor's thread.
         self._reconnect = None
-        try:
-            self._startListening()
-        except JournalError as e:
-            self.log.warn("{error}; trying again", error=str(e))
-            self._reconnect = self.reactor.callLater(1.0, self._relisten)
+        d = deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), self._listeningConnection
+        )
+        d.addCallbacks(self._relistened, self._notRelistened)
+
+    def _relistened(self, connection: Any) -> None:
+        if self._closing:
+            connection.close()
             return
+        self._listenOn(connection)
+        self.log.info("listening to the job journal again")
         if self._events is not None:
             self._events.resync()
+
+    def _notRelistened(self, failure: Failure) -> None:
+        if self._closing:
+            return
+        self.log.warn("{error}; trying again", error=failure.getErrorMessage())
+        self._reconnect = self.reactor.callLater(1.0, self._relisten)
 
     def _notified(self, channel: str, payload: str) -> None:
         events = self._events
@@ -530,7 +565,7 @@ class PostgreSQLJournal:
         listener, self._listener = self._listener, None
         if listener is not None:
             self.reactor.removeReader(listener)
-            listener.connection.close()
+            listener.close()
         self._flushProgress()
         serverId = self.serverId
 

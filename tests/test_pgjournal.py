@@ -380,3 +380,39 @@ async def test_notificationsBetweenServers(pgDSN: str) -> None:
         assert await b.watch("nope") is None
     finally:
         await gatherResults([a.close(), b.close()])
+
+
+def terminate(dsn: str, pid: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+@pytest_twisted.ensureDeferred
+async def test_connectionsLostAreMadeAgain(pgDSN: str) -> None:
+    """
+    When the database drops the listening connection, the journal connects
+    again by itself (off the reactor's thread), says notifications may have
+    been missed (resync), and hears the others' submits again; when it
+    drops the writer's connection, the operation under way fails with a
+    JournalError and the next one works on a new connection.
+    """
+    a = PostgreSQLJournal(reactor, pgDSN)
+    b = PostgreSQLJournal(reactor, pgDSN)
+    a.open()
+    b.open()
+    heard = Events()
+    a.listen(heard)
+    try:
+        assert a._listener is not None
+        terminate(pgDSN, a._listener.connection.info.backend_pid)
+        await heard.wait("resync")
+        await b.submit(newJob("x"))
+        assert await heard.wait("due") == NOW
+        writer = await a._writer.run(lambda db, batch: db.raw.info.backend_pid)
+        terminate(pgDSN, writer)
+        with pytest.raises(JournalError, match=r"terminat|closed|lost"):
+            await a.get("x")
+        job = await a.get("x")
+        assert job is not None and job.state == "queued"
+    finally:
+        await gatherResults([a.close(), b.close()])
