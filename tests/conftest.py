@@ -90,10 +90,10 @@ def cleanReactor() -> Iterator[None]:
 def pgCluster() -> Iterator[Any]:
     """
     A throwaway PostgreSQL cluster for the whole session (see
-    L{tests.pgcluster}), stopped at the end. Skipped, saying why, only
+    L{taskservice._pgcluster}), stopped at the end. Skipped, saying why, only
     where PostgreSQL's server binaries are not installed.
     """
-    from tests import pgcluster
+    from taskservice import _pgcluster as pgcluster
 
     bindir = pgcluster.binDir()
     if bindir is None:

@@ -1,5 +1,5 @@
 """
-The throwaway PostgreSQL cluster the journal tests run on (tests/pgcluster.py).
+The throwaway PostgreSQL cluster the journal tests run on (taskservice/_pgcluster.py).
 """
 
 from __future__ import annotations
