@@ -39,8 +39,8 @@ import os
 import secrets
 import socket
 from collections import Counter
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
@@ -67,6 +67,7 @@ from taskservice._journal import (
     NewJob,
     Recovered,
 )
+from taskservice._pgbatch import Merger
 
 APPLICATION = "taskservice job journal"
 SCHEMA_VERSION = 1
@@ -122,6 +123,8 @@ CREATE INDEX taskservice_jobs_expiry ON taskservice_jobs (expires_at)
     WHERE expires_at IS NOT NULL;
 CREATE INDEX taskservice_jobs_state ON taskservice_jobs (state, seq)
 """
+
+T = TypeVar("T")
 
 _MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
 """The script that brings a journal from version N-1 to N."""
@@ -347,6 +350,20 @@ class PostgreSQLJournal:
             onCommitted=self._committed,
             name=self.name,
         )
+        self.queued = 0
+        """Operations queued to the writer so far."""
+        ops = _Operations(self.serverId)
+        self._submits = Merger(self, ops.submitAll, ops.submitOne, self.name)
+        self._ends = Merger(self, ops.endAll, ops.endOne, self.name)
+        self._gets = Merger(self, ops.getAll, ops.getOne, self.name)
+        self._watches = Merger(self, ops.watchAll, ops.watchOne, self.name)
+
+    def enqueue(self, operation: Callable[[Any, Batch], T]) -> Deferred[T]:
+        """
+        Queue C{operation} to the writer (see L{GroupCommitWriter.run}).
+        """
+        self.queued += 1
+        return self._writer.run(operation)
 
     def __repr__(self) -> str:
         return f"PostgreSQLJournal({self.name!r})"
@@ -574,7 +591,7 @@ class PostgreSQLJournal:
             # by the other servers at their next heartbeat.
             db.execute("DELETE FROM taskservice_servers WHERE id = %s", (serverId,))
 
-        self._writer.run(leave).addErrback(lambda f: None)
+        self.enqueue(leave).addErrback(lambda f: None)
         return self._writer.stop()
 
     # -- bookkeeping -------------------------------------------------------
@@ -640,7 +657,7 @@ class PostgreSQLJournal:
             and now - self._aliveSince >= self.serverTimeout
         )
         rerun = self._rerun or (lambda job: False)
-        d: Deferred[Any] = self._writer.run(
+        d: Deferred[Any] = self.enqueue(
             lambda db, batch: self._beat(db, batch, now, sweep, rerun)
         )
         d.addCallbacks(self._beaten, self._notBeaten, callbackArgs=(now,))
@@ -779,56 +796,7 @@ class PostgreSQLJournal:
     # -- operations --------------------------------------------------------
 
     def submit(self, job: NewJob) -> Deferred[tuple[JobRecord, bool]]:
-        state = QUEUED if job.runAt <= job.createdAt else SCHEDULED
-
-        def insert(db: _Connection, batch: Batch) -> tuple[JobRecord, bool]:
-            inserted = db.execute(
-                "INSERT INTO taskservice_jobs (id, method, params, key, state,"
-                " max_attempts, backoff, timeout, run_at, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING",
-                (
-                    job.id,
-                    job.method,
-                    job.params,
-                    job.key,
-                    state,
-                    job.maxAttempts,
-                    job.backoff,
-                    job.timeout,
-                    job.runAt,
-                    job.createdAt,
-                ),
-            ).rowcount
-            if not inserted:
-                row = db.execute(
-                    f"SELECT {_COLUMNS} FROM taskservice_jobs WHERE key = %s",
-                    (job.key,),
-                ).fetchone()
-                return _record(row), False
-            batch.moved(None, state)
-            db.wake(job.runAt)
-            record = JobRecord(
-                job.id,
-                job.method,
-                job.params,
-                job.key,
-                state,
-                0,
-                job.maxAttempts,
-                job.backoff,
-                job.timeout,
-                job.runAt,
-                job.createdAt,
-                None,
-                None,
-                None,
-                None,
-                None,
-            )
-            return record, True
-
-        return self._writer.run(insert)
+        return self._submits.add(job)
 
     def claim(self, limit: int, now: float) -> Deferred[Claimed]:
         serverId = self.serverId
@@ -854,7 +822,7 @@ class PostgreSQLJournal:
             return Claimed([_record(row[:16]) for row in rows], nextRunAt)
 
         self._flushProgress()
-        return self._writer.run(claim)
+        return self.enqueue(claim)
 
     def progress(self, jobId: str, update: Mapping[str, Any]) -> None:
         self._progress[jobId] = update
@@ -895,9 +863,10 @@ class PostgreSQLJournal:
                 if len(note) > _NOTIFY_LIMIT:
                     note = _text({"progress": jobId})
                 for watcher in watchers:
-                    db.notify(f"taskservice_s_{watcher}", note)
+                    if watcher != serverId:
+                        db.notify(f"taskservice_s_{watcher}", note)
 
-        self._writer.run(write).addErrback(lambda f: None)
+        self.enqueue(write).addErrback(lambda f: None)
 
     def finish(
         self,
@@ -914,35 +883,16 @@ class PostgreSQLJournal:
         pending = self._progress.pop(jobId, None)
         if progress is None:
             progress = pending
-        errorText = None if error is None else _text(error)
-        progressText = None if progress is None else _text(progress)
-        serverId = self.serverId
-
-        def finish(db: _Connection, batch: Batch) -> bool:
-            row = db.execute(
-                "UPDATE taskservice_jobs SET state = %s, finished_at = %s,"
-                " expires_at = %s, result = %s, error = %s,"
-                " progress = coalesce(%s, progress), server = NULL"
-                " WHERE id = %s AND state = 'running' AND server = %s"
-                " RETURNING watchers",
-                (
-                    state,
-                    now,
-                    expiresAt,
-                    result,
-                    errorText,
-                    progressText,
-                    jobId,
-                    serverId,
-                ),
-            ).fetchone()
-            if row is None:
-                return False
-            _notifyEnd(db, jobId, row[0], progress)
-            batch.moved(RUNNING, state)
-            return True
-
-        return self._writer.run(finish).addCallback(self._fenced, jobId)
+        end = _End(
+            jobId,
+            state,
+            now,
+            expiresAt,
+            result,
+            None if error is None else _text(error),
+            progress,
+        )
+        return self._ends.add(end).addCallback(self._fenced, jobId)
 
     def _fenced(self, done: bool, jobId: str) -> bool:
         if not done:
@@ -972,7 +922,7 @@ class PostgreSQLJournal:
                 db.wake(runAt)
             return bool(done)
 
-        return self._writer.run(retry)
+        return self.enqueue(retry)
 
     def release(self, jobId: str) -> Deferred[bool]:
         serverId = self.serverId
@@ -987,7 +937,7 @@ class PostgreSQLJournal:
                 batch.moved(RUNNING, QUEUED)
             return bool(done)
 
-        return self._writer.run(release)
+        return self.enqueue(release)
 
     def cancel(
         self, jobId: str, now: float, expiresAt: float, error: Mapping[str, Any]
@@ -1022,11 +972,11 @@ class PostgreSQLJournal:
                 f" expires_at = %s, error = %s WHERE id = %s RETURNING {_COLUMNS}",
                 (now, expiresAt, errorText, jobId),
             ).fetchone()
-            _notifyEnd(db, jobId, watchers)
+            _notifyEnd(db, jobId, watchers, exclude=self.serverId)
             batch.moved(job.state, CANCELLED)
             return _record(row)
 
-        return self._writer.run(cancel)
+        return self.enqueue(cancel)
 
     def watch(self, jobId: str) -> Deferred[JobRecord | None]:
         """
@@ -1034,27 +984,10 @@ class PostgreSQLJournal:
         then notified here, wherever it runs); fire with the job as it is
         now, or L{None} if there is none.
         """
-        serverId = self.serverId
-
-        def watch(db: _Connection, batch: Batch) -> JobRecord | None:
-            row = db.execute(
-                "UPDATE taskservice_jobs SET watchers = CASE WHEN %s = ANY(watchers)"
-                " THEN watchers ELSE array_append(coalesce(watchers, '{}'), %s) END"
-                f" WHERE id = %s RETURNING {_COLUMNS}",
-                (serverId, serverId, jobId),
-            ).fetchone()
-            return None if row is None else _record(row)
-
-        return self._writer.run(watch)
+        return self._watches.add(jobId)
 
     def get(self, jobId: str) -> Deferred[JobRecord | None]:
-        def get(db: _Connection, batch: Batch) -> JobRecord | None:
-            row = db.execute(
-                f"SELECT {_COLUMNS} FROM taskservice_jobs WHERE id = %s", (jobId,)
-            ).fetchone()
-            return None if row is None else _record(row)
-
-        return self._writer.run(get)
+        return self._gets.add(jobId)
 
     def list(
         self, state: str | None, method: str | None, limit: int
@@ -1076,7 +1009,7 @@ class PostgreSQLJournal:
             ).fetchall()
             return [_record(row) for row in rows]
 
-        return self._writer.run(listJobs)
+        return self.enqueue(listJobs)
 
     def purge(self, now: float) -> Deferred[int]:
         def purge(db: _Connection, batch: Batch) -> int:
@@ -1088,7 +1021,174 @@ class PostgreSQLJournal:
                 batch.moved(state, None)
             return len(states)
 
-        return self._writer.run(purge)
+        return self.enqueue(purge)
+
+
+class _End(NamedTuple):
+    """
+    A job's end, as L{PostgreSQLJournal.finish} records it.
+    """
+
+    jobId: str
+    state: str
+    now: float
+    expiresAt: float
+    result: str | None
+    error: str | None
+    progress: Mapping[str, Any] | None
+
+
+class _Operations:
+    """
+    The merged operations (L{taskservice._pgbatch}): each kind done for many
+    items in one statement (C{...All}), or for one (C{...One}).
+    """
+
+    def __init__(self, serverId: str) -> None:
+        self.serverId = serverId
+
+    # -- submits -----------------------------------------------------------
+
+    def submitAll(
+        self, db: _Connection, batch: Batch, jobs: Sequence[NewJob]
+    ) -> list[tuple[JobRecord, bool]]:
+        states = [QUEUED if j.runAt <= j.createdAt else SCHEDULED for j in jobs]
+        inserted = {
+            row[0]
+            for row in db.execute(
+                "INSERT INTO taskservice_jobs (id, method, params, key, state,"
+                " max_attempts, backoff, timeout, run_at, created_at)"
+                " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[],"
+                " %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[],"
+                " %s::float8[], %s::float8[])"
+                " ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING RETURNING id",
+                (
+                    [j.id for j in jobs],
+                    [j.method for j in jobs],
+                    [j.params for j in jobs],
+                    [j.key for j in jobs],
+                    states,
+                    [j.maxAttempts for j in jobs],
+                    [j.backoff for j in jobs],
+                    [j.timeout for j in jobs],
+                    [j.runAt for j in jobs],
+                    [j.createdAt for j in jobs],
+                ),
+            ).fetchall()
+        }
+        existing: dict[str, JobRecord] = {}
+        taken = [j.key for j in jobs if j.id not in inserted]
+        if taken:
+            for row in db.execute(
+                f"SELECT {_COLUMNS} FROM taskservice_jobs WHERE key = ANY(%s)",
+                (taken,),
+            ).fetchall():
+                existing[row[3]] = _record(row)
+        out: list[tuple[JobRecord, bool]] = []
+        for job, state in zip(jobs, states, strict=True):
+            if job.id in inserted:
+                batch.moved(None, state)
+                db.wake(job.runAt)
+                out.append((_newRecord(job, state), True))
+            else:
+                assert job.key is not None
+                out.append((existing[job.key], False))
+        return out
+
+    def submitOne(
+        self, db: _Connection, batch: Batch, job: NewJob
+    ) -> tuple[JobRecord, bool]:
+        return self.submitAll(db, batch, [job])[0]
+
+    # -- ends --------------------------------------------------------------
+
+    def endAll(self, db: _Connection, batch: Batch, ends: Sequence[_End]) -> list[bool]:
+        rows = db.execute(
+            "UPDATE taskservice_jobs j SET state = u.state, finished_at = u.f,"
+            " expires_at = u.e, result = u.r, error = u.err,"
+            " progress = coalesce(u.p, j.progress), server = NULL"
+            " FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[],"
+            " %s::text[], %s::text[], %s::text[]) AS u(id, state, f, e, r, err, p)"
+            " WHERE j.id = u.id AND j.state = 'running' AND j.server = %s"
+            " RETURNING j.id, j.watchers",
+            (
+                [e.jobId for e in ends],
+                [e.state for e in ends],
+                [e.now for e in ends],
+                [e.expiresAt for e in ends],
+                [e.result for e in ends],
+                [e.error for e in ends],
+                [None if e.progress is None else _text(e.progress) for e in ends],
+                self.serverId,
+            ),
+        ).fetchall()
+        watchers = dict(rows)
+        done = []
+        for end in ends:
+            if end.jobId in watchers:
+                _notifyEnd(
+                    db, end.jobId, watchers.pop(end.jobId), end.progress, self.serverId
+                )
+                batch.moved(RUNNING, end.state)
+                done.append(True)
+            else:
+                done.append(False)
+        return done
+
+    def endOne(self, db: _Connection, batch: Batch, end: _End) -> bool:
+        return self.endAll(db, batch, [end])[0]
+
+    # -- reads -------------------------------------------------------------
+
+    def getAll(
+        self, db: _Connection, batch: Batch, jobIds: Sequence[str]
+    ) -> list[JobRecord | None]:
+        rows = db.execute(
+            f"SELECT {_COLUMNS} FROM taskservice_jobs WHERE id = ANY(%s)",
+            (list(jobIds),),
+        ).fetchall()
+        found = {row[0]: _record(row) for row in rows}
+        return [found.get(jobId) for jobId in jobIds]
+
+    def getOne(self, db: _Connection, batch: Batch, jobId: str) -> JobRecord | None:
+        return self.getAll(db, batch, [jobId])[0]
+
+    def watchAll(
+        self, db: _Connection, batch: Batch, jobIds: Sequence[str]
+    ) -> list[JobRecord | None]:
+        rows = db.execute(
+            "UPDATE taskservice_jobs j SET watchers = CASE WHEN %s = ANY(j.watchers)"
+            " THEN j.watchers ELSE array_append(coalesce(j.watchers, '{}'), %s) END"
+            " FROM unnest(%s::text[]) AS u(id) WHERE j.id = u.id"
+            f" RETURNING {_JCOLUMNS}",
+            (self.serverId, self.serverId, list(jobIds)),
+        ).fetchall()
+        found = {row[0]: _record(row) for row in rows}
+        return [found.get(jobId) for jobId in jobIds]
+
+    def watchOne(self, db: _Connection, batch: Batch, jobId: str) -> JobRecord | None:
+        return self.watchAll(db, batch, [jobId])[0]
+
+
+def _newRecord(job: NewJob, state: str) -> JobRecord:
+    return JobRecord(
+        job.id,
+        job.method,
+        job.params,
+        job.key,
+        state,
+        0,
+        job.maxAttempts,
+        job.backoff,
+        job.timeout,
+        job.runAt,
+        job.createdAt,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 def _notifyEnd(
@@ -1096,7 +1196,13 @@ def _notifyEnd(
     jobId: str,
     watchers: list[str] | None,
     progress: Mapping[str, Any] | None = None,
+    exclude: str | None = None,
 ) -> None:
+    """
+    Tell the job's watchers it ended (not C{exclude}: the server that ended
+    it tells its own callers itself).
+    """
+    watchers = [w for w in watchers or () if w != exclude]
     if watchers:
         note = _text({"end": jobId})
         if progress is not None:

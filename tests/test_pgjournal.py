@@ -416,3 +416,37 @@ async def test_connectionsLostAreMadeAgain(pgDSN: str) -> None:
         assert job is not None and job.state == "queued"
     finally:
         await gatherResults([a.close(), b.close()])
+
+
+@pytest_twisted.ensureDeferred
+async def test_mergedOperationsFailAlone(pgDSN: str) -> None:
+    """
+    Submits, ends and reads made in one reactor pass are each done in one
+    statement; one bad item among them (a key PostgreSQL cannot store)
+    fails alone, with a JournalError, and the others are recorded; a read
+    queued after writes sees them.
+    """
+    journal = PostgreSQLJournal(reactor, pgDSN)
+    journal.open()
+    try:
+        submits = [journal.submit(newJob(f"j{n}", key=f"k{n}")) for n in range(50)]
+        bad = journal.submit(newJob("bad", key="nul\x00key"))
+        read = journal.get("j49")
+        outcomes = await gatherResults(submits)
+        assert all(new for _, new in outcomes)
+        with pytest.raises(JournalError, match=r"NUL|0x00"):
+            await bad
+        job = await read
+        assert job is not None and job.key == "k49"
+        assert journal.counts()["queued"] == 50
+        assert journal._writer.commits < 10, journal._writer.commits
+        claimed = (await journal.claim(100, NOW)).jobs
+        ends = [
+            journal.finish(j.id, "succeeded", NOW, NOW + 9, result="1") for j in claimed
+        ]
+        assert await gatherResults(ends) == [True] * 50
+        assert journal.counts()["succeeded"] == 50
+        assert (await journal.get("j0")).state == "succeeded"
+        assert await journal.get("bad") is None
+    finally:
+        await journal.close()
