@@ -12,9 +12,10 @@ An item joins the group queued last only while nothing else was queued to
 the writer after it, so every operation still runs after every operation
 queued before it (a read sees every write asked for before it).
 
-If the merged statement fails, the group's items are done again one by
-one, each in a savepoint of its own, so only the item at fault fails (a bad
-item loses nothing else).
+If the merged statement fails, its transaction is rolled back (the writer
+then runs each operation again alone) and the group's items are done again
+one by one, each in a savepoint of its own, so only the item at fault fails
+(a bad item loses nothing else). The happy path costs no savepoint.
 """
 
 from __future__ import annotations
@@ -85,28 +86,27 @@ class Merger(Generic[I, R]):
             if self._open is group:
                 self._open = None
 
-    def _run(self, db: Any, batch: Batch, items: list[I]) -> list[Any]:
-        if len(items) <= 1:
-            return list(self._together(db, batch, items))
-        db.execute("SAVEPOINT merged")
-        try:
-            results: list[Any] = list(self._together(db, batch, items))
-        except Exception:
-            db.execute("ROLLBACK TO SAVEPOINT merged")
-            results = []
-            for item in items:
-                db.execute("SAVEPOINT one")
-                alone = Batch()
-                try:
-                    results.append(self._alone(db, alone, item))
-                except Exception as e:
-                    db.execute("ROLLBACK TO SAVEPOINT one")
-                    results.append(_Error(e))
-                else:
-                    db.execute("RELEASE SAVEPOINT one")
-                    batch.transitions.extend(alone.transitions)
-        else:
-            db.execute("RELEASE SAVEPOINT merged")
+    def _run(
+        self, db: Any, batch: Batch, items: list[I], group: _Group[I, R]
+    ) -> list[Any]:
+        if len(items) <= 1 or not group.failed:
+            try:
+                return list(self._together(db, batch, items))
+            except Exception:
+                group.failed = True
+                raise
+        results: list[Any] = []
+        for item in items:
+            db.execute("SAVEPOINT one")
+            alone = Batch()
+            try:
+                results.append(self._alone(db, alone, item))
+            except Exception as e:
+                db.execute("ROLLBACK TO SAVEPOINT one")
+                results.append(_Error(e))
+            else:
+                db.execute("RELEASE SAVEPOINT one")
+                batch.transitions.extend(alone.transitions)
         return results
 
     def _done(self, outcome: tuple[list[tuple[I, Deferred[R]]], list[Any]]) -> None:
@@ -140,12 +140,13 @@ class _Group(Generic[I, R]):
     def __init__(self, merger: Merger[I, R]) -> None:
         self.merger = merger
         self.items: list[tuple[I, Deferred[R]]] = []
+        self.failed = False
 
     def __call__(
         self, db: Any, batch: Batch
     ) -> tuple[list[tuple[I, Deferred[R]]], list[Any]]:
         self.merger._started(self)
-        return self.items, self.merger._run(db, batch, [i for i, _ in self.items])
+        return self.items, self.merger._run(db, batch, [i for i, _ in self.items], self)
 
 
 class _Error:

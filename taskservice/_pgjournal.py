@@ -44,6 +44,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -76,6 +77,10 @@ DEFAULT_SERVER_TIMEOUT = 10.0
 """Seconds without a heartbeat after which a server's jobs are recovered."""
 JOBS_CHANNEL = "taskservice_jobs"
 """Notified (payload: the earliest run time) when jobs become due."""
+_CLAIM_AGAIN = 0.05
+"""Seconds before claiming again due jobs another server's claim held."""
+_WATCH_AGAIN = 0.005
+"""Seconds before watching again a job another server had locked."""
 _NOTIFY_LIMIT = 7000
 """Bytes of a notification's payload we send (PostgreSQL's limit: 8000)."""
 
@@ -110,6 +115,7 @@ CREATE TABLE taskservice_jobs (
     result text,
     error text,
     server text,
+    origin text,
     cancel_requested boolean NOT NULL DEFAULT false,
     watchers text[]
 );
@@ -167,6 +173,13 @@ class JournalEvents(Protocol):
         Notifications may have been missed (the listener reconnected).
         """
 
+    def busy(self) -> bool:
+        """
+        Whether this server could not claim a job due now (all its job
+        slots taken), so the others should be woken for it. Called from the
+        journal's writer thread.
+        """
+
 
 def isPostgreSQL(spec: str) -> bool:
     """
@@ -210,8 +223,9 @@ class _Connection:
     commit (so they go out with it, or not at all).
     """
 
-    def __init__(self, connect: Callable[[], Any]) -> None:
+    def __init__(self, connect: Callable[[], Any], serverId: str) -> None:
         self._connect = connect
+        self._serverId = serverId
         self.raw: Any = connect()
         self._notes: list[tuple[str, str]] = []
         self._wakeAt: float | None = None
@@ -226,7 +240,8 @@ class _Connection:
 
     def wake(self, runAt: float) -> None:
         """
-        Tell every server jobs are due at C{runAt}, once this commits.
+        Tell every server jobs are due at C{runAt}, once this commits (the
+        operation decides whether the others are needed).
         """
         if self._wakeAt is None or runAt < self._wakeAt:
             self._wakeAt = runAt
@@ -234,12 +249,20 @@ class _Connection:
     def commit(self) -> None:
         notes, self._notes = self._notes, []
         if self._wakeAt is not None:
-            notes.append((JOBS_CHANNEL, repr(self._wakeAt)))
+            notes.append((JOBS_CHANNEL, f"{self._wakeAt!r} {self._serverId}"))
             self._wakeAt = None
         if notes:
+            # The notifications and the commit in one round trip.
+            from psycopg import sql
+
             self.raw.execute(
-                "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS n(c, p)",
-                ([c for c, _ in notes], [p for _, p in notes]),
+                sql.SQL(
+                    "SELECT pg_notify(c, p) FROM unnest({}::text[], {}::text[])"
+                    " AS n(c, p); COMMIT"
+                ).format(
+                    sql.Literal([c for c, _ in notes]),
+                    sql.Literal([p for _, p in notes]),
+                )
             )
         self.raw.commit()
 
@@ -341,6 +364,7 @@ class PostgreSQLJournal:
         self._rerun: Callable[[JobRecord], bool] | None = None
         self._ttl = 0.0
         self._closing = False
+        self._helping = False
         self.swept: list[Recovered] = []
         """What each sweep recovered from servers that went away."""
         self._writer = GroupCommitWriter(
@@ -352,11 +376,13 @@ class PostgreSQLJournal:
         )
         self.queued = 0
         """Operations queued to the writer so far."""
-        ops = _Operations(self.serverId)
+        ops = _Operations(self.serverId, self._othersNeeded)
         self._submits = Merger(self, ops.submitAll, ops.submitOne, self.name)
         self._ends = Merger(self, ops.endAll, ops.endOne, self.name)
         self._gets = Merger(self, ops.getAll, ops.getOne, self.name)
-        self._watches = Merger(self, ops.watchAll, ops.watchOne, self.name)
+        self._watches: Merger[str, JobRecord | _Busy | None] = Merger(
+            self, ops.watchAll, ops.watchOne, self.name
+        )
 
     def enqueue(self, operation: Callable[[Any, Batch], T]) -> Deferred[T]:
         """
@@ -385,7 +411,7 @@ class PostgreSQLJournal:
             ) from e
 
     def _connect(self, register: bool = True) -> _Connection:
-        connection = _Connection(self._rawConnect)
+        connection = _Connection(self._rawConnect, self.serverId)
         try:
             self._prepare(connection.raw, register)
         except BaseException:
@@ -475,6 +501,17 @@ class PostgreSQLJournal:
         """
         self._connect(register=False).close()
 
+    def _othersNeeded(self) -> bool:
+        """
+        Whether a job due now should wake the other servers: only if this
+        one is too busy to claim it (or has no job service listening), so
+        that a server runs the jobs submitted to it while it can, without
+        the round trips of a job followed from another server. (Read in
+        the writer's thread: a hint, not a promise.)
+        """
+        events = self._events
+        return events is None or events.busy()
+
     def listen(self, events: JournalEvents) -> None:
         """
         Start listening: C{events} hears of due jobs, of the jobs this
@@ -543,14 +580,19 @@ class PostgreSQLJournal:
 
     def _notified(self, channel: str, payload: str) -> None:
         events = self._events
-        if events is None:
-            return
         if channel == JOBS_CHANNEL:
+            when, _, origin = payload.partition(" ")
             try:
-                runAt = float(payload)
+                runAt = float(when)
             except ValueError:
                 runAt = self.reactor.seconds()
-            events.due(runAt)
+            if origin != self.serverId and runAt <= self.reactor.seconds():
+                # Another server asks for help with jobs due now.
+                self._helping = True
+            if events is not None:
+                events.due(runAt)
+            return
+        if events is None:
             return
         try:
             note = _json.loads(payload.encode())
@@ -756,8 +798,8 @@ class PostgreSQLJournal:
             elif rerun(job):
                 db.execute(
                     "UPDATE taskservice_jobs SET state = 'queued', run_at = %s,"
-                    " server = NULL WHERE id = %s",
-                    (now, job.id),
+                    " server = NULL, origin = %s WHERE id = %s",
+                    (now, self.serverId, job.id),
                 )
                 db.wake(now)
                 requeued.append(job.id)
@@ -799,26 +841,43 @@ class PostgreSQLJournal:
         return self._submits.add(job)
 
     def claim(self, limit: int, now: float) -> Deferred[Claimed]:
+        """
+        Claim due jobs: those submitted (or retried, or recovered) here, and
+        those of other servers once they asked for help (a notification) or
+        have waited for a heartbeat's interval (so a server runs its own
+        jobs while it can, and nobody's wait for long).
+        """
         serverId = self.serverId
+        helping, self._helping = self._helping, False
+        grace = self.serverTimeout / 5
 
         def claim(db: _Connection, batch: Batch) -> Claimed:
+            # One round trip: the claim, and the next time a job waiting
+            # (other than those claimed) is due, from the same snapshot.
             rows = db.execute(
                 "WITH due AS (SELECT seq, state FROM taskservice_jobs"
                 " WHERE state IN ('queued', 'scheduled') AND run_at <= %s"
-                " ORDER BY run_at, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
-                " UPDATE taskservice_jobs j SET state = 'running',"
+                " AND (%s OR origin = %s OR origin IS NULL OR run_at <= %s)"
+                " ORDER BY run_at, seq LIMIT %s FOR UPDATE SKIP LOCKED),"
+                " claimed AS (UPDATE taskservice_jobs j SET state = 'running',"
                 " attempts = j.attempts + 1, started_at = %s, server = %s"
                 f" FROM due WHERE j.seq = due.seq RETURNING {_JCOLUMNS},"
-                " j.seq, due.state",
-                (now, limit, now, serverId),
+                " j.seq, due.state)"
+                " SELECT *, NULL FROM claimed UNION ALL SELECT "
+                + ", ".join(["NULL"] * 18)
+                + ", (SELECT min(run_at) FROM taskservice_jobs WHERE state IN"
+                " ('queued', 'scheduled') AND seq NOT IN (SELECT seq FROM due))",
+                (now, helping, serverId, now - grace, limit, now, serverId),
             ).fetchall()
+            [nextRunAt] = [row[18] for row in rows if row[0] is None]
+            rows = [row for row in rows if row[0] is not None]
             rows.sort(key=lambda row: (row[9], row[16]))
             for row in rows:
                 batch.moved(row[17], RUNNING)
-            nextRunAt = db.execute(
-                "SELECT min(run_at) FROM taskservice_jobs"
-                " WHERE state IN ('queued', 'scheduled')"
-            ).fetchone()[0]
+            if nextRunAt is not None and nextRunAt <= now and len(rows) < limit:
+                # Left: another server's (claimable here after the grace),
+                # or locked by another server's claim (gone in a moment).
+                nextRunAt = max(nextRunAt + grace, now + _CLAIM_AGAIN)
             return Claimed([_record(row[:16]) for row in rows], nextRunAt)
 
         self._flushProgress()
@@ -913,8 +972,8 @@ class PostgreSQLJournal:
         def retry(db: _Connection, batch: Batch) -> bool:
             done = db.execute(
                 "UPDATE taskservice_jobs SET state = 'scheduled', run_at = %s,"
-                " error = %s, server = NULL WHERE id = %s AND state = 'running'"
-                " AND server = %s",
+                " error = %s, server = NULL, origin = server WHERE id = %s"
+                " AND state = 'running' AND server = %s",
                 (runAt, errorText, jobId, serverId),
             ).rowcount
             if done:
@@ -930,7 +989,8 @@ class PostgreSQLJournal:
         def release(db: _Connection, batch: Batch) -> bool:
             done = db.execute(
                 "UPDATE taskservice_jobs SET state = 'queued', attempts = attempts - 1,"
-                " server = NULL WHERE id = %s AND state = 'running' AND server = %s",
+                " server = NULL, origin = server WHERE id = %s AND state = 'running'"
+                " AND server = %s",
                 (jobId, serverId),
             ).rowcount
             if done:
@@ -984,7 +1044,15 @@ class PostgreSQLJournal:
         then notified here, wherever it runs); fire with the job as it is
         now, or L{None} if there is none.
         """
-        return self._watches.add(jobId)
+        return self._watches.add(jobId).addCallback(self._watched, jobId)
+
+    def _watched(
+        self, job: JobRecord | _Busy | None, jobId: str
+    ) -> Deferred[JobRecord | None] | JobRecord | None:
+        if isinstance(job, _Busy):
+            again: Deferred[Any] = deferLater(self.reactor, _WATCH_AGAIN)
+            return again.addCallback(lambda _: self.watch(jobId))
+        return job
 
     def get(self, jobId: str) -> Deferred[JobRecord | None]:
         return self._gets.add(jobId)
@@ -1024,6 +1092,15 @@ class PostgreSQLJournal:
         return self.enqueue(purge)
 
 
+class _Busy:
+    """
+    A job another transaction holds: watch it again in a moment.
+    """
+
+
+BUSY = _Busy()
+
+
 class _End(NamedTuple):
     """
     A job's end, as L{PostgreSQLJournal.finish} records it.
@@ -1044,8 +1121,9 @@ class _Operations:
     items in one statement (C{...All}), or for one (C{...One}).
     """
 
-    def __init__(self, serverId: str) -> None:
+    def __init__(self, serverId: str, othersNeeded: Callable[[], bool]) -> None:
         self.serverId = serverId
+        self.othersNeeded = othersNeeded
 
     # -- submits -----------------------------------------------------------
 
@@ -1057,12 +1135,13 @@ class _Operations:
             row[0]
             for row in db.execute(
                 "INSERT INTO taskservice_jobs (id, method, params, key, state,"
-                " max_attempts, backoff, timeout, run_at, created_at)"
-                " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[],"
+                " max_attempts, backoff, timeout, run_at, created_at, origin)"
+                " SELECT *, %s FROM unnest(%s::text[], %s::text[], %s::text[],"
                 " %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[],"
                 " %s::float8[], %s::float8[])"
                 " ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING RETURNING id",
                 (
+                    self.serverId,
                     [j.id for j in jobs],
                     [j.method for j in jobs],
                     [j.params for j in jobs],
@@ -1088,7 +1167,8 @@ class _Operations:
         for job, state in zip(jobs, states, strict=True):
             if job.id in inserted:
                 batch.moved(None, state)
-                db.wake(job.runAt)
+                if job.runAt > job.createdAt or self.othersNeeded():
+                    db.wake(job.runAt)
                 out.append((_newRecord(job, state), True))
             else:
                 assert job.key is not None
@@ -1155,18 +1235,30 @@ class _Operations:
 
     def watchAll(
         self, db: _Connection, batch: Batch, jobIds: Sequence[str]
-    ) -> list[JobRecord | None]:
+    ) -> list[JobRecord | _Busy | None]:
+        # Never wait for another server's lock on a job (its claim or its
+        # end, in a transaction that may in turn wait for ours: a
+        # deadlock): a job locked now is watched again in a moment.
         rows = db.execute(
             "UPDATE taskservice_jobs j SET watchers = CASE WHEN %s = ANY(j.watchers)"
             " THEN j.watchers ELSE array_append(coalesce(j.watchers, '{}'), %s) END"
-            " FROM unnest(%s::text[]) AS u(id) WHERE j.id = u.id"
+            " FROM (SELECT seq FROM taskservice_jobs WHERE id = ANY(%s)"
+            " FOR UPDATE SKIP LOCKED) AS free WHERE j.seq = free.seq"
             f" RETURNING {_JCOLUMNS}",
             (self.serverId, self.serverId, list(jobIds)),
         ).fetchall()
-        found = {row[0]: _record(row) for row in rows}
+        found: dict[str, JobRecord | _Busy] = {row[0]: _record(row) for row in rows}
+        if len(found) < len(jobIds):
+            for (jobId,) in db.execute(
+                "SELECT id FROM taskservice_jobs WHERE id = ANY(%s)",
+                ([i for i in jobIds if i not in found],),
+            ).fetchall():
+                found[jobId] = BUSY
         return [found.get(jobId) for jobId in jobIds]
 
-    def watchOne(self, db: _Connection, batch: Batch, jobId: str) -> JobRecord | None:
+    def watchOne(
+        self, db: _Connection, batch: Batch, jobId: str
+    ) -> JobRecord | _Busy | None:
         return self.watchAll(db, batch, [jobId])[0]
 
 

@@ -59,6 +59,7 @@ class SharedJobs:
         self.jobs = jobs
         self.journal = journal
         self._watched: set[str] = set()
+        self._lastProgress: dict[str, Mapping[str, Any]] = {}
 
     def start(self) -> None:
         self.journal.listen(self)
@@ -70,14 +71,19 @@ class SharedJobs:
             self.jobs._due(runAt)
 
     def progressed(self, jobId: str, update: Mapping[str, Any]) -> None:
-        if jobId in self.jobs._running:
+        if jobId in self.jobs._running or jobId not in self.jobs._attached:
             return
+        if self._lastProgress.get(jobId) == update:
+            # (The last update comes again with the end.)
+            return
+        self._lastProgress[jobId] = update
         for attacher in list(self.jobs._attached.get(jobId, ())):
             if attacher.onProgress is not None:
                 attacher.onProgress(update)
 
     def ended(self, jobId: str) -> None:
         if jobId in self.jobs._running or jobId not in self.jobs._attached:
+            self._lastProgress.pop(jobId, None)
             return
         self.journal.get(jobId).addCallbacks(
             lambda job: self._check(jobId, job), self._logFailure
@@ -92,6 +98,10 @@ class SharedJobs:
 
         self.journal.get(jobId).addCallbacks(read, self._logFailure)
 
+    def busy(self) -> bool:
+        jobs = self.jobs
+        return len(jobs._running) >= jobs.maxRunning
+
     def resync(self) -> None:
         self.due(self.jobs.reactor.seconds())
         for jobId in list(self.jobs._attached):
@@ -105,6 +115,8 @@ class SharedJobs:
         running on another server): watch it.
         """
         self.jobs._follow(jobId, attacher, job.progress)
+        if job.progress is not None:
+            self._lastProgress[jobId] = job.progress
         self.journal.watch(jobId).addCallbacks(
             lambda now: self._check(jobId, now), self._logFailure
         )
@@ -117,6 +129,7 @@ class SharedJobs:
             return
         if job is None or job.final:
             self._watched.discard(jobId)
+            self._lastProgress.pop(jobId, None)
             for attacher in self.jobs._attached.pop(jobId, []):
                 if attacher.deferred.called:
                     continue

@@ -160,8 +160,15 @@ async def test_claimsOfTwoServersNeverOverlap(pgDSN: str) -> None:
         await gatherResults([a.submit(newJob(f"j{n}")) for n in range(400)])
         taken: dict[str, list[str]] = {"a": [], "b": []}
         while True:
+            # (Later than a heartbeat's interval: b may take a's jobs.)
+            later = NOW + 60
             claims = await gatherResults(
-                [a.claim(7, NOW), b.claim(7, NOW), a.claim(5, NOW), b.claim(3, NOW)]
+                [
+                    a.claim(7, later),
+                    b.claim(7, later),
+                    a.claim(5, later),
+                    b.claim(3, later),
+                ]
             )
             if not any(c.jobs for c in claims):
                 break
@@ -344,6 +351,11 @@ class Events:
     def resync(self) -> None:
         self._hear("resync", None)
 
+    def busy(self) -> bool:
+        return self.full
+
+    full = True
+
 
 @pytest_twisted.ensureDeferred
 async def test_notificationsBetweenServers(pgDSN: str) -> None:
@@ -450,3 +462,27 @@ async def test_mergedOperationsFailAlone(pgDSN: str) -> None:
         assert await journal.get("bad") is None
     finally:
         await journal.close()
+
+
+def test_aServerRunsItsOwnJobsUnlessAskedForHelp(
+    two: tuple[PostgreSQLJournal, PostgreSQLJournal],
+) -> None:
+    """
+    A job due now is claimed by the server it was submitted to; another
+    server takes it only once it waited for a heartbeat's interval, or
+    right away after that server asked for help (its notification); its
+    claim then says when to look again, not "now" (no busy loop).
+    """
+    a, b = two
+    grace = a.serverTimeout / 5
+    value(a.submit(newJob("x")))
+    value(a.submit(newJob("y")))
+    claimed = value(b.claim(5, NOW))
+    assert claimed.jobs == [] and claimed.nextRunAt == NOW + grace
+    b._notified("taskservice_jobs", f"{NOW!r} {b.serverId}")
+    assert value(b.claim(5, NOW)).jobs == []
+    b.reactor.advance(NOW)
+    b._notified("taskservice_jobs", f"{NOW!r} {a.serverId}")
+    assert [j.id for j in value(b.claim(1, NOW)).jobs] == ["x"]
+    assert value(b.claim(5, NOW)).jobs == []
+    assert [j.id for j in value(b.claim(5, NOW + grace)).jobs] == ["y"]
