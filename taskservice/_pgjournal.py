@@ -365,6 +365,8 @@ class PostgreSQLJournal:
         self._ttl = 0.0
         self._closing = False
         self._helping = False
+        self._claiming = 0
+        self._wokenWhileClaiming = False
         self.swept: list[Recovered] = []
         """What each sweep recovered from servers that went away."""
         self._writer = GroupCommitWriter(
@@ -586,9 +588,13 @@ class PostgreSQLJournal:
                 runAt = float(when)
             except ValueError:
                 runAt = self.reactor.seconds()
-            if origin != self.serverId and runAt <= self.reactor.seconds():
-                # Another server asks for help with jobs due now.
-                self._helping = True
+            if runAt <= self.reactor.seconds():
+                if origin != self.serverId:
+                    # Another server asks for help with jobs due now.
+                    self._helping = True
+                if self._claiming:
+                    # The claim under way may have missed them.
+                    self._wokenWhileClaiming = True
             if events is not None:
                 events.due(runAt)
             return
@@ -881,7 +887,20 @@ class PostgreSQLJournal:
             return Claimed([_record(row[:16]) for row in rows], nextRunAt)
 
         self._flushProgress()
-        return self.enqueue(claim)
+        self._claiming += 1
+        return self.enqueue(claim).addBoth(self._claimed)
+
+    def _claimed(self, outcome: Any) -> Any:
+        self._claiming -= 1
+        if self._wokenWhileClaiming and not self._claiming:
+            self._wokenWhileClaiming = False
+            if isinstance(outcome, Claimed):
+                # Jobs made due while this claim ran: look again now.
+                now = self.reactor.seconds()
+                nextRunAt = outcome.nextRunAt
+                if nextRunAt is None or nextRunAt > now:
+                    outcome = Claimed(outcome.jobs, now)
+        return outcome
 
     def progress(self, jobId: str, update: Mapping[str, Any]) -> None:
         self._progress[jobId] = update

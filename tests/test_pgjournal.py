@@ -486,3 +486,27 @@ def test_aServerRunsItsOwnJobsUnlessAskedForHelp(
     assert [j.id for j in value(b.claim(1, NOW)).jobs] == ["x"]
     assert value(b.claim(5, NOW)).jobs == []
     assert [j.id for j in value(b.claim(5, NOW + grace)).jobs] == ["y"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_aWakeDuringAClaimIsNotLost(pgDSN: str) -> None:
+    """
+    A notification that jobs are due, arriving while a claim is under way
+    (which may have read the queue before they were committed), makes that
+    claim say "look again now" rather than leave them for the next
+    heartbeat.
+    """
+    journal = PostgreSQLJournal(reactor, pgDSN)
+    journal.open()
+    try:
+        idle = await journal.claim(5, NOW)
+        assert idle.nextRunAt is None
+        under = journal.claim(5, NOW)
+        journal._notified("taskservice_jobs", f"{reactor.seconds()!r} other")
+        claimed = await under
+        assert claimed.jobs == []
+        assert claimed.nextRunAt is not None
+        assert claimed.nextRunAt <= reactor.seconds()
+        assert (await journal.claim(5, NOW)).nextRunAt is None
+    finally:
+        await journal.close()
