@@ -843,8 +843,14 @@ class PostgreSQLJournal:
 
     # -- operations --------------------------------------------------------
 
-    def submit(self, job: NewJob) -> Deferred[tuple[JobRecord, bool]]:
-        return self._submits.add(job)
+    def submit(
+        self, job: NewJob, *, running: bool = False
+    ) -> Deferred[tuple[JobRecord, bool]]:
+        """
+        Record C{job} (see L{taskservice._journal.IJournal.submit}); with
+        C{running}, claimed by this server at once.
+        """
+        return self._submits.add((job, running))
 
     def claim(self, limit: int, now: float) -> Deferred[Claimed]:
         """
@@ -1147,17 +1153,23 @@ class _Operations:
     # -- submits -----------------------------------------------------------
 
     def submitAll(
-        self, db: _Connection, batch: Batch, jobs: Sequence[NewJob]
+        self, db: _Connection, batch: Batch, items: Sequence[tuple[NewJob, bool]]
     ) -> list[tuple[JobRecord, bool]]:
-        states = [QUEUED if j.runAt <= j.createdAt else SCHEDULED for j in jobs]
+        jobs = [job for job, _ in items]
+        states = [
+            RUNNING if running else QUEUED if job.runAt <= job.createdAt else SCHEDULED
+            for job, running in items
+        ]
         inserted = {
             row[0]
             for row in db.execute(
                 "INSERT INTO taskservice_jobs (id, method, params, key, state,"
-                " max_attempts, backoff, timeout, run_at, created_at, origin)"
+                " attempts, max_attempts, backoff, timeout, run_at, created_at,"
+                " started_at, server, origin)"
                 " SELECT *, %s FROM unnest(%s::text[], %s::text[], %s::text[],"
-                " %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[],"
-                " %s::float8[], %s::float8[])"
+                " %s::text[], %s::text[], %s::int[], %s::int[], %s::float8[],"
+                " %s::float8[], %s::float8[], %s::float8[], %s::float8[],"
+                " %s::text[])"
                 " ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING RETURNING id",
                 (
                     self.serverId,
@@ -1166,11 +1178,14 @@ class _Operations:
                     [j.params for j in jobs],
                     [j.key for j in jobs],
                     states,
+                    [1 if running else 0 for _, running in items],
                     [j.maxAttempts for j in jobs],
                     [j.backoff for j in jobs],
                     [j.timeout for j in jobs],
                     [j.runAt for j in jobs],
                     [j.createdAt for j in jobs],
+                    [j.createdAt if running else None for j, running in items],
+                    [self.serverId if running else None for _, running in items],
                 ),
             ).fetchall()
         }
@@ -1186,7 +1201,7 @@ class _Operations:
         for job, state in zip(jobs, states, strict=True):
             if job.id in inserted:
                 batch.moved(None, state)
-                if job.runAt > job.createdAt or self.othersNeeded():
+                if state == SCHEDULED or (state == QUEUED and self.othersNeeded()):
                     db.wake(job.runAt)
                 out.append((_newRecord(job, state), True))
             else:
@@ -1195,9 +1210,9 @@ class _Operations:
         return out
 
     def submitOne(
-        self, db: _Connection, batch: Batch, job: NewJob
+        self, db: _Connection, batch: Batch, item: tuple[NewJob, bool]
     ) -> tuple[JobRecord, bool]:
-        return self.submitAll(db, batch, [job])[0]
+        return self.submitAll(db, batch, [item])[0]
 
     # -- ends --------------------------------------------------------------
 
@@ -1282,19 +1297,20 @@ class _Operations:
 
 
 def _newRecord(job: NewJob, state: str) -> JobRecord:
+    running = state == RUNNING
     return JobRecord(
         job.id,
         job.method,
         job.params,
         job.key,
         state,
-        0,
+        1 if running else 0,
         job.maxAttempts,
         job.backoff,
         job.timeout,
         job.runAt,
         job.createdAt,
-        None,
+        job.createdAt if running else None,
         None,
         None,
         None,

@@ -100,7 +100,7 @@ class SharedJobs:
 
     def busy(self) -> bool:
         jobs = self.jobs
-        return len(jobs._running) >= jobs.maxRunning
+        return len(jobs._running) + jobs._reserved >= jobs.maxRunning
 
     def resync(self) -> None:
         self.due(self.jobs.reactor.seconds())

@@ -143,6 +143,30 @@ def test_submitClaimFinish(journal: Any) -> None:
     assert not value(journal.finish("a", "failed", NOW + 2, NOW + 100))
 
 
+def test_submitRunning(journal: Any) -> None:
+    """
+    A job submitted as running is recorded claimed: running, its first
+    attempt counted, started at its creation; no claim takes it again, and
+    it ends as a claimed one does. With a key another job holds, that job
+    is returned, unchanged.
+    """
+    record, new = value(journal.submit(newJob("a", key="k"), running=True))
+    assert new and (record.state, record.attempts, record.startedAt) == (
+        "running",
+        1,
+        NOW,
+    )
+    assert journal.counts()["running"] == 1
+    stored = value(journal.get("a"))
+    assert (stored.state, stored.attempts, stored.startedAt) == ("running", 1, NOW)
+    assert value(journal.claim(5, NOW + 60)).jobs == []
+    again, new = value(journal.submit(newJob("b", key="k"), running=True))
+    assert not new and again.id == "a"
+    assert journal.counts()["running"] == 1
+    assert value(journal.finish("a", "succeeded", NOW, NOW + 9, result="1"))
+    assert journal.counts() == {**dict.fromkeys(journal.counts(), 0), "succeeded": 1}
+
+
 def test_keyReturnsTheSameJob(journal: Any) -> None:
     """
     A second submit with a key an unpurged job holds returns that job, new
