@@ -39,16 +39,15 @@ import os
 import secrets
 import socket
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from taskservice import _json
 from taskservice._journal import (
@@ -69,255 +68,32 @@ from taskservice._journal import (
     Recovered,
 )
 from taskservice._pgbatch import Merger
+from taskservice._pgops import Busy, End, Operations
+from taskservice._pgschema import COLUMNS, JCOLUMNS, migrate, record, text
+from taskservice._pgwire import (
+    JOBS_CHANNEL,
+    NOTIFY_LIMIT,
+    Connection,
+    JournalEvents,
+    Listener,
+    describe,
+    importPsycopg,
+    isPostgreSQL,
+    notifyEnd,
+    oneLine,
+    serverChannel,
+)
 
-APPLICATION = "taskservice job journal"
-SCHEMA_VERSION = 1
-MIGRATION_LOCK = 0x54534A42  # "TSJB", as the SQLite journal's application_id
+__all__ = ["DEFAULT_SERVER_TIMEOUT", "PostgreSQLJournal", "describe", "isPostgreSQL"]
+
 DEFAULT_SERVER_TIMEOUT = 10.0
 """Seconds without a heartbeat after which a server's jobs are recovered."""
-JOBS_CHANNEL = "taskservice_jobs"
-"""Notified (payload: the earliest run time) when jobs become due."""
 _CLAIM_AGAIN = 0.05
 """Seconds before claiming again due jobs another server's claim held."""
 _WATCH_AGAIN = 0.005
 """Seconds before watching again a job another server had locked."""
-_NOTIFY_LIMIT = 7000
-"""Bytes of a notification's payload we send (PostgreSQL's limit: 8000)."""
-
-_SCHEMA_V1 = """
-CREATE TABLE taskservice_meta (
-    name text PRIMARY KEY,
-    value text NOT NULL
-);
-CREATE TABLE taskservice_servers (
-    id text PRIMARY KEY,
-    name text NOT NULL,
-    started_at double precision NOT NULL,
-    heartbeat_at timestamptz NOT NULL
-);
-CREATE TABLE taskservice_jobs (
-    seq bigserial PRIMARY KEY,
-    id text NOT NULL UNIQUE,
-    method text NOT NULL,
-    params text NOT NULL,
-    key text,
-    state text NOT NULL,
-    attempts integer NOT NULL DEFAULT 0,
-    max_attempts integer NOT NULL,
-    backoff double precision NOT NULL,
-    timeout double precision,
-    run_at double precision NOT NULL,
-    created_at double precision NOT NULL,
-    started_at double precision,
-    finished_at double precision,
-    expires_at double precision,
-    progress text,
-    result text,
-    error text,
-    server text,
-    origin text,
-    cancel_requested boolean NOT NULL DEFAULT false,
-    watchers text[]
-);
-CREATE UNIQUE INDEX taskservice_jobs_key ON taskservice_jobs (key)
-    WHERE key IS NOT NULL;
-CREATE INDEX taskservice_jobs_due ON taskservice_jobs (run_at, seq)
-    WHERE state IN ('queued', 'scheduled');
-CREATE INDEX taskservice_jobs_running ON taskservice_jobs (server)
-    WHERE state = 'running';
-CREATE INDEX taskservice_jobs_expiry ON taskservice_jobs (expires_at)
-    WHERE expires_at IS NOT NULL;
-CREATE INDEX taskservice_jobs_state ON taskservice_jobs (state, seq)
-"""
 
 T = TypeVar("T")
-
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
-"""The script that brings a journal from version N-1 to N."""
-
-_COLUMNS = (
-    "id, method, params, key, state, attempts, max_attempts, backoff, timeout,"
-    " run_at, created_at, started_at, finished_at, progress, result, error"
-)
-_JCOLUMNS = ", ".join(f"j.{c.strip()}" for c in _COLUMNS.split(","))
-
-
-class JournalEvents(Protocol):
-    """
-    What a shared journal tells the job service of its server, in the
-    reactor thread.
-    """
-
-    def due(self, runAt: float) -> None:
-        """
-        Jobs may be due at C{runAt}: claim.
-        """
-
-    def progressed(self, jobId: str, update: Mapping[str, Any]) -> None:
-        """
-        A job this server watches, running elsewhere, reported progress.
-        """
-
-    def ended(self, jobId: str) -> None:
-        """
-        A job this server watches ended (read it to see how).
-        """
-
-    def cancelRequested(self, jobId: str) -> None:
-        """
-        Another server asked this one to stop a job it runs.
-        """
-
-    def resync(self) -> None:
-        """
-        Notifications may have been missed (the listener reconnected).
-        """
-
-    def busy(self) -> bool:
-        """
-        Whether this server could not claim a job due now (all its job
-        slots taken), so the others should be woken for it. Called from the
-        journal's writer thread.
-        """
-
-
-def isPostgreSQL(spec: str) -> bool:
-    """
-    Whether a C{--jobs-db} names a PostgreSQL database (a URL), not a file.
-    """
-    return spec.startswith(("postgresql://", "postgres://"))
-
-
-def describe(dsn: str) -> str:
-    """
-    C{dsn} without its password, to name the database in messages.
-    """
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        info = conninfo_to_dict(dsn)
-    except Exception:
-        return "the PostgreSQL job journal"
-    host = info.get("host") or "localhost"
-    port = info.get("port") or "5432"
-    dbname = info.get("dbname") or info.get("user") or ""
-    return f"postgresql://{host}:{port}/{dbname}"
-
-
-def _importPsycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError as e:
-        raise JournalError(
-            "--jobs-db postgresql://... needs psycopg 3: pip install"
-            " 'taskservice[postgresql]'"
-        ) from e
-    return psycopg
-
-
-class _Connection:
-    """
-    The writer's connection: reconnects when the last one broke (the next
-    operation after a lost connection works again), and sends the
-    notifications its operations queued in one statement just before the
-    commit (so they go out with it, or not at all).
-    """
-
-    def __init__(self, connect: Callable[[], Any], serverId: str) -> None:
-        self._connect = connect
-        self._serverId = serverId
-        self.raw: Any = connect()
-        self._notes: list[tuple[str, str]] = []
-        self._wakeAt: float | None = None
-
-    def execute(self, query: str, params: Any = None) -> Any:
-        if self.raw.closed or self.raw.broken:
-            self.raw = self._connect()
-        return self.raw.execute(query, params)
-
-    def notify(self, channel: str, payload: str) -> None:
-        self._notes.append((channel, payload))
-
-    def wake(self, runAt: float) -> None:
-        """
-        Tell every server jobs are due at C{runAt}, once this commits (the
-        operation decides whether the others are needed).
-        """
-        if self._wakeAt is None or runAt < self._wakeAt:
-            self._wakeAt = runAt
-
-    def commit(self) -> None:
-        notes, self._notes = self._notes, []
-        if self._wakeAt is not None:
-            notes.append((JOBS_CHANNEL, f"{self._wakeAt!r} {self._serverId}"))
-            self._wakeAt = None
-        if notes:
-            # The notifications and the commit in one round trip.
-            from psycopg import sql
-
-            self.raw.execute(
-                sql.SQL(
-                    "SELECT pg_notify(c, p) FROM unnest({}::text[], {}::text[])"
-                    " AS n(c, p); COMMIT"
-                ).format(
-                    sql.Literal([c for c, _ in notes]),
-                    sql.Literal([p for _, p in notes]),
-                )
-            )
-        self.raw.commit()
-
-    def rollback(self) -> None:
-        self._notes = []
-        self._wakeAt = None
-        self.raw.rollback()
-
-    def close(self) -> None:
-        self.raw.close()
-
-
-@implementer(IReadDescriptor)
-class _Listener:
-    """
-    The listening connection, read by the reactor: each notification is
-    handed to L{PostgreSQLJournal._notified}.
-    """
-
-    def __init__(self, journal: PostgreSQLJournal, connection: Any) -> None:
-        self.journal = journal
-        self.connection = connection
-        # A descriptor of our own on the same socket: libpq closes its own
-        # when the connection fails, and the reactor must still be able to
-        # stop watching ours.
-        self._fd: int | None = os.dup(connection.pgconn.socket)
-
-    def fileno(self) -> int:
-        return -1 if self._fd is None else self._fd
-
-    def close(self) -> None:
-        """
-        Close the connection and our descriptor (once the reactor stopped
-        reading it).
-        """
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-        self.connection.close()
-
-    def doRead(self) -> Any:
-        pgconn = self.connection.pgconn
-        try:
-            pgconn.consume_input()
-        except Exception as e:
-            return e
-        while (note := pgconn.notifies()) is not None:
-            self.journal._notified(note.relname.decode(), note.extra.decode())
-        return None
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.journal._listenerLost(self, reason)
-
-    def logPrefix(self) -> str:
-        return "taskservice-journal-listener"
 
 
 class PostgreSQLJournal:
@@ -350,13 +126,13 @@ class PostgreSQLJournal:
         self.serverTimeout = serverTimeout
         self.serverId = secrets.token_hex(8)
         self.serverName = f"{socket.gethostname()}:{os.getpid()}"
-        self.channel = f"taskservice_s_{self.serverId}"
+        self.channel = serverChannel(self.serverId)
         self._counts: Counter[str] = Counter(dict.fromkeys(STATES, 0))
         self._size = 0
         self._progress: dict[str, Mapping[str, Any]] = {}
         self._progressQueued = False
         self._events: JournalEvents | None = None
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
         self._reconnect: IDelayedCall | None = None
         self._heartbeat: IDelayedCall | None = None
         self._beating = False
@@ -378,11 +154,11 @@ class PostgreSQLJournal:
         )
         self.queued = 0
         """Operations queued to the writer so far."""
-        ops = _Operations(self.serverId, self._othersNeeded)
+        ops = Operations(self.serverId, self._othersNeeded)
         self._submits = Merger(self, ops.submitAll, ops.submitOne, self.name)
         self._ends = Merger(self, ops.endAll, ops.endOne, self.name)
         self._gets = Merger(self, ops.getAll, ops.getOne, self.name)
-        self._watches: Merger[str, JobRecord | _Busy | None] = Merger(
+        self._watches: Merger[str, JobRecord | Busy | None] = Merger(
             self, ops.watchAll, ops.watchOne, self.name
         )
 
@@ -399,7 +175,7 @@ class PostgreSQLJournal:
     # -- opening -----------------------------------------------------------
 
     def _rawConnect(self, **options: Any) -> Any:
-        psycopg = _importPsycopg()
+        psycopg = importPsycopg()
         try:
             return psycopg.connect(
                 self.dsn,
@@ -409,11 +185,11 @@ class PostgreSQLJournal:
             )
         except psycopg.Error as e:
             raise JournalError(
-                f"cannot connect to the job journal {self.name}: {_oneLine(e)}"
+                f"cannot connect to the job journal {self.name}: {oneLine(e)}"
             ) from e
 
-    def _connect(self, register: bool = True) -> _Connection:
-        connection = _Connection(self._rawConnect, self.serverId)
+    def _connect(self, register: bool = True) -> Connection:
+        connection = Connection(self._rawConnect, self.serverId)
         try:
             self._prepare(connection.raw, register)
         except BaseException:
@@ -426,20 +202,9 @@ class PostgreSQLJournal:
         Check the database is ours (or empty), migrate it under the
         advisory lock, register this server and read the counts.
         """
-        psycopg = _importPsycopg()
+        psycopg = importPsycopg()
         try:
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            version = self._version(db)
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[target].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-            db.execute(
-                "INSERT INTO taskservice_meta (name, value) VALUES"
-                " ('application', %s), ('schema', %s) ON CONFLICT (name)"
-                " DO UPDATE SET value = excluded.value",
-                (APPLICATION, str(SCHEMA_VERSION)),
-            )
+            migrate(db, self.name)
             if register:
                 db.execute(
                     "INSERT INTO taskservice_servers (id, name, started_at,"
@@ -456,40 +221,13 @@ class PostgreSQLJournal:
         except psycopg.Error as e:
             db.rollback()
             raise JournalError(
-                f"cannot open the job journal {self.name}: {_oneLine(e)}"
+                f"cannot open the job journal {self.name}: {oneLine(e)}"
             ) from e
         except BaseException:
             db.rollback()
             raise
         self._counts = Counter(dict.fromkeys(STATES, 0))
         self._counts.update(found)
-
-    def _version(self, db: Any) -> int:
-        meta, jobs = db.execute(
-            "SELECT to_regclass('taskservice_meta'), to_regclass('taskservice_jobs')"
-        ).fetchone()
-        if meta is None:
-            if jobs is not None:
-                raise JournalError(
-                    f"{self.name} has a taskservice_jobs table that is not a job"
-                    " journal's: refusing to touch it (give --jobs-db another"
-                    " database)"
-                )
-            return 0
-        rows = dict(db.execute("SELECT name, value FROM taskservice_meta").fetchall())
-        if rows.get("application") != APPLICATION:
-            raise JournalError(
-                f"{self.name} has a taskservice_meta table of another"
-                " application: refusing to touch it (give --jobs-db another"
-                " database)"
-            )
-        version = int(rows.get("schema", "0"))
-        if version > SCHEMA_VERSION:
-            raise JournalError(
-                f"{self.name} is a job journal of schema {version}, written by a"
-                f" newer taskservice (this one knows up to {SCHEMA_VERSION})"
-            )
-        return version
 
     def open(self) -> None:
         self._closing = False
@@ -526,7 +264,7 @@ class PostgreSQLJournal:
         self._listenOn(self._listeningConnection())
 
     def _listeningConnection(self) -> Any:
-        psycopg = _importPsycopg()
+        psycopg = importPsycopg()
         connection = self._rawConnect(autocommit=True)
         try:
             connection.execute(f"LISTEN {JOBS_CHANNEL}")
@@ -534,16 +272,16 @@ class PostgreSQLJournal:
         except psycopg.Error as e:
             connection.close()
             raise JournalError(
-                f"cannot listen to the job journal {self.name}: {_oneLine(e)}"
+                f"cannot listen to the job journal {self.name}: {oneLine(e)}"
             ) from e
         connection.pgconn.nonblocking = 1
         return connection
 
     def _listenOn(self, connection: Any) -> None:
-        self._listener = _Listener(self, connection)
+        self._listener = Listener(self, connection)
         self.reactor.addReader(self._listener)
 
-    def _listenerLost(self, listener: _Listener, reason: Failure) -> None:
+    def _listenerLost(self, listener: Listener, reason: Failure) -> None:
         if listener is not self._listener:
             return
         self.reactor.removeReader(listener)
@@ -634,7 +372,7 @@ class PostgreSQLJournal:
         self._flushProgress()
         serverId = self.serverId
 
-        def leave(db: _Connection, batch: Batch) -> None:
+        def leave(db: Connection, batch: Batch) -> None:
             # Jobs still running here (cut short by the stop) are recovered
             # by the other servers at their next heartbeat.
             db.execute("DELETE FROM taskservice_servers WHERE id = %s", (serverId,))
@@ -749,7 +487,7 @@ class PostgreSQLJournal:
 
     def _beat(
         self,
-        db: _Connection,
+        db: Connection,
         batch: Batch,
         now: float,
         sweep: bool,
@@ -778,14 +516,14 @@ class PostgreSQLJournal:
 
     def _sweep(
         self,
-        db: _Connection,
+        db: Connection,
         batch: Batch,
         now: float,
         rerun: Callable[[JobRecord], bool],
     ) -> Recovered:
         timeout = self.serverTimeout
         rows = db.execute(
-            f"SELECT {_JCOLUMNS}, j.cancel_requested, j.watchers"
+            f"SELECT {JCOLUMNS}, j.cancel_requested, j.watchers"
             " FROM taskservice_jobs j WHERE j.state = 'running' AND NOT EXISTS"
             " (SELECT 1 FROM taskservice_servers s WHERE s.id = j.server"
             "  AND s.heartbeat_at >= now() - make_interval(secs => %s))"
@@ -796,7 +534,7 @@ class PostgreSQLJournal:
         ended: list[str] = []
         expiresAt = now + self._ttl
         for row in rows:
-            job = _record(row[:16])
+            job = record(row[:16])
             cancelRequested, watchers = row[16], row[17]
             if cancelRequested:
                 error = {"code": -32800, "message": "cancelled"}
@@ -829,9 +567,9 @@ class PostgreSQLJournal:
             db.execute(
                 "UPDATE taskservice_jobs SET state = %s, finished_at = %s,"
                 " expires_at = %s, error = %s, server = NULL WHERE id = %s",
-                (state, now, expiresAt, _text(error), job.id),
+                (state, now, expiresAt, text(error), job.id),
             )
-            _notifyEnd(db, job.id, watchers)
+            notifyEnd(db, job.id, watchers)
             ended.append(job.id)
             batch.moved(RUNNING, state)
         db.execute(
@@ -863,7 +601,7 @@ class PostgreSQLJournal:
         helping, self._helping = self._helping, False
         grace = self.serverTimeout / 5
 
-        def claim(db: _Connection, batch: Batch) -> Claimed:
+        def claim(db: Connection, batch: Batch) -> Claimed:
             # One round trip: the claim, and the next time a job waiting
             # (other than those claimed) is due, from the same snapshot.
             rows = db.execute(
@@ -873,7 +611,7 @@ class PostgreSQLJournal:
                 " ORDER BY run_at, seq LIMIT %s FOR UPDATE SKIP LOCKED),"
                 " claimed AS (UPDATE taskservice_jobs j SET state = 'running',"
                 " attempts = j.attempts + 1, started_at = %s, server = %s"
-                f" FROM due WHERE j.seq = due.seq RETURNING {_JCOLUMNS},"
+                f" FROM due WHERE j.seq = due.seq RETURNING {JCOLUMNS},"
                 " j.seq, due.state)"
                 " SELECT *, NULL FROM claimed UNION ALL SELECT "
                 + ", ".join(["NULL"] * 18)
@@ -890,7 +628,7 @@ class PostgreSQLJournal:
                 # Left: another server's (claimable here after the grace),
                 # or locked by another server's claim (gone in a moment).
                 nextRunAt = max(nextRunAt + grace, now + _CLAIM_AGAIN)
-            return Claimed([_record(row[:16]) for row in rows], nextRunAt)
+            return Claimed([record(row[:16]) for row in rows], nextRunAt)
 
         self._flushProgress()
         self._claiming += 1
@@ -919,10 +657,10 @@ class PostgreSQLJournal:
         if not self._progress:
             return
         updates, self._progress = self._progress, {}
-        texts = {jobId: _text(u) for jobId, u in updates.items()}
+        texts = {jobId: text(u) for jobId, u in updates.items()}
         serverId = self.serverId
 
-        def write(db: _Connection, batch: Batch) -> None:
+        def write(db: Connection, batch: Batch) -> None:
             watched = db.execute(
                 "UPDATE taskservice_jobs j SET progress = u.p FROM"
                 " unnest(%s::text[], %s::text[]) AS u(id, p) WHERE j.id = u.id"
@@ -943,12 +681,12 @@ class PostgreSQLJournal:
                     ),
                 )
             for jobId, watchers in watched:
-                note = _text({"progress": jobId, "update": updates[jobId]})
-                if len(note) > _NOTIFY_LIMIT:
-                    note = _text({"progress": jobId})
+                note = text({"progress": jobId, "update": updates[jobId]})
+                if len(note) > NOTIFY_LIMIT:
+                    note = text({"progress": jobId})
                 for watcher in watchers:
                     if watcher != serverId:
-                        db.notify(f"taskservice_s_{watcher}", note)
+                        db.notify(serverChannel(watcher), note)
 
         self.enqueue(write).addErrback(lambda f: None)
 
@@ -967,13 +705,13 @@ class PostgreSQLJournal:
         pending = self._progress.pop(jobId, None)
         if progress is None:
             progress = pending
-        end = _End(
+        end = End(
             jobId,
             state,
             now,
             expiresAt,
             result,
-            None if error is None else _text(error),
+            None if error is None else text(error),
             progress,
         )
         return self._ends.add(end).addCallback(self._fenced, jobId)
@@ -991,10 +729,10 @@ class PostgreSQLJournal:
     def retryAt(
         self, jobId: str, runAt: float, error: Mapping[str, Any]
     ) -> Deferred[bool]:
-        errorText = _text(error)
+        errorText = text(error)
         serverId = self.serverId
 
-        def retry(db: _Connection, batch: Batch) -> bool:
+        def retry(db: Connection, batch: Batch) -> bool:
             done = db.execute(
                 "UPDATE taskservice_jobs SET state = 'scheduled', run_at = %s,"
                 " error = %s, server = NULL, origin = server WHERE id = %s"
@@ -1011,7 +749,7 @@ class PostgreSQLJournal:
     def release(self, jobId: str) -> Deferred[bool]:
         serverId = self.serverId
 
-        def release(db: _Connection, batch: Batch) -> bool:
+        def release(db: Connection, batch: Batch) -> bool:
             done = db.execute(
                 "UPDATE taskservice_jobs SET state = 'queued', attempts = attempts - 1,"
                 " server = NULL, origin = server WHERE id = %s AND state = 'running'"
@@ -1031,35 +769,35 @@ class PostgreSQLJournal:
         Cancel a waiting job; for a job running on a server, ask that server
         (through its channel) to stop it, and return it as it is (running).
         """
-        errorText = _text(error)
+        errorText = text(error)
 
-        def cancel(db: _Connection, batch: Batch) -> JobRecord | None:
+        def cancel(db: Connection, batch: Batch) -> JobRecord | None:
             row = db.execute(
-                f"SELECT {_COLUMNS}, server, watchers FROM taskservice_jobs"
+                f"SELECT {COLUMNS}, server, watchers FROM taskservice_jobs"
                 " WHERE id = %s FOR UPDATE",
                 (jobId,),
             ).fetchone()
             if row is None:
                 return None
-            job = _record(row[:16])
+            job = record(row[:16])
             server, watchers = row[16], row[17]
             if job.state == RUNNING and server is not None:
                 db.execute(
                     "UPDATE taskservice_jobs SET cancel_requested = true WHERE id = %s",
                     (jobId,),
                 )
-                db.notify(f"taskservice_s_{server}", _text({"cancel": jobId}))
+                db.notify(serverChannel(server), text({"cancel": jobId}))
                 return job
             if job.state not in PENDING_STATES:
                 return job
             row = db.execute(
                 "UPDATE taskservice_jobs SET state = 'cancelled', finished_at = %s,"
-                f" expires_at = %s, error = %s WHERE id = %s RETURNING {_COLUMNS}",
+                f" expires_at = %s, error = %s WHERE id = %s RETURNING {COLUMNS}",
                 (now, expiresAt, errorText, jobId),
             ).fetchone()
-            _notifyEnd(db, jobId, watchers, exclude=self.serverId)
+            notifyEnd(db, jobId, watchers, exclude=self.serverId)
             batch.moved(job.state, CANCELLED)
-            return _record(row)
+            return record(row)
 
         return self.enqueue(cancel)
 
@@ -1072,9 +810,9 @@ class PostgreSQLJournal:
         return self._watches.add(jobId).addCallback(self._watched, jobId)
 
     def _watched(
-        self, job: JobRecord | _Busy | None, jobId: str
+        self, job: JobRecord | Busy | None, jobId: str
     ) -> Deferred[JobRecord | None] | JobRecord | None:
-        if isinstance(job, _Busy):
+        if isinstance(job, Busy):
             again: Deferred[Any] = deferLater(self.reactor, _WATCH_AGAIN)
             return again.addCallback(lambda _: self.watch(jobId))
         return job
@@ -1094,18 +832,18 @@ class PostgreSQLJournal:
             args.append(method)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
 
-        def listJobs(db: _Connection, batch: Batch) -> list[JobRecord]:
+        def listJobs(db: Connection, batch: Batch) -> list[JobRecord]:
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM taskservice_jobs {clause}"
+                f"SELECT {COLUMNS} FROM taskservice_jobs {clause}"
                 " ORDER BY seq DESC LIMIT %s",
                 (*args, limit),
             ).fetchall()
-            return [_record(row) for row in rows]
+            return [record(row) for row in rows]
 
         return self.enqueue(listJobs)
 
     def purge(self, now: float) -> Deferred[int]:
-        def purge(db: _Connection, batch: Batch) -> int:
+        def purge(db: Connection, batch: Batch) -> int:
             states = db.execute(
                 "DELETE FROM taskservice_jobs WHERE expires_at <= %s RETURNING state",
                 (now,),
@@ -1115,265 +853,3 @@ class PostgreSQLJournal:
             return len(states)
 
         return self.enqueue(purge)
-
-
-class _Busy:
-    """
-    A job another transaction holds: watch it again in a moment.
-    """
-
-
-BUSY = _Busy()
-
-
-class _End(NamedTuple):
-    """
-    A job's end, as L{PostgreSQLJournal.finish} records it.
-    """
-
-    jobId: str
-    state: str
-    now: float
-    expiresAt: float
-    result: str | None
-    error: str | None
-    progress: Mapping[str, Any] | None
-
-
-class _Operations:
-    """
-    The merged operations (L{taskservice._pgbatch}): each kind done for many
-    items in one statement (C{...All}), or for one (C{...One}).
-    """
-
-    def __init__(self, serverId: str, othersNeeded: Callable[[], bool]) -> None:
-        self.serverId = serverId
-        self.othersNeeded = othersNeeded
-
-    # -- submits -----------------------------------------------------------
-
-    def submitAll(
-        self, db: _Connection, batch: Batch, items: Sequence[tuple[NewJob, bool]]
-    ) -> list[tuple[JobRecord, bool]]:
-        jobs = [job for job, _ in items]
-        states = [
-            RUNNING if running else QUEUED if job.runAt <= job.createdAt else SCHEDULED
-            for job, running in items
-        ]
-        inserted = {
-            row[0]
-            for row in db.execute(
-                "INSERT INTO taskservice_jobs (id, method, params, key, state,"
-                " attempts, max_attempts, backoff, timeout, run_at, created_at,"
-                " started_at, server, origin)"
-                " SELECT *, %s FROM unnest(%s::text[], %s::text[], %s::text[],"
-                " %s::text[], %s::text[], %s::int[], %s::int[], %s::float8[],"
-                " %s::float8[], %s::float8[], %s::float8[], %s::float8[],"
-                " %s::text[])"
-                " ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING RETURNING id",
-                (
-                    self.serverId,
-                    [j.id for j in jobs],
-                    [j.method for j in jobs],
-                    [j.params for j in jobs],
-                    [j.key for j in jobs],
-                    states,
-                    [1 if running else 0 for _, running in items],
-                    [j.maxAttempts for j in jobs],
-                    [j.backoff for j in jobs],
-                    [j.timeout for j in jobs],
-                    [j.runAt for j in jobs],
-                    [j.createdAt for j in jobs],
-                    [j.createdAt if running else None for j, running in items],
-                    [self.serverId if running else None for _, running in items],
-                ),
-            ).fetchall()
-        }
-        existing: dict[str, JobRecord] = {}
-        taken = [j.key for j in jobs if j.id not in inserted]
-        if taken:
-            for row in db.execute(
-                f"SELECT {_COLUMNS} FROM taskservice_jobs WHERE key = ANY(%s)",
-                (taken,),
-            ).fetchall():
-                existing[row[3]] = _record(row)
-        out: list[tuple[JobRecord, bool]] = []
-        for job, state in zip(jobs, states, strict=True):
-            if job.id in inserted:
-                batch.moved(None, state)
-                if state == SCHEDULED or (state == QUEUED and self.othersNeeded()):
-                    db.wake(job.runAt)
-                out.append((_newRecord(job, state), True))
-            else:
-                assert job.key is not None
-                out.append((existing[job.key], False))
-        return out
-
-    def submitOne(
-        self, db: _Connection, batch: Batch, item: tuple[NewJob, bool]
-    ) -> tuple[JobRecord, bool]:
-        return self.submitAll(db, batch, [item])[0]
-
-    # -- ends --------------------------------------------------------------
-
-    def endAll(self, db: _Connection, batch: Batch, ends: Sequence[_End]) -> list[bool]:
-        rows = db.execute(
-            "UPDATE taskservice_jobs j SET state = u.state, finished_at = u.f,"
-            " expires_at = u.e, result = u.r, error = u.err,"
-            " progress = coalesce(u.p, j.progress), server = NULL"
-            " FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[],"
-            " %s::text[], %s::text[], %s::text[]) AS u(id, state, f, e, r, err, p)"
-            " WHERE j.id = u.id AND j.state = 'running' AND j.server = %s"
-            " RETURNING j.id, j.watchers",
-            (
-                [e.jobId for e in ends],
-                [e.state for e in ends],
-                [e.now for e in ends],
-                [e.expiresAt for e in ends],
-                [e.result for e in ends],
-                [e.error for e in ends],
-                [None if e.progress is None else _text(e.progress) for e in ends],
-                self.serverId,
-            ),
-        ).fetchall()
-        watchers = dict(rows)
-        done = []
-        for end in ends:
-            if end.jobId in watchers:
-                _notifyEnd(
-                    db, end.jobId, watchers.pop(end.jobId), end.progress, self.serverId
-                )
-                batch.moved(RUNNING, end.state)
-                done.append(True)
-            else:
-                done.append(False)
-        return done
-
-    def endOne(self, db: _Connection, batch: Batch, end: _End) -> bool:
-        return self.endAll(db, batch, [end])[0]
-
-    # -- reads -------------------------------------------------------------
-
-    def getAll(
-        self, db: _Connection, batch: Batch, jobIds: Sequence[str]
-    ) -> list[JobRecord | None]:
-        rows = db.execute(
-            f"SELECT {_COLUMNS} FROM taskservice_jobs WHERE id = ANY(%s)",
-            (list(jobIds),),
-        ).fetchall()
-        found = {row[0]: _record(row) for row in rows}
-        return [found.get(jobId) for jobId in jobIds]
-
-    def getOne(self, db: _Connection, batch: Batch, jobId: str) -> JobRecord | None:
-        return self.getAll(db, batch, [jobId])[0]
-
-    def watchAll(
-        self, db: _Connection, batch: Batch, jobIds: Sequence[str]
-    ) -> list[JobRecord | _Busy | None]:
-        # Never wait for another server's lock on a job (its claim or its
-        # end, in a transaction that may in turn wait for ours: a
-        # deadlock): a job locked now is watched again in a moment.
-        rows = db.execute(
-            "UPDATE taskservice_jobs j SET watchers = CASE WHEN %s = ANY(j.watchers)"
-            " THEN j.watchers ELSE array_append(coalesce(j.watchers, '{}'), %s) END"
-            " FROM (SELECT seq FROM taskservice_jobs WHERE id = ANY(%s)"
-            " FOR UPDATE SKIP LOCKED) AS free WHERE j.seq = free.seq"
-            f" RETURNING {_JCOLUMNS}",
-            (self.serverId, self.serverId, list(jobIds)),
-        ).fetchall()
-        found: dict[str, JobRecord | _Busy] = {row[0]: _record(row) for row in rows}
-        if len(found) < len(jobIds):
-            for (jobId,) in db.execute(
-                "SELECT id FROM taskservice_jobs WHERE id = ANY(%s)",
-                ([i for i in jobIds if i not in found],),
-            ).fetchall():
-                found[jobId] = BUSY
-        return [found.get(jobId) for jobId in jobIds]
-
-    def watchOne(
-        self, db: _Connection, batch: Batch, jobId: str
-    ) -> JobRecord | _Busy | None:
-        return self.watchAll(db, batch, [jobId])[0]
-
-
-def _newRecord(job: NewJob, state: str) -> JobRecord:
-    running = state == RUNNING
-    return JobRecord(
-        job.id,
-        job.method,
-        job.params,
-        job.key,
-        state,
-        1 if running else 0,
-        job.maxAttempts,
-        job.backoff,
-        job.timeout,
-        job.runAt,
-        job.createdAt,
-        job.createdAt if running else None,
-        None,
-        None,
-        None,
-        None,
-    )
-
-
-def _notifyEnd(
-    db: _Connection,
-    jobId: str,
-    watchers: list[str] | None,
-    progress: Mapping[str, Any] | None = None,
-    exclude: str | None = None,
-) -> None:
-    """
-    Tell the job's watchers it ended (not C{exclude}: the server that ended
-    it tells its own callers itself).
-    """
-    watchers = [w for w in watchers or () if w != exclude]
-    if watchers:
-        note = _text({"end": jobId})
-        if progress is not None:
-            withProgress = _text({"end": jobId, "update": progress})
-            if len(withProgress) <= _NOTIFY_LIMIT:
-                note = withProgress
-        for watcher in watchers:
-            db.notify(f"taskservice_s_{watcher}", note)
-
-
-def _record(row: tuple[Any, ...]) -> JobRecord:
-    """
-    The record of a row of L{_COLUMNS}, its progress and error decoded.
-    """
-    (jobId, method, params, key, state, attempts, maxAttempts, backoff) = row[:8]
-    (timeout, runAt, createdAt, startedAt, finishedAt) = row[8:13]
-    progress, result, error = row[13:16]
-    return JobRecord(
-        jobId,
-        method,
-        params,
-        key,
-        state,
-        attempts,
-        maxAttempts,
-        backoff,
-        timeout,
-        runAt,
-        createdAt,
-        startedAt,
-        finishedAt,
-        _fromText(progress),
-        result,
-        _fromText(error),
-    )
-
-
-def _text(value: Any) -> str:
-    return _json.dumps(value).decode()
-
-
-def _fromText(text: str | None) -> Any:
-    return None if text is None else _json.loads(text.encode())
-
-
-def _oneLine(error: BaseException) -> str:
-    return " ".join(str(error).split())

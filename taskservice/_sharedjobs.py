@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from taskservice._journal import JobRecord
 
 if TYPE_CHECKING:
-    from taskservice._pgjournal import JournalEvents
+    from taskservice._pgwire import JournalEvents
     from taskservice.jobs import JobService, _Attacher
 
 

@@ -19,7 +19,8 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 
 from taskservice._journal import JournalError, NewJob
-from taskservice._pgjournal import SCHEMA_VERSION, PostgreSQLJournal, describe
+from taskservice._pgjournal import PostgreSQLJournal, describe
+from taskservice._pgschema import SCHEMA_VERSION
 from tests.test_journal_contract import NOW, newJob, value
 
 pytestmark = pytest.mark.integration
