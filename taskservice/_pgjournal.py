@@ -601,7 +601,7 @@ class PostgreSQLJournal:
         helping, self._helping = self._helping, False
         grace = self.serverTimeout / 5
 
-        def claim(db: Connection, batch: Batch) -> Claimed:
+        def claim(db: Connection, batch: Batch) -> tuple[Claimed, bool]:
             # One round trip: the claim, and the next time a job waiting
             # (other than those claimed) is due, from the same snapshot.
             rows = db.execute(
@@ -624,18 +624,26 @@ class PostgreSQLJournal:
             rows.sort(key=lambda row: (row[9], row[16]))
             for row in rows:
                 batch.moved(row[17], RUNNING)
-            if nextRunAt is not None and nextRunAt <= now and len(rows) < limit:
-                # Left: another server's (claimable here after the grace),
-                # or locked by another server's claim (gone in a moment).
-                nextRunAt = max(nextRunAt + grace, now + _CLAIM_AGAIN)
-            return Claimed([record(row[:16]) for row in rows], nextRunAt)
+            left = nextRunAt is not None and nextRunAt <= now and len(rows) < limit
+            if left:
+                # Left: another server's (claimable here after the grace,
+                # unless it asked for help), or locked by another server's
+                # transaction (a claim, a watch: gone in a moment).
+                again = now + _CLAIM_AGAIN
+                nextRunAt = again if helping else max(nextRunAt + grace, again)
+            return Claimed([record(row[:16]) for row in rows], nextRunAt), left
 
         self._flushProgress()
         self._claiming += 1
-        return self.enqueue(claim).addBoth(self._claimed)
+        return self.enqueue(claim).addBoth(self._claimed, helping)
 
-    def _claimed(self, outcome: Any) -> Any:
+    def _claimed(self, outcome: Any, helping: bool) -> Any:
         self._claiming -= 1
+        if isinstance(outcome, tuple):
+            outcome, left = outcome
+            if helping and left:
+                # Still helping when we look again for what was locked.
+                self._helping = True
         if self._wokenWhileClaiming and not self._claiming:
             self._wokenWhileClaiming = False
             if isinstance(outcome, Claimed):

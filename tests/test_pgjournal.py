@@ -489,6 +489,27 @@ def test_aServerRunsItsOwnJobsUnlessAskedForHelp(
     assert [j.id for j in value(b.claim(5, NOW + grace)).jobs] == ["y"]
 
 
+def test_helpingLooksAgainSoonForALockedJob(
+    pgDSN: str, two: tuple[PostgreSQLJournal, PostgreSQLJournal]
+) -> None:
+    """
+    A server helping another finds the job it was told of locked by that
+    server's transaction (its caller's watch, say): it looks again in 50
+    ms, still helping, not after the grace.
+    """
+    a, b = two
+    value(a.submit(newJob("x")))
+    with psycopg.connect(pgDSN) as holder:
+        holder.execute("SELECT 1 FROM taskservice_jobs WHERE id = 'x' FOR UPDATE")
+        b.reactor.advance(NOW)
+        b._notified("taskservice_jobs", f"{NOW!r} {a.serverId}")
+        claimed = value(b.claim(5, NOW))
+        assert claimed.jobs == [] and claimed.nextRunAt == NOW + 0.05
+        holder.rollback()
+    assert b._helping
+    assert [j.id for j in value(b.claim(5, NOW + 0.05)).jobs] == ["x"]
+
+
 @pytest_twisted.ensureDeferred
 async def test_aWakeDuringAClaimIsNotLost(pgDSN: str) -> None:
     """
