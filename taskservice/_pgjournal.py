@@ -154,7 +154,7 @@ class PostgreSQLJournal:
         )
         self.queued = 0
         """Operations queued to the writer so far."""
-        ops = Operations(self.serverId, self._othersNeeded)
+        ops = self._ops = Operations(self.serverId, self._othersNeeded)
         self._submits = Merger(self, ops.submitAll, ops.submitOne, self.name)
         self._ends = Merger(self, ops.endAll, ops.endOne, self.name)
         self._gets = Merger(self, ops.getAll, ops.getOne, self.name)
@@ -808,6 +808,32 @@ class PostgreSQLJournal:
             return record(row)
 
         return self.enqueue(cancel)
+
+    def recordTick(
+        self, schedule: str, tick: float, job: NewJob
+    ) -> Deferred[JobRecord | None]:
+        """
+        See L{taskservice._journal.IJournal.recordTick}. Servers recording
+        the same tick at once: the second one's upsert waits for the
+        first's row, then finds its tick recorded, and writes nothing.
+        """
+        submitOne = self._ops.submitOne
+
+        def record(db: Connection, batch: Batch) -> JobRecord | None:
+            ours = db.execute(
+                "INSERT INTO taskservice_schedules (name, last_tick, job)"
+                " VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE SET"
+                " last_tick = excluded.last_tick, job = excluded.job"
+                " WHERE excluded.last_tick > taskservice_schedules.last_tick"
+                " RETURNING name",
+                (schedule, tick, job.id),
+            ).fetchone()
+            if ours is None:
+                return None
+            recorded, _ = submitOne(db, batch, (job, False))
+            return recorded
+
+        return self.enqueue(record)
 
     def watch(self, jobId: str) -> Deferred[JobRecord | None]:
         """

@@ -5,7 +5,8 @@ starting together wait for each other instead of racing), and the rows as
 job records.
 
 The tables are prefixed (C{taskservice_jobs}, C{taskservice_servers},
-C{taskservice_meta}), so the database may hold other things; a database
+C{taskservice_meta}, C{taskservice_schedules}), so the database may hold
+other things; a database
 with tables of these names that are not a journal's, or a journal of a
 newer schema, is refused untouched.
 """
@@ -64,7 +65,12 @@ CREATE INDEX taskservice_jobs_running ON taskservice_jobs (server)
     WHERE state = 'running';
 CREATE INDEX taskservice_jobs_expiry ON taskservice_jobs (expires_at)
     WHERE expires_at IS NOT NULL;
-CREATE INDEX taskservice_jobs_state ON taskservice_jobs (state, seq)
+CREATE INDEX taskservice_jobs_state ON taskservice_jobs (state, seq);
+CREATE TABLE taskservice_schedules (
+    name text PRIMARY KEY,
+    last_tick double precision NOT NULL,
+    job text NOT NULL
+)
 """
 
 MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}

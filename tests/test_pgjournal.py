@@ -532,3 +532,44 @@ async def test_aWakeDuringAClaimIsNotLost(pgDSN: str) -> None:
         assert (await journal.claim(5, NOW)).nextRunAt is None
     finally:
         await journal.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_aTickOfThreeServersRunsOnce(pgDSN: str) -> None:
+    """
+    Three servers recording the same schedule's tick at the same moment:
+    one of them records it with its job; the others get nothing, and no
+    other job is written.
+    """
+    servers = [PostgreSQLJournal(reactor, pgDSN) for _ in range(3)]
+    for journal in servers:
+        journal.open()
+    try:
+        tick = NOW + 300
+        outcomes = await gatherResults(
+            [
+                journal.recordTick(
+                    "report",
+                    tick,
+                    NewJob(
+                        f"t{n}",
+                        "echo",
+                        "null",
+                        "cron:report:x",
+                        1,
+                        1.0,
+                        None,
+                        tick,
+                        NOW,
+                    ),
+                )
+                for n, journal in enumerate(servers)
+            ]
+        )
+        assert sum(o is not None for o in outcomes) == 1, outcomes
+        with psycopg.connect(pgDSN) as db:
+            assert db.execute("SELECT count(*) FROM taskservice_jobs").fetchone() == (
+                1,
+            )
+    finally:
+        await gatherResults([journal.close() for journal in servers])
