@@ -85,8 +85,14 @@ def parseSubmit(params: object, registry: Registry, maxTimeout: float) -> JobReq
     except TypeError as e:
         raise InvalidParams("invalid params", str(e)) from None
     key = params.get("key")
-    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY):
-        raise _invalid(f'"key" must be a string of 1 to {MAX_KEY} characters')
+    if key is not None and (
+        not isinstance(key, str) or not 0 < len(key) <= MAX_KEY or "\x00" in key
+    ):
+        # (No NUL: PostgreSQL's text cannot hold it, and a key must mean the
+        # same in both journals.)
+        raise _invalid(
+            f'"key" must be a string of 1 to {MAX_KEY} characters, without NUL'
+        )
     if key is not None and key.startswith(TICK_KEY_PREFIX):
         raise _invalid(
             f'"key" may not start with "{TICK_KEY_PREFIX}": those are the keys of'

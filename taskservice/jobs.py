@@ -41,6 +41,7 @@ from taskservice._journal import (
     Recovered,
 )
 from taskservice._schedules import Schedule, Ticker, schedulesOf
+from taskservice._sharedjobs import SharedJobs, SharedJournal
 from taskservice.errors import (
     Cancelled,
     InternalError,
@@ -197,6 +198,7 @@ class JobService(Service):
         ]
         self.ticks = 0
         """Ticks this server recorded (each a job) since it started."""
+        self._shared: SharedJobs | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -210,6 +212,10 @@ class JobService(Service):
         self.journal.open()
         super().startService()
         self._stopping = self._closed = False
+        if isinstance(self.journal, SharedJournal):
+            # Several servers share this journal: hear of their jobs.
+            self._shared = SharedJobs(self, self.journal)
+            self._shared.start()
         now = self.reactor.seconds()
         self.journal.recover(now, now + self.ttl, self._mayRunAgain).addCallbacks(
             self._recovered, self._journalFailed
@@ -401,6 +407,8 @@ class JobService(Service):
                 self._follow(jobId, attacher, current.progress)
             elif job.final:
                 _deliver(attacher, job)
+            elif self._shared is not None:
+                self._shared.follow(jobId, attacher, job)
             elif job.state == RUNNING and jobId not in self._unrecorded:
                 # It ended between our read and now: read it again.
                 self._get(jobId).addCallbacks(found, attacher.deferred.errback)
@@ -427,12 +435,15 @@ class JobService(Service):
             return done
         now = self.reactor.seconds()
 
-        def cancelled(job: JobRecord | None) -> dict[str, Any]:
+        def cancelled(job: JobRecord | None) -> Any:
             if job is None:
                 raise JobNotFound("job not found", {"job": jobId})
             if job.state == CANCELLED:
                 for attacher in self._attached.pop(jobId, []):
                     _deliver(attacher, job)
+            elif job.state == RUNNING and self._shared is not None:
+                # Running on another server, asked to stop it.
+                return self._shared.cancelledElsewhere(job)
             return {"job": job.id, "state": self._state(job)}
 
         return _detached(

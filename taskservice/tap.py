@@ -18,6 +18,7 @@ from taskservice._auth import Token, readTokenFile
 from taskservice._endpoints import splitDescription
 from taskservice._lines import DEFAULT_MAX_LINE
 from taskservice._origins import parseOrigin
+from taskservice._pgjournal import DEFAULT_SERVER_TIMEOUT, isPostgreSQL
 from taskservice._task import Registry
 from taskservice.jobs import DEFAULT_MAX_RUNNING, DEFAULT_TTL
 from taskservice.pool import (
@@ -155,7 +156,16 @@ class Options(usage.Options):
             None,
             DEFAULT_JOBS_DB,
             "The durable jobs' journal: an SQLite file, created if missing"
-            " (:memory: keeps jobs in memory only, lost on stop).",
+            " (:memory: keeps jobs in memory only, lost on stop), or a"
+            " postgresql:// URL, a database several task servers share.",
+        ],
+        [
+            "server-timeout",
+            None,
+            DEFAULT_SERVER_TIMEOUT,
+            "With a PostgreSQL --jobs-db: seconds without a heartbeat after"
+            " which the other servers take this one's running jobs.",
+            _positive(float, "server-timeout"),
         ],
         [
             "job-ttl",
@@ -565,6 +575,7 @@ SCOPES: dict[str, str] = {
     "max-queue": _LOCAL,
     "shutdown-timeout": _LOCAL,
     "jobs-db": _LOCAL,
+    "server-timeout": _LOCAL,
     "job-ttl": _LOCAL,
     "job-concurrency": _LOCAL,
     "worker-start-timeout": _LOCAL,
@@ -627,6 +638,8 @@ def _checkScopes(options: Options) -> None:
             )
         elif name == "no-smtp-sink" and options["smtp"] is not None:
             why = "--smtp already replaces the SMTP sink"
+        elif name == "server-timeout" and not isPostgreSQL(options["jobs-db"]):
+            why = "only servers sharing a PostgreSQL --jobs-db heartbeat"
         else:
             continue
         raise usage.UsageError(f"--{name} does nothing here: {why}")
@@ -738,18 +751,23 @@ def _tcpListenAddress(listen: str, option: str) -> tuple[int, str, int]:
 
 def _checkJournal(path: str) -> None:
     """
-    Open an existing --jobs-db file now, so that one the server would refuse
-    at start (not a journal, a newer schema, in use by another server) is a
-    usage error with its reason, before twistd goes into the background. A
-    missing file is created at start.
+    Open an existing --jobs-db file (or the PostgreSQL database) now, so
+    that one the server would refuse at start (not a journal, a newer
+    schema, in use by another server) is a usage error with its reason,
+    before twistd goes into the background. A missing file is created at
+    start.
     """
-    if path == MEMORY or not os.path.exists(path):
+    if path == MEMORY or not (isPostgreSQL(path) or os.path.exists(path)):
         return
     from taskservice._journal import JournalError
+    from taskservice._pgjournal import PostgreSQLJournal
     from taskservice._sqlitejournal import SQLiteJournal
 
     try:
-        SQLiteJournal(None, path).check()
+        if isPostgreSQL(path):
+            PostgreSQLJournal(None, path).check()
+        else:
+            SQLiteJournal(None, path).check()
     except JournalError as e:
         raise usage.UsageError(f"--jobs-db: {e}") from None
 
@@ -919,6 +937,7 @@ def _makeTaskServer(
     (the demo's SMTP sink, which its workers' C{send_mail} delivers to)
     when it runs beside it.
     """
+    from taskservice._pgjournal import PostgreSQLJournal
     from taskservice._sqlitejournal import SQLiteJournal
     from taskservice.examples import SMTP_ENVIRONMENT
     from taskservice.jobs import JobService
@@ -956,10 +975,17 @@ def _makeTaskServer(
         )
     except (ImportError, ValueError) as e:
         raise usage.UsageError(f"cannot load the tasks: {e}") from e
+    journal: Any = (
+        PostgreSQLJournal(
+            reactor, options["jobs-db"], serverTimeout=options["server-timeout"]
+        )
+        if isPostgreSQL(options["jobs-db"])
+        else SQLiteJournal(reactor, options["jobs-db"])
+    )
     jobs = JobService(
         reactor,
         pool,
-        SQLiteJournal(reactor, options["jobs-db"]),
+        journal,
         ttl=options["job-ttl"],
         maxRunning=options["job-concurrency"],
         schedules=options["schedule-overrides"],

@@ -7,6 +7,7 @@ leaves delayed calls, open sockets or pipes, or child processes behind
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 from collections.abc import Iterator
@@ -83,3 +84,46 @@ def cleanReactor() -> Iterator[None]:
         f"\n  readers/writers: {sorted(map(repr, selectables))}"
         f"\n  child processes: {sorted(pids)}"
     )
+
+
+@pytest.fixture(scope="session")
+def pgCluster() -> Iterator[Any]:
+    """
+    A throwaway PostgreSQL cluster for the whole session (see
+    L{taskservice._pgcluster}), stopped at the end. Skipped, saying why, only
+    where PostgreSQL's server binaries are not installed.
+    """
+    from taskservice import _pgcluster as pgcluster
+
+    bindir = pgcluster.binDir()
+    if bindir is None:
+        pytest.skip(
+            "PostgreSQL's server binaries (initdb, pg_ctl) are not installed:"
+            " apt-get install postgresql (.ci/run does)"
+        )
+    cluster = pgcluster.start(bindir)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def pgDSN(pgCluster: Any) -> Iterator[str]:
+    """
+    The address of a new, empty database of the session's cluster, dropped
+    after the test.
+    """
+    import psycopg
+
+    name = f"test_{os.getpid()}_{next(_databases)}"
+    with psycopg.connect(pgCluster.dsn(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" STRATEGY FILE_COPY')
+    try:
+        yield pgCluster.dsn(name)
+    finally:
+        with psycopg.connect(pgCluster.dsn(), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -351,3 +351,21 @@ def test_filesThatAreNotOurJournalAreRefused(tmp_path: Path) -> None:
         db.execute("CREATE TABLE jobs (id TEXT)")
     db.close()
     _refused(newer, f"schema {SCHEMA_VERSION + 1}")
+
+
+def test_keyWithNULRefused() -> None:
+    """
+    A key holding a NUL character is refused with -32602 (PostgreSQL's text
+    cannot hold it, and a key must mean the same in both journals).
+    """
+    from taskservice._task import Registry
+    from taskservice.errors import InvalidParams
+
+    registry = Registry.fromModules(["tests.jobtasks"])
+    with pytest.raises(InvalidParams) as raised:
+        parseSubmit({"method": "echo", "params": [1], "key": "a\x00b"}, registry, 60)
+    assert "without NUL" in str(raised.value.data)
+    assert (
+        parseSubmit({"method": "echo", "params": [1], "key": "ab"}, registry, 60).key
+        == "ab"
+    )

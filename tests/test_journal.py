@@ -1,6 +1,7 @@
 """
-The SQLite job journal on real files: every operation, the counts it keeps,
-group commits, and the files it refuses to open.
+The SQLite job journal on real files: what it keeps across a reopen, and
+the files it refuses to open. What every journal does is in
+tests/test_journal_contract.py, run against this backend too.
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from taskservice._journal import JobRecord, JournalError, NewJob
+from taskservice._journal import JournalError, NewJob
 from taskservice._sqlitejournal import APPLICATION_ID, SCHEMA_VERSION, SQLiteJournal
 
 NOW = 1_000_000.0
@@ -44,132 +43,6 @@ def journal(tmp_path: Path) -> Iterator[SQLiteJournal]:
     journal.open()
     yield journal
     value(journal.close())
-
-
-def test_submitClaimFinish(journal: SQLiteJournal) -> None:
-    """
-    A job goes queued -> running (an attempt counted) -> succeeded, with its
-    result and last progress kept; the counts follow every transition.
-    """
-    record, new = value(journal.submit(newJob("a")))
-    assert new and record.state == "queued" and record.attempts == 0
-    assert journal.counts()["queued"] == 1
-    claimed = value(journal.claim(10, NOW))
-    assert [j.id for j in claimed.jobs] == ["a"]
-    assert claimed.jobs[0].state == "running" and claimed.jobs[0].attempts == 1
-    assert claimed.nextRunAt is None
-    journal.progress("a", {"done": 1})
-    assert value(
-        journal.finish("a", "succeeded", NOW + 1, NOW + 100, result="1", progress=None)
-    )
-    job: JobRecord = value(journal.get("a"))
-    assert (job.state, job.result, job.progress, job.finishedAt) == (
-        "succeeded",
-        "1",
-        {"done": 1},
-        NOW + 1,
-    )
-    assert journal.counts() == {
-        "queued": 0,
-        "scheduled": 0,
-        "running": 0,
-        "succeeded": 1,
-        "failed": 0,
-        "cancelled": 0,
-        "interrupted": 0,
-    }
-    # Finishing twice changes nothing.
-    assert not value(journal.finish("a", "failed", NOW + 2, NOW + 100))
-
-
-def test_keyReturnsTheSameJob(journal: SQLiteJournal) -> None:
-    """
-    A second submit with a key an unpurged job holds returns that job, new
-    or finished, and records nothing; once purged, the key is free.
-    """
-    first, _ = value(journal.submit(newJob("a", key="k")))
-    again, new = value(journal.submit(newJob("b", key="k")))
-    assert not new and again.id == first.id
-    value(journal.claim(1, NOW))
-    value(journal.finish("a", "succeeded", NOW, NOW + 10, result="1"))
-    again, new = value(journal.submit(newJob("c", key="k")))
-    assert not new and again.id == "a" and again.state == "succeeded"
-    assert value(journal.purge(NOW + 10)) == 1
-    fresh, new = value(journal.submit(newJob("d", key="k")))
-    assert new and fresh.id == "d"
-
-
-def test_claimOrderAndSchedule(journal: SQLiteJournal) -> None:
-    """
-    Claims take due jobs oldest first, up to the limit, and say when the
-    next waiting one is due; a scheduled job is claimed once its time came.
-    """
-    value(journal.submit(newJob("late", runAt=NOW + 50)))
-    for name in ("a", "b", "c"):
-        value(journal.submit(newJob(name)))
-    claimed = value(journal.claim(2, NOW))
-    assert [j.id for j in claimed.jobs] == ["a", "b"]
-    assert claimed.nextRunAt == NOW
-    claimed = value(journal.claim(5, NOW))
-    assert [j.id for j in claimed.jobs] == ["c"]
-    assert claimed.nextRunAt == NOW + 50
-    assert value(journal.claim(5, NOW + 49)).jobs == []
-    assert [j.id for j in value(journal.claim(5, NOW + 50)).jobs] == ["late"]
-
-
-def test_retryReleaseCancel(journal: SQLiteJournal) -> None:
-    """
-    A failed run waits for its retry with its error; a released job waits
-    again with its attempt uncounted; cancel ends a waiting job, leaves a
-    running or finished one, and says None for an unknown id.
-    """
-    value(journal.submit(newJob("a")))
-    value(journal.submit(newJob("b")))
-    value(journal.claim(2, NOW))
-    error = {"code": -32000, "message": "ValueError: x"}
-    assert value(journal.retryAt("a", NOW + 5, error))
-    assert value(journal.release("b"))
-    a, b = value(journal.get("a")), value(journal.get("b"))
-    assert (a.state, a.runAt, a.error, a.attempts) == ("scheduled", NOW + 5, error, 1)
-    assert (b.state, b.attempts) == ("queued", 0)
-    cancelled = value(journal.cancel("a", NOW, NOW + 9, {"code": -32800}))
-    assert cancelled.state == "cancelled" and cancelled.finishedAt == NOW
-    value(journal.claim(1, NOW))
-    assert value(journal.cancel("b", NOW, NOW + 9, {"code": -32800})).state == (
-        "running"
-    )
-    assert value(journal.cancel("nope", NOW, NOW + 9, {})) is None
-    assert journal.counts()["cancelled"] == 1
-
-
-def test_recoverAndList(journal: SQLiteJournal) -> None:
-    """
-    At start, jobs left running are queued again where the rule allows and
-    interrupted (with -32008) otherwise; listing filters and goes newest
-    first.
-    """
-    for name in ("keep", "drop", "waiting"):
-        value(journal.submit(newJob(name)))
-    value(journal.claim(2, NOW))
-    recovered = value(journal.recover(NOW, NOW + 10, lambda job: job.id == "keep"))
-    assert (list(recovered.requeued), list(recovered.interrupted)) == (
-        ["keep"],
-        ["drop"],
-    )
-    drop = value(journal.get("drop"))
-    assert drop.state == "interrupted" and drop.error["code"] == -32008
-    assert drop.error["data"]["job"] == "drop"
-    assert [j.id for j in value(journal.list(None, None, 10))] == [
-        "waiting",
-        "drop",
-        "keep",
-    ]
-    assert [j.id for j in value(journal.list("queued", None, 10))] == [
-        "waiting",
-        "keep",
-    ]
-    assert value(journal.list(None, "other", 10)) == []
-    assert journal.counts()["interrupted"] == 1
 
 
 def test_reopenKeepsJobsAndCounts(tmp_path: Path) -> None:
@@ -239,23 +112,3 @@ def test_memoryJournal() -> None:
     assert journal.sizeBytes() == 0
     assert value(journal.get("a")).id == "a"
     value(journal.close())
-
-
-@pytest_twisted.ensureDeferred
-async def test_groupCommit(tmp_path: Path) -> None:
-    """
-    With the writer thread, hundreds of submits made in one reactor pass
-    share a few transactions, and each Deferred fires after the commit.
-    """
-    journal = SQLiteJournal(reactor, str(tmp_path / "jobs.sqlite3"))
-    journal.open()
-    try:
-        submits = [journal.submit(newJob(f"j{n}")) for n in range(500)]
-        results = await gatherResults(submits)
-        assert all(new for _, new in results)
-        assert journal.counts()["queued"] == 500
-        assert journal._writer.commits < 50, journal._writer.commits
-    finally:
-        await journal.close()
-    with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
-        assert db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 500

@@ -191,14 +191,33 @@ def inline(path: Path) -> SQLiteJournal:
     return journal
 
 
-def test_recordTickOncePerTick(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def makeJournal(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """
+    Opens a journal (a new one each call) on one store: an SQLite file, or
+    a PostgreSQL database (both backends keep ticks alike).
+    """
+    if request.param == "sqlite":
+        return lambda: inline(tmp_path / "jobs.sqlite3")
+    from taskservice._pgjournal import PostgreSQLJournal
+
+    dsn = request.getfixturevalue("pgDSN")
+
+    def make() -> PostgreSQLJournal:
+        journal = PostgreSQLJournal(Clock(), dsn, threaded=False)
+        journal.open()
+        return journal
+
+    return make
+
+
+def test_recordTickOncePerTick(makeJournal: Any) -> None:
     """
     A tick is recorded once with its job (queued); the same tick again, or
     an older one, records nothing; a later one does; after a restart on
-    the same file the ticks recorded stay recorded.
+    the same journal the ticks recorded stay recorded.
     """
-    path = tmp_path / "jobs.sqlite3"
-    journal = inline(path)
+    journal = makeJournal()
     tick = at("2026-12-03T10:05:00")
     record = value(
         journal.recordTick("report", tick, tickJob("a", "report", tick, tick))
@@ -227,7 +246,7 @@ def test_recordTickOncePerTick(tmp_path: Path) -> None:
     assert value(journal.get("b")) is None and value(journal.get("c")) is None
     value(journal.close())
 
-    reopened = inline(path)
+    reopened = makeJournal()
     assert (
         value(
             reopened.recordTick("report", later, tickJob("f", "report", later, later))
@@ -238,12 +257,12 @@ def test_recordTickOncePerTick(tmp_path: Path) -> None:
     value(reopened.close())
 
 
-def test_recordTickWithAKeyHeld(tmp_path: Path) -> None:
+def test_recordTickWithAKeyHeld(makeJournal: Any) -> None:
     """
     A tick whose job's key a job already holds is recorded, and returns
     that job without inserting another.
     """
-    journal = inline(tmp_path / "jobs.sqlite3")
+    journal = makeJournal()
     tick = at("2026-12-03T10:05:00")
     held, _ = value(journal.submit(tickJob("first", "report", tick, tick)))
     record = value(

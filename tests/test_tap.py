@@ -1141,3 +1141,38 @@ def test_busyAddressForms() -> None:
     assert tap._busyAddress("tcp:0:interface=127.0.0.1") is None
     assert tap._busyAddress("unix:/tmp/nothing.sock") is None
     assert tap._busyAddress("systemd:domain=INET:index=0") is None
+
+
+@pytest.mark.integration
+def test_jobsDbPostgreSQL(pgDSN: str) -> None:
+    """
+    A postgresql:// --jobs-db is checked at parse time (a database that is
+    not a journal's is a usage error naming it) and gives the job service
+    a PostgreSQL journal with --server-timeout.
+    """
+    import psycopg
+
+    from taskservice._pgjournal import PostgreSQLJournal
+    from taskservice.jobs import JobService
+
+    root = tap.makeService(
+        parse(
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--jobs-db",
+            pgDSN,
+            "--server-timeout",
+            "4.5",
+        )
+    )
+    journal = only(JobService, root).journal
+    assert isinstance(journal, PostgreSQLJournal)
+    assert (journal.dsn, journal.serverTimeout) == (pgDSN, 4.5)
+    assert parse()["server-timeout"] == 10.0
+    with psycopg.connect(pgDSN, autocommit=True) as db:
+        db.execute(
+            "DROP TABLE taskservice_jobs, taskservice_meta, taskservice_servers;"
+            " CREATE TABLE taskservice_jobs (x int)"
+        )
+    with pytest.raises(usage.UsageError, match=r"--jobs-db: .*not a job journal"):
+        parse("--jobs-db", pgDSN)

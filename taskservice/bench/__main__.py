@@ -25,6 +25,7 @@ from typing import Any
 from taskservice.bench._burst import burstScenario
 from taskservice.bench._jobs import jobsScenario
 from taskservice.bench._memory import memoryScenario
+from taskservice.bench._pgjobs import pgjobsScenario
 from taskservice.bench._stats import Summary, mergeSection, percentile, table
 from taskservice.bench._tcp import tcpScenario
 from taskservice.bench._wsload import wsloadScenario
@@ -385,6 +386,7 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
         "burst": lambda: burstScenario(reactor, runs, options.quick, rows, notes),
         "memory": lambda: memoryScenario(reactor, runs, options.quick, rows, notes),
         "jobs": lambda: jobsScenario(reactor, runs, options.quick, rows, notes),
+        "pgjobs": lambda: pgjobsScenario(runs, options.quick, rows, notes),
     }
     unknown = set(options.only or ()) - scenarios.keys()
     if unknown:

@@ -9,6 +9,7 @@ calls a worker runs at once.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from taskservice import task
 
@@ -25,3 +26,12 @@ async def asyncSleep(seconds: float) -> float:
         raise ValueError(f"seconds must be a number from 0 to {MAX_SLEEP:g}")
     await asyncio.sleep(seconds)
     return seconds
+
+
+@task(name="started_at")
+def startedAt() -> float:
+    """
+    The wall-clock time this call started in its worker (the claim-latency
+    benchmark subtracts the time its job was submitted).
+    """
+    return time.time()
