@@ -6,7 +6,8 @@ group commits, and the files it refuses to open.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 
-from taskservice._journal import JobRecord, JournalError, NewJob
+from taskservice._journal import (
+    Batch,
+    GroupCommitWriter,
+    JobRecord,
+    JournalError,
+    NewJob,
+)
 from taskservice._sqlitejournal import APPLICATION_ID, SCHEMA_VERSION, SQLiteJournal
 
 NOW = 1_000_000.0
@@ -259,3 +266,153 @@ async def test_groupCommit(tmp_path: Path) -> None:
         await journal.close()
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as db:
         assert db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 500
+
+
+async def outcome(d: Deferred[Any]) -> Any:
+    """
+    What C{d} fires with: its result, or the exception it fails with.
+    """
+    try:
+        return await d
+    except Exception as e:
+        return e
+
+
+class _Gate:
+    """
+    Holds the writer thread in an operation of its own until released, so
+    the operations queued meanwhile are all in its next group.
+    """
+
+    def __init__(self, writer: GroupCommitWriter) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.done = writer.run(self._hold)
+        assert self.started.wait(10), "the writer thread did not start the gate"
+
+    def _hold(self, connection: Any, batch: Batch) -> None:
+        self.started.set()
+        assert self.release.wait(10)
+
+    def open(self) -> Deferred[None]:
+        self.release.set()
+        return self.done
+
+
+class _Recording:
+    """
+    A batched kind that records each run of items it is handed, and fails a
+    run holding the item C{"bad"}.
+    """
+
+    def __init__(self) -> None:
+        self.runs: list[list[str]] = []
+
+    def runMany(self, connection: Any, batch: Batch, items: Sequence[str]) -> list[str]:
+        self.runs.append(list(items))
+        if "bad" in items:
+            raise ValueError("a bad item")
+        connection.executemany(
+            "INSERT INTO t (v) VALUES (?)", [(item,) for item in items]
+        )
+        return [item.upper() for item in items]
+
+
+@pytest_twisted.ensureDeferred
+async def test_batchedItemsShareOneRunAndOneBadItemFailsAlone() -> None:
+    """
+    Consecutive items of one batched kind queued in one group are handed to
+    it in one run, in their order (a function queued between them splits
+    the run); when a run raises, the group is rolled back and every
+    operation runs again alone, so only the bad item fails (with a
+    L{JournalError} naming it) and every other one is committed.
+    """
+
+    def connect() -> sqlite3.Connection:
+        db = sqlite3.connect(":memory:", check_same_thread=False)
+        db.execute("CREATE TABLE t (v TEXT)")
+        return db
+
+    writer = GroupCommitWriter(reactor, connect)
+    writer.start()
+    kind = _Recording()
+    try:
+        gate = _Gate(writer)
+        first = [writer.runItem(kind, item) for item in ("a", "b")]
+        between = writer.run(
+            lambda db, batch: db.execute("INSERT INTO t (v) VALUES ('f')").rowcount
+        )
+        second = [writer.runItem(kind, item) for item in ("c", "d")]
+        await gate.open()
+        assert await gatherResults([*first, between, *second]) == [
+            "A",
+            "B",
+            1,
+            "C",
+            "D",
+        ]
+        assert kind.runs == [["a", "b"], ["c", "d"]]
+        commits = writer.commits
+
+        kind.runs.clear()
+        gate = _Gate(writer)
+        items = [writer.runItem(kind, item) for item in ("e", "bad", "g")]
+        await gate.open()
+        outcomes = [await outcome(d) for d in items]
+        assert outcomes[0] == "E" and outcomes[2] == "G"
+        assert isinstance(outcomes[1], JournalError)
+        assert "a bad item" in str(outcomes[1])
+        # The run of three, then each alone: e and g in a commit each.
+        assert kind.runs == [["e", "bad", "g"], ["e"], ["bad"], ["g"]]
+        assert writer.commits == commits + 1 + 2
+        values = await writer.run(
+            lambda db, batch: [v for (v,) in db.execute("SELECT v FROM t ORDER BY v")]
+        )
+        assert values == ["a", "b", "c", "d", "e", "f", "g"]
+    finally:
+        await writer.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_batchedSubmitsAndFinishesOneBadFailsAlone(tmp_path: Path) -> None:
+    """
+    Submits (without a key) and finishes queued in one group are one
+    executemany each; a submit whose id is taken fails alone with
+    L{JournalError} (the others are recorded), and a finish of a job that is
+    not running fires L{False} alone (the others fire L{True} and are
+    recorded); the counts follow exactly what was committed.
+    """
+    journal = SQLiteJournal(reactor, str(tmp_path / "jobs.sqlite3"))
+    journal.open()
+    try:
+        await journal.submit(newJob("taken"))
+        gate = _Gate(journal._writer)
+        submits = [
+            journal.submit(newJob(jobId), running=True) for jobId in ("r1", "r2", "r3")
+        ]
+        clash = journal.submit(newJob("taken"), running=True)
+        more = journal.submit(newJob("r4"), running=True)
+        await gate.open()
+        assert [r.id for r, new in await gatherResults(submits)] == ["r1", "r2", "r3"]
+        failure = await outcome(clash)
+        assert isinstance(failure, JournalError)
+        assert "UNIQUE" in str(failure)
+        assert (await more)[0].state == "running"
+        assert journal.counts()["running"] == 4
+        assert journal.counts()["queued"] == 1
+
+        gate = _Gate(journal._writer)
+        finishes = [
+            journal.finish(jobId, "succeeded", NOW, NOW + 60, result="1")
+            for jobId in ("r1", "taken", "r2", "nosuch", "r3")
+        ]
+        await gate.open()
+        assert await gatherResults(finishes) == [True, False, True, False, True]
+        counts = journal.counts()
+        assert counts["succeeded"] == 3 and counts["running"] == 1
+        assert counts["queued"] == 1
+        assert (await journal.get("r2")).state == "succeeded"
+        assert (await journal.get("taken")).state == "queued"
+        assert (await journal.get("r4")).state == "running"
+    finally:
+        await journal.close()
