@@ -337,6 +337,10 @@ class GroupCommitWriter:
     One thread owning one database connection, committing every operation
     queued meanwhile in one transaction.
 
+    Operations queued in one reactor pass reach the thread together, at
+    the pass's end; a group is what reached it while it committed the last
+    one (at most C{maxBatch} operations, unless one pass queued more).
+
     C{connect} opens the connection (in the thread). An operation is a
     function of C{(connection, batch)} (L{run}), or an item of a
     L{BatchedOperation} (L{runItem}): consecutive items of one kind in a
@@ -368,7 +372,9 @@ class GroupCommitWriter:
         self._onCommitted = onCommitted
         self._maxBatch = maxBatch
         self._name = name
-        self._queue: queue.SimpleQueue[_Operation | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Operation] | None] = queue.SimpleQueue()
+        self._pending: list[_Operation] = []
+        """Operations queued in this reactor pass, handed over at its end."""
         self._thread: threading.Thread | None = None
         self._connection: Any = None
         self._stopped: Deferred[None] | None = None
@@ -408,8 +414,21 @@ class GroupCommitWriter:
     def _queued(self, op: _Operation) -> None:
         if not self._threaded:
             self._runBatch([op], deliver=self._deliver)
-        else:
-            self._queue.put(op)
+            return
+        pending = self._pending
+        if not pending:
+            self.reactor.callLater(0, self._handOver)
+        pending.append(op)
+
+    def _handOver(self) -> None:
+        """
+        At the end of a reactor pass: give the writer thread what the pass
+        queued, as one entry (one wake of the thread, and a group that
+        holds the whole pass rather than its first operation alone).
+        """
+        pending, self._pending = self._pending, []
+        if pending:
+            self._queue.put(pending)
 
     def stop(self) -> Deferred[None]:
         """
@@ -424,6 +443,7 @@ class GroupCommitWriter:
             return done
         if self._stopped is None:
             self._stopped = Deferred()
+            self._handOver()
             self._queue.put(None)
         return self._stopped
 
@@ -435,7 +455,7 @@ class GroupCommitWriter:
             batch: list[_Operation] = []
             stopping = first is None
             if first is not None:
-                batch.append(first)
+                batch += first
             while not stopping and len(batch) < self._maxBatch:
                 try:
                     more = self._queue.get_nowait()
@@ -444,7 +464,7 @@ class GroupCommitWriter:
                 if more is None:
                     stopping = True
                 else:
-                    batch.append(more)
+                    batch += more
             if batch:
                 self._runBatch(
                     batch,
