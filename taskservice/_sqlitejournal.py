@@ -19,7 +19,7 @@ import contextlib
 import os
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -98,7 +98,71 @@ _INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+_FINISH = (
+    "UPDATE jobs SET state = ?, finished_at = ?, expires_at = ?,"
+    " result = ?, error = ?, progress = coalesce(?, progress)"
+    " WHERE id = ? AND state = 'running'"
+)
+
 _SQLITE_HEADER = b"SQLite format 3\x00"
+
+_Row = tuple[Any, ...]
+
+
+class _Inserts:
+    """
+    Submits without a key, as one C{executemany} for a run of them: an item
+    is the job's row and its record.
+    """
+
+    def runMany(
+        self,
+        db: sqlite3.Connection,
+        batch: Batch,
+        items: Sequence[tuple[_Row, JobRecord]],
+    ) -> list[tuple[JobRecord, bool]]:
+        db.executemany(_INSERT, [row for row, _ in items])
+        moved = batch.moved
+        for _, record in items:
+            moved(None, record.state)
+        return [(record, True) for _, record in items]
+
+
+class _Finishes:
+    """
+    Ends of running jobs, as one C{executemany} for a run of them: an item
+    is the parameters of L{_FINISH}. Each fires with whether its job was
+    running: when the rows changed are fewer than the items, some job was
+    not, and each item runs again alone to tell which.
+    """
+
+    def runMany(
+        self, db: sqlite3.Connection, batch: Batch, items: Sequence[_Row]
+    ) -> list[bool]:
+        changed = db.executemany(_FINISH, items).rowcount
+        if len(items) == 1:
+            if changed:
+                batch.moved(RUNNING, items[0][0])
+            return [bool(changed)]
+        if changed != len(items):
+            raise _NotAllRunning(
+                f"{changed} of {len(items)} finished jobs were running"
+            )
+        moved = batch.moved
+        for item in items:
+            moved(RUNNING, item[0])
+        return [True] * len(items)
+
+
+class _NotAllRunning(Exception):
+    """
+    A run of finishes changed fewer rows than it has items (it is rolled
+    back, and each item runs alone).
+    """
+
+
+_INSERTS = _Inserts()
+_FINISHES = _Finishes()
 
 
 class SQLiteJournal:
@@ -277,16 +341,20 @@ class SQLiteJournal:
             startedAt,
         )
 
+        record = JobRecord(*row, None, None, None, None)
+        if job.key is None:
+            # No key to look up first: one row of the group's executemany.
+            return self._writer.runItem(_INSERTS, (row, record))
+
         def insert(db: sqlite3.Connection, batch: Batch) -> tuple[JobRecord, bool]:
-            if job.key is not None:
-                found = db.execute(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE key = ?", (job.key,)
-                ).fetchone()
-                if found is not None:
-                    return _record(found), False
+            found = db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE key = ?", (job.key,)
+            ).fetchone()
+            if found is not None:
+                return _record(found), False
             db.execute(_INSERT, row)
             batch.moved(None, state)
-            return JobRecord(*row, None, None, None, None), True
+            return record, True
 
         return self._writer.run(insert)
 
@@ -355,18 +423,10 @@ class SQLiteJournal:
         errorText = None if error is None else _text(error)
         progressText = None if progress is None else _text(progress)
 
-        def finish(db: sqlite3.Connection, batch: Batch) -> bool:
-            done = db.execute(
-                "UPDATE jobs SET state = ?, finished_at = ?, expires_at = ?,"
-                " result = ?, error = ?, progress = coalesce(?, progress)"
-                " WHERE id = ? AND state = 'running'",
-                (state, now, expiresAt, result, errorText, progressText, jobId),
-            ).rowcount
-            if done:
-                batch.moved(RUNNING, state)
-            return bool(done)
-
-        return self._writer.run(finish)
+        return self._writer.runItem(
+            _FINISHES,
+            (state, now, expiresAt, result, errorText, progressText, jobId),
+        )
 
     def retryAt(
         self, jobId: str, runAt: float, error: Mapping[str, Any]
