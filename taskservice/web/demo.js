@@ -149,11 +149,13 @@ async function follow(job, saved) {
     ui.job.textContent = `Job ${job.id} has ended.`;
     if (error.code === ErrorCode.CANCELLED) {
       const { sent, countedBy } = await sentCount(job, saved);
+      const took = await duration(job, saved);
+      // The outcome and its text change together (a reader of the outcome
+      // must not find the text of the send still running).
       ui.result.dataset.outcome = "cancelled";
       ui.result.dataset.countedBy = countedBy;
       ui.result.textContent =
-        `Cancelled after ${numbers.format(sent)} e-mails` +
-        ` (${await duration(job, saved)} s).`;
+        `Cancelled after ${numbers.format(sent)} e-mails (${took} s).`;
     } else if (error.code === ErrorCode.JOB_NOT_FOUND) {
       ui.result.dataset.outcome = "error";
       ui.result.textContent =
