@@ -18,8 +18,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.python.failure import Failure
 
+from taskservice._jobrequest import callJobMethod
 from taskservice.errors import MethodNotFound, TaskServiceError
-from taskservice.server import callJobMethod
 from taskservice.wire import JOB_METHODS, RESERVED_PREFIX, STATS
 
 if TYPE_CHECKING:
