@@ -36,12 +36,19 @@ from taskservice._lines import LineProtocol
 from taskservice._session import HOLD_LIMIT, Progress, Session, SessionConfig
 from taskservice.errors import ErrorCode, MethodNotFound, TaskServiceError
 from taskservice.pool import ProcessPool
-from taskservice.wire import DEFAULT_MAX_BATCH, DEFAULT_MAX_LINE, PROGRESS, STATS
+from taskservice.wire import (
+    CANCEL,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_LINE,
+    PROGRESS,
+    STATS,
+)
 
 if TYPE_CHECKING:
     from taskservice.jobs import JobService
 
 __all__ = [
+    "CANCEL",
     "DEFAULT_MAX_IN_FLIGHT",
     "HOLD_LIMIT",
     "PROGRESS",
