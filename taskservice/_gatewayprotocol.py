@@ -137,7 +137,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         params = request.kwargs or (list(request.args) if request.args else None)
         try:
             d = self.factory.client.request(
-                request.method, params, onProgress=onProgress, timeout=request.timeout
+                request.method, params, onProgress=onProgress, options=request.options
             )
         except TypeError as e:
             # Params that decoded but cannot be re-encoded (nested just

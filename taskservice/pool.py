@@ -56,6 +56,7 @@ from taskservice._workerproc import (
     workerEnvironment,
 )
 from taskservice.errors import MethodNotFound
+from taskservice.wire import NO_OPTIONS, CallOptions, callOptions
 from taskservice.worker import DEFAULT_MAX_RESULT
 
 EXAMPLE_TASKS = ("taskservice.examples",)
@@ -259,6 +260,7 @@ class ProcessPool(Service):
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
         *,
+        options: CallOptions = NO_OPTIONS,
         timeout: float | None = None,
         onProgress: ProgressCallback | None = None,
         owner: object = None,
@@ -267,8 +269,11 @@ class ProcessPool(Service):
         """
         Run the task registered as C{name} in a worker.
 
-        @param timeout: this call's deadline in seconds (default: the task's
-            own, else the pool's C{defaultTimeout}; at most C{maxTimeout}).
+        @param options: how the call is to run (L{CallOptions}): its
+            C{timeout} is this call's deadline in seconds (default: the
+            task's own, else the pool's C{defaultTimeout}; at most
+            C{maxTimeout}).
+        @param timeout: shorthand for C{options=CallOptions(timeout=...)}.
         @param onProgress: called with each progress update of the task.
         @param owner: any object; L{dropQueued} forgets the queued calls of
             an owner (a connection that went away) in one pass.
@@ -282,11 +287,13 @@ class ProcessPool(Service):
         """
         if kwargs is None:
             kwargs = {}
+        if timeout is not None:
+            options = callOptions(options, timeout)
         scheduler = self._scheduler
         try:
-            call = scheduler.accept(name, args, kwargs, timeout, onProgress, owner, job)
+            call = scheduler.accept(name, args, kwargs, options, onProgress, owner, job)
         except Exception as e:
-            return scheduler.refuse(name, args, kwargs, timeout, owner, job, e)
+            return scheduler.refuse(name, args, kwargs, options, owner, job, e)
         return scheduler.enqueue(call)
 
     def deferToProcess(

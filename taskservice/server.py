@@ -211,7 +211,7 @@ class TaskServerProtocol(LineProtocol):
             request.method,
             request.args,
             request.kwargs,
-            timeout=request.timeout,
+            options=request.options,
             onProgress=onProgress,
             owner=self,
         )
