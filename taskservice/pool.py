@@ -42,6 +42,17 @@ from taskservice._call import (
     Outcome,
     ProgressCallback,
 )
+from taskservice._defaults import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_RESULT,
+    DEFAULT_MAX_TIMEOUT,
+    DEFAULT_PIPELINE,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_START_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    EXAMPLE_TASKS,
+)
 from taskservice._placement import SHORT_CALL, Placement
 from taskservice._queue import CallQueue, FifoQueue
 from taskservice._recentcalls import RecentCalls
@@ -57,18 +68,16 @@ from taskservice._workerproc import (
 )
 from taskservice.errors import MethodNotFound
 from taskservice.wire import NO_OPTIONS, CallOptions, callOptions
-from taskservice.worker import DEFAULT_MAX_RESULT
-
-EXAMPLE_TASKS = ("taskservice.examples",)
-DEFAULT_TIMEOUT = 300.0
-DEFAULT_MAX_TIMEOUT = 3600.0
-DEFAULT_MAX_QUEUE = 10_000
-DEFAULT_CONCURRENCY = 100
-DEFAULT_PIPELINE = 8
-DEFAULT_SHUTDOWN_TIMEOUT = 30.0
-DEFAULT_START_TIMEOUT = 60.0
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_MAX_QUEUE",
+    "DEFAULT_MAX_RESULT",
+    "DEFAULT_MAX_TIMEOUT",
+    "DEFAULT_PIPELINE",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
+    "DEFAULT_START_TIMEOUT",
+    "DEFAULT_TIMEOUT",
     "EXAMPLE_TASKS",
     "SHORT_CALL",
     "Call",

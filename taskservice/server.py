@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from taskservice import _coalesce
 from taskservice._auth import Token
+from taskservice._defaults import DEFAULT_MAX_IN_FLIGHT
 from taskservice._jobrequest import callJobMethod
 from taskservice._jsonrpc import Request
 from taskservice._lines import LineProtocol
@@ -59,7 +60,6 @@ __all__ = [
     "callJobMethod",
 ]
 
-DEFAULT_MAX_IN_FLIGHT = 1000
 
 REFUSALS: dict[int, str] = {
     ErrorCode.PARSE_ERROR: "parse_error",

@@ -29,10 +29,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from taskservice import _json
+from taskservice._defaults import DEFAULT_MAX_RESULT
 from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
 from taskservice._task import Registry, _jobContext, _progressHook, jobContextFrom
 from taskservice.worker import (
-    DEFAULT_MAX_RESULT,
     cancelledMessage,
     describeError,
     resultPayload,
