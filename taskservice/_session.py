@@ -77,13 +77,27 @@ __all__ = [
 
 _log = Logger()
 
+_WITHOUT_AUTH = frozenset({STATS, *JOB_METHODS})
+"""The C{$/} methods a session routes, besides C{$/cancelRequest}."""
+_WITH_AUTH = _WITHOUT_AUTH | {AUTH}
+
 
 class Session:
     """
     One peer's JSON-RPC session (see the module's docstring).
 
     @ivar outstanding: the peer's calls counted against C{maxInFlight}.
+    @ivar waitingBytes: the size of the messages waiting for room.
     """
+
+    # (Class defaults: a connection that makes one call sets few of them.)
+    outstanding = 0
+    waitingBytes = 0
+    _held = False
+    _cancelLane = False
+    _pendingBatches = 0
+    _inputEnded = False
+    _lost = False
 
     def __init__(self, host: SessionHost, config: SessionConfig) -> None:
         self.host = host
@@ -91,9 +105,7 @@ class Session:
         self._maxInFlight = config.maxInFlight
         self._maxBatch = min(config.maxBatch, config.maxInFlight)
         self._refuseOverflow = config.refuseOverflow
-        self._builtins = frozenset(
-            {STATS, *JOB_METHODS, *([AUTH] if config.answersAuth else [])}
-        )
+        self._builtins = _WITH_AUTH if config.answersAuth else _WITHOUT_AUTH
         if config.token is None:
             self.access = Access.OPEN
             self.maxLineLength = config.maxLineLength
@@ -101,17 +113,11 @@ class Session:
             # Not a byte more than $/auth needs until it has been sent.
             self.access = Access.NEEDS_AUTH
             self.maxLineLength = min(config.maxLineLength, PRE_AUTH_MAX_LINE)
-        self.outstanding = 0
+        self._dialect = config.dialect
         self._inFlight: dict[Any, Deferred[Any]] = {}
         self._jobCalls: set[Deferred[Any]] = set()
         self._waiting: deque[tuple[Request | Batch | Invalid, int]] = deque()
-        self.waitingBytes = 0
-        self._held = False
-        self._cancelLane = False
         self._seedReplies: deque[list[bytes | None]] = deque()
-        self._pendingBatches = 0
-        self._inputEnded = False
-        self._lost = False
 
     # -- input ---------------------------------------------------------------
 
@@ -124,35 +130,42 @@ class Session:
             self._authenticate(data)
             return
         message = _jsonrpc.parseLine(data, self._maxBatch)
-        if isinstance(message, Invalid) and not (message.seed and self.config.dialect):
+        if isinstance(message, Request):
+            if message.method == CANCEL and not message.seed:
+                # The cancel lane: acted on at once, even past maxInFlight,
+                # and it may reach calls still waiting.
+                self._cancelLane = True
+                try:
+                    self._reply(self._dispatch(message, reply=True))
+                finally:
+                    self._cancelLane = False
+            elif self._refuseOverflow:
+                self._reply(self._dispatch(message, reply=True))
+            elif self._waiting or self.outstanding >= self._maxInFlight:
+                self._wait(message, len(data))
+            else:
+                self._start(message)
+        elif isinstance(message, Invalid) and not (message.seed and self._dialect):
             self.replyError(message.id, message.error)
         elif self._refuseOverflow:
             if isinstance(message, Batch):
                 self._batch(message)
-            elif isinstance(message, Request):
-                self._reply(self._dispatch(message, reply=True))
             else:
                 self.replyError(message.id, message.error)
-        elif (
-            isinstance(message, Request)
-            and message.method == CANCEL
-            and not message.seed
-        ):
-            # The cancel lane: acted on at once, even past maxInFlight, and
-            # it may reach calls still waiting.
-            self._cancelLane = True
-            try:
-                self._reply(self._dispatch(message, reply=True))
-            finally:
-                self._cancelLane = False
         elif self._waiting or self.outstanding + _weight(message) > self._maxInFlight:
-            self._waiting.append((message, len(data)))
-            self.waitingBytes += len(data)
-            if not self._held and self.waitingBytes > HOLD_LIMIT:
-                self._held = True
-                self.host.holdInput(True)
+            self._wait(message, len(data))
         else:
             self._start(message)
+
+    def _wait(self, message: Request | Batch | Invalid, size: int) -> None:
+        """
+        Keep C{message} waiting for room (the waiting rule), in order.
+        """
+        self._waiting.append((message, size))
+        self.waitingBytes += size
+        if not self._held and self.waitingBytes > HOLD_LIMIT:
+            self._held = True
+            self.host.holdInput(True)
 
     def messageTooLong(self, prefix: bytes) -> None:
         """
@@ -209,7 +222,9 @@ class Session:
         if isinstance(message, Request) and not message.seed:
             # The common case, with as little per call as can be.
             self.outstanding += 1
-            self._reply(self._dispatch(message, reply=True), release=True)
+            response = self._dispatch(message, reply=True)
+            if not isinstance(response, Deferred):
+                self._reply(response, release=True)
         elif isinstance(message, Batch):
             self.outstanding += len(message.items)
             self._pendingBatches += 1
@@ -302,7 +317,12 @@ class Session:
             if self.outstanding >= self._maxInFlight:
                 return self._overloaded(request)
             self.outstanding += 1
-        d = self._call(request)
+        if method.startswith("$/"):
+            d = self._call(request)
+        elif request.notification:
+            d = self.host.call(request, None)
+        else:
+            d = self.host.call(request, self._progressTo(requestId))
         if request.notification:
             # (Returned, firing with None: the call releases its count.)
             d.addErrback(self._notificationFailed, method)
@@ -607,7 +627,12 @@ class Session:
             )
 
     def _write(self, message: Any) -> None:
-        self._send(self._encode(message))
+        try:
+            data = _json.dumps(message)
+        except (TypeError, ValueError):
+            data = self._encode(message)
+        if not self._lost:
+            self.host.send(data)
 
     def _send(self, data: bytes) -> None:
         if not self._lost:

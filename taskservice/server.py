@@ -315,6 +315,8 @@ class TaskServerFactory(Factory):
         """Messages the server answered with an error itself, before they
         reached the pool, by reason (the values of L{REFUSALS})."""
         self._statsProviders: list[Callable[[], Mapping[str, Any]]] = []
+        self._sessionConfig: SessionConfig | None = None
+        self._sessionConfigKey: tuple[Any, ...] = ()
 
     def buildProtocol(self, addr: Any) -> TaskServerProtocol:
         return TaskServerProtocol(self)
@@ -324,12 +326,17 @@ class TaskServerFactory(Factory):
         The rules of a new connection's session (read at each connection:
         the limits and the token may be changed meanwhile).
         """
-        return SessionConfig(
-            maxInFlight=self.maxInFlight,
-            maxBatch=self.maxBatch,
-            maxLineLength=self.maxLineLength,
-            token=self.token,
-        )
+        key = (self.maxInFlight, self.maxBatch, self.maxLineLength, self.token)
+        if self._sessionConfig is None or key != self._sessionConfigKey:
+            # (Made again only when a limit or the token changed.)
+            self._sessionConfigKey = key
+            self._sessionConfig = SessionConfig(
+                maxInFlight=self.maxInFlight,
+                maxBatch=self.maxBatch,
+                maxLineLength=self.maxLineLength,
+                token=self.token,
+            )
+        return self._sessionConfig
 
     def addStatsProvider(self, provider: Callable[[], Mapping[str, Any]]) -> None:
         """
