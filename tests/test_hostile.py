@@ -1,8 +1,11 @@
 """
 Hostile input sweep (issue 5): property-based tests that feed the task
 server, the websocket gateway and the line framing whatever a broken or
-hostile peer could send, and check that the contracts of DESIGN.md ("Bad
-input", "No silent loss") hold in every example.
+hostile peer could send, and check that two rules hold in every example:
+bad input gets its named error (docs/protocol, "Errors") and costs nothing
+else (the connection and the other calls carry on); and no call is lost
+silently (each is answered, exactly once, or was dropped by a documented
+rule).
 
 Everything runs in memory and on fake clocks: the task server over
 L{StringTransport}s, the gateway over iosim with a real L{TaskClient} talking

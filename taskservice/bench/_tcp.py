@@ -30,13 +30,8 @@ from taskservice.bench._loadclient import (
     measure,
 )
 from taskservice.bench._stats import percentile
-from taskservice.bench._websocket import (
-    HOST,
-    freePort,
-    startTwistd,
-    stop,
-    waitForPort,
-)
+from taskservice.bench._websocket import HOST, startTwistd, stop, waitForPort
+from taskservice.testing import freePort
 
 WORKERS = 2
 # One task process per core: each answers in-process, so more processes
