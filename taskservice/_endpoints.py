@@ -3,12 +3,12 @@ Endpoint description strings (C{"tcp:host=H:port=P"}, C{"tls:H:P:..."},
 C{"unix:path=..."}): split, quoted, and named for logs and stats.
 
 Twisted parses them itself when it builds an endpoint; its parser is
-private, so this small one reads the fields we need beforehand.
+private, so this small one reads the fields we need beforehand. Importing
+this module loads no Twisted (the clients without a reactor use it): the
+checks of C{twistd taskservice}'s endpoints import what they raise.
 """
 
 from __future__ import annotations
-
-from twisted.python import usage
 
 from taskservice._defaults import DEFAULT_BACKLOG
 
@@ -125,6 +125,8 @@ def tcpAddress(option: str, description: str) -> tuple[str, int]:
     The address a client uses to reach the TCP server endpoint
     C{description} (a wildcard interface becomes loopback).
     """
+    from twisted.python import usage
+
     positional, _ = splitDescription(description)
     if positional[0] != "tcp":
         raise usage.UsageError(f"{option} {description!r} must be a tcp: endpoint")
@@ -172,6 +174,7 @@ def checkListen(listen: str) -> None:
     """
     from twisted.internet import reactor
     from twisted.internet.endpoints import serverFromString
+    from twisted.python import usage
 
     positional, keywords = splitDescription(listen)
     if positional[0] == "tcp":
@@ -192,6 +195,8 @@ def tcpListenAddress(listen: str, option: str) -> tuple[int, str, int]:
     (--tls-cert, --reuse-port) makes the listener here: it must be a plain
     C{tcp:} endpoint.
     """
+    from twisted.python import usage
+
     positional, keywords = splitDescription(listen)
     args = positional[1:]
     port = keywords.pop("port", args[0] if args else "")
