@@ -32,10 +32,13 @@ from taskservice.wire import (
     AUTH,
     CANCEL,
     CLIENT_MAX_LINE,
+    NO_OPTIONS,
     ONLY_IF_QUEUED,
     PROGRESS,
+    CallOptions,
     LineSplitter,
     LineTooLong,
+    callOptions,
 )
 
 ProgressCallback = Callable[[dict[str, Any]], object]
@@ -247,14 +250,16 @@ class ClientCore(Generic[Handle]):
         params: Sequence[Any] | Mapping[str, Any] | None,
         handle: Handle,
         *,
+        options: CallOptions = NO_OPTIONS,
         timeout: float | None = None,
     ) -> int:
         """
         Send a call of C{method} with C{params} (as they go on the wire: a
         list, a dict or L{None}); its outcome will name C{handle}.
 
-        @param timeout: the call's own deadline in seconds (the request's
-            C{"timeout"} member), or L{None} for the task's default.
+        @param options: how the call is to run (L{CallOptions}), sent as
+            the request's members beside C{"method"}.
+        @param timeout: shorthand for C{options=CallOptions(timeout=...)}.
         @return: the call's request id, for L{cancel} and L{abandon}.
         @raise TaskServiceError: L{Unauthorised} when the server refused this
             client, L{Unreachable} when there is no connection; the call was
@@ -272,7 +277,9 @@ class ClientCore(Generic[Handle]):
             requestId, method, list(params) if isinstance(params, tuple) else params
         )
         if timeout is not None:
-            message["timeout"] = timeout
+            options = callOptions(options, timeout)
+        if options is not NO_OPTIONS:
+            message.update(options.members())
         try:
             data = _jsonrpc.line(message)
         except (TypeError, ValueError) as e:

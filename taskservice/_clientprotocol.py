@@ -23,7 +23,7 @@ from taskservice._clientcore import ClientCore, ProgressCallback
 from taskservice._lines import LineProtocol
 from taskservice._tls import describeTLSFailure
 from taskservice.errors import TaskServiceError
-from taskservice.wire import CLIENT_MAX_LINE
+from taskservice.wire import CLIENT_MAX_LINE, NO_OPTIONS, CallOptions, callOptions
 
 
 class _Call:
@@ -108,6 +108,7 @@ class TaskClientProtocol(LineProtocol):
         params: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         onProgress: ProgressCallback | None = None,
+        options: CallOptions = NO_OPTIONS,
         timeout: float | None = None,
     ) -> Deferred[Any]:
         """
@@ -117,13 +118,16 @@ class TaskClientProtocol(LineProtocol):
         server removes the call from its queue, or kills the worker running
         it. The Deferred then fails with C{CancelledError}.
 
-        @param timeout: the caller's own deadline in seconds (the request's
-            C{"timeout"} member), or L{None} for the task's default.
+        @param options: how the call is to run (L{CallOptions}, sent as the
+            request's members beside C{"method"}).
+        @param timeout: shorthand for C{options=CallOptions(timeout=...)}.
         """
         core = self._core
         call = _Call(onProgress)
         try:
-            requestId = core.request(method, params, call, timeout=timeout)
+            requestId = core.request(
+                method, params, call, options=callOptions(options, timeout)
+            )
         except TaskServiceError as e:
             return fail(e)
 

@@ -10,13 +10,22 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskservice import _json
 from taskservice._cron import TICK_KEY_PREFIX
 from taskservice._journal import STATES
 from taskservice._task import Registry
 from taskservice.errors import InvalidParams, MethodNotFound
+from taskservice.wire import ATTACH, CANCEL_JOB, JOB, JOBS, SUBMIT
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from twisted.internet.defer import Deferred
+
+    from taskservice.jobs import JobService
+    from taskservice.pool import ProcessPool
 
 MAX_RETRIES = 100
 MAX_KEY = 255
@@ -189,3 +198,35 @@ def _instant(value: object) -> float:
 
 def _invalid(why: str) -> InvalidParams:
     return InvalidParams("invalid params", why)
+
+
+def callJobMethod(
+    jobs: JobService,
+    pool: ProcessPool,
+    method: str,
+    params: object,
+    *,
+    owner: object = None,
+    onProgress: Callable[[Any], object] | None = None,
+) -> Deferred[Any]:
+    """
+    Run job method C{method} with its C{params} on C{jobs}: the one place
+    the task server and the gateway beside it turn a job method into a
+    call of the job service.
+    """
+    if method == SUBMIT:
+        return jobs.submit(parseSubmit(params, pool.registry, pool.maxTimeout))
+    if method == JOBS:
+        return jobs.jobs(*parseListing(params))
+    jobId = parseJobId(params, method)
+    if method == JOB:
+        return jobs.job(jobId)
+    if method == CANCEL_JOB:
+        return jobs.cancel(jobId)
+    assert method == ATTACH
+
+    def progress(update: Any) -> None:
+        if onProgress is not None:
+            onProgress({**update, "job": jobId})
+
+    return jobs.attach(jobId, progress, owner)

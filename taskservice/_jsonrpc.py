@@ -16,7 +16,7 @@ from typing import Any
 
 from taskservice import _json
 from taskservice.errors import InvalidRequest, ParseError, TaskServiceError, TooLarge
-from taskservice.wire import DEFAULT_MAX_BATCH
+from taskservice.wire import DEFAULT_MAX_BATCH, NO_OPTIONS, CallOptions
 
 Id = str | int | float | None
 _NO_ID: Any = object()
@@ -34,8 +34,9 @@ class Request:
         nothing is answered.
     @ivar seed: C{True} for the Workerman FAQ dialect (C{{"function": ...,
         "args": ...}}), answered with a bare result line.
-    @ivar timeout: the caller's own deadline in seconds (our extension: a
-        C{"timeout"} member beside C{"method"}), or L{None}.
+    @ivar options: how the call is to run (L{CallOptions}; our extension:
+        a C{"timeout"} member beside C{"method"}), shared L{NO_OPTIONS}
+        when it sets none.
     """
 
     method: str
@@ -44,7 +45,7 @@ class Request:
     id: Id = None
     notification: bool = False
     seed: bool = False
-    timeout: float | None = None
+    options: CallOptions = NO_OPTIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +173,7 @@ def _parseObject(message: Any, inBatch: bool) -> Request | Invalid:
         kwargs=kwargs,
         id=echoId,
         notification=requestId is _NO_ID,
-        timeout=timeout,
+        options=NO_OPTIONS if timeout is None else CallOptions(timeout=timeout),
     )
 
 

@@ -50,6 +50,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskservice import _json
+from taskservice._defaults import DEFAULT_SERVER_TIMEOUT
 from taskservice._journal import (
     CANCELLED,
     FINAL_STATES,
@@ -86,7 +87,6 @@ from taskservice._pgwire import (
 
 __all__ = ["DEFAULT_SERVER_TIMEOUT", "PostgreSQLJournal", "describe", "isPostgreSQL"]
 
-DEFAULT_SERVER_TIMEOUT = 10.0
 """Seconds without a heartbeat after which a server's jobs are recovered."""
 _CLAIM_AGAIN = 0.05
 """Seconds before claiming again due jobs another server's claim held."""

@@ -18,9 +18,16 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.python.failure import Failure
 
+from taskservice._jobrequest import callJobMethod
 from taskservice.errors import MethodNotFound, TaskServiceError
-from taskservice.server import callJobMethod
-from taskservice.wire import JOB_METHODS, RESERVED_PREFIX, STATS
+from taskservice.wire import (
+    JOB_METHODS,
+    NO_OPTIONS,
+    RESERVED_PREFIX,
+    STATS,
+    CallOptions,
+    callOptions,
+)
 
 if TYPE_CHECKING:
     from taskservice.server import TaskServerFactory
@@ -52,6 +59,7 @@ class PoolCaller(Service):
         params: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         onProgress: ProgressCallback | None = None,
+        options: CallOptions = NO_OPTIONS,
         timeout: float | None = None,
     ) -> Deferred[Any]:
         """
@@ -85,7 +93,7 @@ class PoolCaller(Service):
                 method,
                 args or (),
                 kwargs,
-                timeout=timeout,
+                options=callOptions(options, timeout),
                 onProgress=onProgress,
                 owner=self,
             )

@@ -39,6 +39,7 @@ from taskservice.errors import (
     Unavailable,
     WorkerLost,
 )
+from taskservice.wire import CallOptions
 
 
 class Scheduler:
@@ -115,7 +116,7 @@ class Scheduler:
         name: str,
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
-        timeout: float | None,
+        options: CallOptions,
         onProgress: ProgressCallback | None,
         owner: object,
         job: Mapping[str, Any] | None,
@@ -129,6 +130,7 @@ class Scheduler:
             spec.checkArguments(args, kwargs)
         except TypeError as e:
             raise InvalidParams("invalid params", str(e)) from None
+        timeout = options.timeout
         if timeout is None:
             timeout = spec.timeout if spec.timeout is not None else self.defaultTimeout
         elif not 0 < timeout <= self.maxTimeout:
@@ -158,7 +160,7 @@ class Scheduler:
         name: str,
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
-        timeout: float | None,
+        options: CallOptions,
         owner: object,
         job: Mapping[str, Any] | None,
         error: Exception,
@@ -176,7 +178,7 @@ class Scheduler:
             self.registry[name] if known else None,
             args,
             kwargs,
-            timeout or 0.0,
+            options.timeout or 0.0,
             None,
             owner,
             job,

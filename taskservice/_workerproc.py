@@ -31,9 +31,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskservice import _coalesce, _json
+from taskservice._defaults import DEFAULT_MAX_RESULT
 from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
 from taskservice._task import Registry
-from taskservice.worker import DEFAULT_MAX_RESULT
 
 if TYPE_CHECKING:
     from taskservice._call import Call

@@ -54,7 +54,7 @@ from taskservice.errors import (
     Unavailable,
     Unreachable,
 )
-from taskservice.wire import STATS
+from taskservice.wire import NO_OPTIONS, STATS, CallOptions, callOptions
 
 __all__ = ["Balancer"]
 
@@ -99,11 +99,11 @@ class _Call:
         "lost",
         "method",
         "onProgress",
+        "options",
         "params",
         "result",
         "retried",
         "server",
-        "timeout",
         "tried",
         "upstream",
     )
@@ -113,12 +113,12 @@ class _Call:
         method: str,
         params: Any,
         onProgress: ProgressCallback | None,
-        timeout: float | None,
+        options: CallOptions,
     ) -> None:
         self.method = method
         self.params = params
         self.onProgress = onProgress
-        self.timeout = timeout
+        self.options = options
         self.result: Deferred[Any] = Deferred(self._cancel)
         self.server: _Server | None = None
         self.upstream: Deferred[Any] | None = None
@@ -250,6 +250,7 @@ class Balancer(MultiService):
         params: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         onProgress: ProgressCallback | None = None,
+        options: CallOptions = NO_OPTIONS,
         timeout: float | None = None,
     ) -> Deferred[Any]:
         """
@@ -258,7 +259,7 @@ class Balancer(MultiService):
         """
         if not self.running:
             return fail(Unreachable("the client is not started"))
-        call = _Call(method, params, onProgress, timeout)
+        call = _Call(method, params, onProgress, callOptions(options, timeout))
         self._send(call)
         return call.result
 
@@ -288,7 +289,7 @@ class Balancer(MultiService):
         # May raise TypeError (params that cannot be encoded): nothing is
         # counted or kept for the call then.
         upstream = server.client.request(
-            call.method, call.params, onProgress=call.onProgress, timeout=call.timeout
+            call.method, call.params, onProgress=call.onProgress, options=call.options
         )
         call.tried.append(server)
         call.server = server

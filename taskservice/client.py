@@ -39,7 +39,13 @@ from taskservice._clientcore import ProgressCallback, copyError
 from taskservice._clientprotocol import TaskClientProtocol
 from taskservice._jobclient import Job, submitJob
 from taskservice.errors import TaskServiceError, Unreachable
-from taskservice.wire import CLIENT_MAX_LINE, callParams
+from taskservice.wire import (
+    CLIENT_MAX_LINE,
+    NO_OPTIONS,
+    CallOptions,
+    callOptions,
+    callParams,
+)
 
 __all__ = [
     "CLIENT_MAX_LINE",
@@ -226,19 +232,23 @@ class TaskClient(Service):
         params: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         onProgress: ProgressCallback | None = None,
+        options: CallOptions = NO_OPTIONS,
         timeout: float | None = None,
     ) -> Deferred[Any]:
         """
         Call C{method} with C{params} as they go on the wire; C{onProgress}
         receives each progress update (a dict such as C{{"done": 3,
-        "total": 10}}); C{timeout} is the caller's own deadline in seconds.
-        Cancelling the Deferred cancels the task.
+        "total": 10}}); C{options} says how the call is to run
+        (L{CallOptions}: its C{timeout} is the caller's own deadline in
+        seconds), and C{timeout} is shorthand for C{options=CallOptions(
+        timeout=...)}. Cancelling the Deferred cancels the task.
         """
+        options = callOptions(options, timeout)
         if not self.running:
             return fail(Unreachable("the client is not started"))
         if self._protocol is not None:
             return self._protocol.request(
-                method, params, onProgress=onProgress, timeout=timeout
+                method, params, onProgress=onProgress, options=options
             )
         if self._unreachable:
             if self._refusal is not None:
@@ -256,7 +266,7 @@ class TaskClient(Service):
         def send(protocol: IProtocol) -> Deferred[Any]:
             assert isinstance(protocol, TaskClientProtocol)
             return protocol.request(
-                method, params, onProgress=onProgress, timeout=timeout
+                method, params, onProgress=onProgress, options=options
             )
 
         waiting.addCallback(send)

@@ -51,7 +51,9 @@ from taskservice.wire import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BROWSER_CALLS,
     DEFAULT_MAX_MESSAGE,
+    NO_OPTIONS,
     STATS,
+    CallOptions,
 )
 
 if TYPE_CHECKING:
@@ -89,7 +91,7 @@ class TaskCaller(Protocol):
         params: Any = None,
         *,
         onProgress: Callable[[dict[str, Any]], object] | None = None,
-        timeout: float | None = None,
+        options: CallOptions = NO_OPTIONS,
     ) -> Deferred[Any]: ...
 
     def abandon(self, d: Deferred[Any]) -> None: ...

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from taskservice import _json
 from taskservice._cron import isoTick, tickKey
+from taskservice._defaults import DEFAULT_MAX_RUNNING, DEFAULT_TTL
 from taskservice._jobrequest import JobRequest
 from taskservice._journal import (
     CANCELLED,
@@ -58,10 +59,6 @@ from taskservice.errors import (
 )
 from taskservice.pool import ProcessPool
 
-DEFAULT_TTL = 86400.0
-"""Seconds a finished job (and its result) is kept: one day."""
-DEFAULT_MAX_RUNNING = 100
-"""Jobs handed to the pool at once."""
 DEFAULT_MAX_PENDING = 1_000_000
 """Jobs that may wait; past it, C{$/submit} answers -32003."""
 RESTART_ALLOWANCE = 3

@@ -42,6 +42,17 @@ from taskservice._call import (
     Outcome,
     ProgressCallback,
 )
+from taskservice._defaults import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_RESULT,
+    DEFAULT_MAX_TIMEOUT,
+    DEFAULT_PIPELINE,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_START_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    EXAMPLE_TASKS,
+)
 from taskservice._placement import SHORT_CALL, Placement
 from taskservice._queue import CallQueue, FifoQueue
 from taskservice._recentcalls import RecentCalls
@@ -56,18 +67,17 @@ from taskservice._workerproc import (
     workerEnvironment,
 )
 from taskservice.errors import MethodNotFound
-from taskservice.worker import DEFAULT_MAX_RESULT
-
-EXAMPLE_TASKS = ("taskservice.examples",)
-DEFAULT_TIMEOUT = 300.0
-DEFAULT_MAX_TIMEOUT = 3600.0
-DEFAULT_MAX_QUEUE = 10_000
-DEFAULT_CONCURRENCY = 100
-DEFAULT_PIPELINE = 8
-DEFAULT_SHUTDOWN_TIMEOUT = 30.0
-DEFAULT_START_TIMEOUT = 60.0
+from taskservice.wire import NO_OPTIONS, CallOptions, callOptions
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_MAX_QUEUE",
+    "DEFAULT_MAX_RESULT",
+    "DEFAULT_MAX_TIMEOUT",
+    "DEFAULT_PIPELINE",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
+    "DEFAULT_START_TIMEOUT",
+    "DEFAULT_TIMEOUT",
     "EXAMPLE_TASKS",
     "SHORT_CALL",
     "Call",
@@ -259,6 +269,7 @@ class ProcessPool(Service):
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
         *,
+        options: CallOptions = NO_OPTIONS,
         timeout: float | None = None,
         onProgress: ProgressCallback | None = None,
         owner: object = None,
@@ -267,8 +278,11 @@ class ProcessPool(Service):
         """
         Run the task registered as C{name} in a worker.
 
-        @param timeout: this call's deadline in seconds (default: the task's
-            own, else the pool's C{defaultTimeout}; at most C{maxTimeout}).
+        @param options: how the call is to run (L{CallOptions}): its
+            C{timeout} is this call's deadline in seconds (default: the
+            task's own, else the pool's C{defaultTimeout}; at most
+            C{maxTimeout}).
+        @param timeout: shorthand for C{options=CallOptions(timeout=...)}.
         @param onProgress: called with each progress update of the task.
         @param owner: any object; L{dropQueued} forgets the queued calls of
             an owner (a connection that went away) in one pass.
@@ -282,11 +296,13 @@ class ProcessPool(Service):
         """
         if kwargs is None:
             kwargs = {}
+        if timeout is not None:
+            options = callOptions(options, timeout)
         scheduler = self._scheduler
         try:
-            call = scheduler.accept(name, args, kwargs, timeout, onProgress, owner, job)
+            call = scheduler.accept(name, args, kwargs, options, onProgress, owner, job)
         except Exception as e:
-            return scheduler.refuse(name, args, kwargs, timeout, owner, job, e)
+            return scheduler.refuse(name, args, kwargs, options, owner, job, e)
         return scheduler.enqueue(call)
 
     def deferToProcess(

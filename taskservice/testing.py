@@ -14,13 +14,18 @@ in-process with the pool's own registry::
     d = pool.submit("add", [1, 2])
     reactor.runAllCalls(pool.registry)
     assert successResultOf(d) == 3
+
+L{GatewayRig} (loaded when first used: it imports the gateway) is the
+websocket gateway in memory, in front of such a pool: browsers, gateway,
+its client and the task server all connected over C{iosim}. L{freePort}
+is a free TCP port on loopback, for tests that start real servers.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IProcessProtocol, IReactorProcess
@@ -29,10 +34,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from taskservice import _json
+from taskservice._defaults import DEFAULT_MAX_RESULT
 from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
 from taskservice._task import Registry, _jobContext, _progressHook, jobContextFrom
 from taskservice.worker import (
-    DEFAULT_MAX_RESULT,
     cancelledMessage,
     describeError,
     resultPayload,
@@ -353,3 +358,30 @@ class FakeProcessReactor(MemoryReactorClock):
                 return
             for worker in pending:
                 worker.runCalls(registry)
+
+
+def freePort(host: str = "127.0.0.1") -> int:
+    """
+    A TCP port on C{host} that nothing listens on now (the kernel's pick),
+    for a test or benchmark that starts a real server on it.
+    """
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+if TYPE_CHECKING:
+    from taskservice._gatewayrig import GatewayRig, MemoryEndpoint  # noqa: F401
+
+_RIG = frozenset({"GatewayRig", "MemoryEndpoint"})
+
+
+def __getattr__(name: str) -> Any:
+    # The gateway rig imports autobahn and the gateway: only when used.
+    if name in _RIG:
+        from taskservice import _gatewayrig
+
+        return getattr(_gatewayrig, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

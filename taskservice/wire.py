@@ -76,6 +76,47 @@ ONLY_IF_QUEUED = "onlyIfQueued"
 """The member of L{CANCEL}'s params that spares a call already running."""
 
 
+# -- call options ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """
+    How one call is to run, beside its method and params: one value carried
+    from where the request is parsed (or a client's C{request()}) to the
+    pool, instead of each option threaded through every signature.
+
+    @ivar timeout: the caller's own deadline in seconds (a request's
+        C{"timeout"} member, beside C{"method"}), or L{None} for the task's
+        default.
+
+    (Room for what comes next: a priority, a job key, a delay. A new option
+    is a field here, a member in L{members} and a check in the parser.)
+    """
+
+    timeout: float | None = None
+
+    def members(self) -> dict[str, Any]:
+        """
+        The request members (beside C{"method"}) that carry these options.
+        """
+        return {} if self.timeout is None else {"timeout": self.timeout}
+
+
+NO_OPTIONS = CallOptions()
+"""The options of a call that sets none (shared: no value per call)."""
+
+
+def callOptions(options: CallOptions, timeout: float | None) -> CallOptions:
+    """
+    C{options}, with the C{timeout=} shorthand of the public C{request()}
+    and C{submit()} signatures folded in.
+    """
+    if timeout is None:
+        return options
+    return CallOptions(timeout=timeout)
+
+
 # -- params --------------------------------------------------------------------
 
 

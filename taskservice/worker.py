@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from taskservice import _json
+from taskservice._defaults import DEFAULT_MAX_RESULT
 from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
 from taskservice._task import (
     Registry,
@@ -49,7 +50,6 @@ from taskservice._task import (
 )
 
 EXIT_BAD_TASKS = 3
-DEFAULT_MAX_RESULT = 64 * 1024 * 1024
 
 
 class _Channel:

@@ -1,7 +1,9 @@
 """
-The bad input of DESIGN.md ("Bad input"), one line each, with the error it
-must get: shared by the unit tests (L{tests.test_server}) and the tests over
-a real socket (L{tests.test_server_integration}).
+Bad input, one line each, with the error it must get (the rule: every bad
+input gets a clear, named error, docs/protocol "Errors", and costs nothing
+else: the connection and other callers keep going): shared by the unit
+tests (L{tests.test_server}, L{tests.test_session}) and the tests over a
+real socket (L{tests.test_server_integration}).
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class FakeClient(Service):
         params: Any = None,
         *,
         onProgress: Any = None,
-        timeout: float | None = None,
+        options: Any = None,
     ) -> Deferred[Any]:
         if method == STATS:
             d: Deferred[Any] = Deferred()

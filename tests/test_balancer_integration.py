@@ -21,13 +21,13 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from taskservice.testing import freePort
 from tests.test_gateway_integration import Browser, openBrowser
 from tests.test_twistd import (
     DEADLINE,
     HOST,
     Twistd,
     connectWhenListening,
-    freePort,
     twistd,
 )
 

@@ -34,7 +34,8 @@ from taskservice.bench._loadclient import (
 )
 from taskservice.bench._tcp import tcpScenario
 from taskservice.bench._wsload import wsloadScenario
-from tests.test_twistd import HOST, connectWhenListening, freePort, twistd
+from taskservice.testing import freePort
+from tests.test_twistd import HOST, connectWhenListening, twistd
 
 pytestmark = pytest.mark.integration
 

@@ -26,13 +26,13 @@ from taskservice.errors import (
     Unauthorised,
     Unavailable,
 )
+from taskservice.testing import freePort
 from tests.test_security_integration import makePKI
 from tests.test_twistd import (
     DEADLINE,
     HOST,
     Twistd,
     connectWhenListening,
-    freePort,
     twistd,
     waitFor,
 )

@@ -31,6 +31,7 @@ from twisted.internet.task import deferLater
 
 from taskservice._smtpserver import SinkESMTP, SinkSMTPFactory
 from taskservice.smtpsink import DOMAIN, IDLE_TIMEOUT, SMTPSink, _Delivery, _Message
+from taskservice.testing import freePort
 from tests.test_js_client import (
     CHROMIUM,
     BrowserThread,
@@ -45,7 +46,6 @@ from tests.test_twistd import (
     Twistd,
     call,
     connectWhenListening,
-    freePort,
     twistd,
 )
 

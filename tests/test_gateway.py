@@ -15,75 +15,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.twisted.websocket import WebSocketClientProtocol
 from twisted.application.service import Service
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import MemoryReactorClock
-from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 from txaio.testutil import replace_loop
-from zope.interface import implementer
 
-from taskservice.client import TaskClient
-from taskservice.gateway import GatewayFactory, GatewaySite, makeGatewayResource
-from taskservice.pool import ProcessPool
-from taskservice.server import TaskServerFactory
+from taskservice._gatewayrig import HOST, ORIGIN
+from taskservice.gateway import makeGatewayResource
 from taskservice.service import GatewayService
-from taskservice.testing import FakeProcessReactor
-
-GATEWAY = IPv4Address("TCP", "127.0.0.1", 8080)
-TASK_SERVER = IPv4Address("TCP", "127.0.0.1", 12345)
-HOST = "127.0.0.1:8080"
-ORIGIN = f"http://{HOST}"
+from taskservice.testing import FakeProcessReactor, GatewayRig
 
 _case = SynchronousTestCase()
-
-
-@implementer(IStreamClientEndpoint)
-class MemoryEndpoint:
-    """
-    A client endpoint to C{serverFactory} over iosim, which can be made to
-    refuse connections (the task server is down).
-    """
-
-    def __init__(self, harness: Harness, serverFactory: TaskServerFactory) -> None:
-        self.harness = harness
-        self.serverFactory = serverFactory
-        self.up = True
-        self.connections: list[iosim.IOPump] = []
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        if not self.up:
-            return fail(ConnectionRefusedError())
-        server = self.serverFactory.buildProtocol(TASK_SERVER)
-        client = factory.buildProtocol(TASK_SERVER)
-        pump = self.harness.connect(
-            server,
-            iosim.FakeTransport(
-                server, True, TASK_SERVER, IPv4Address("TCP", "127.0.0.1", 5)
-            ),
-            client,
-            iosim.FakeTransport(
-                client, False, IPv4Address("TCP", "127.0.0.1", 5), TASK_SERVER
-            ),
-        )
-        self.connections.append(pump)
-        return succeed(client)
-
-    def down(self) -> None:
-        """
-        The task server goes away: refuse new connections, drop open ones.
-        """
-        self.up = False
-        for pump in self.connections:
-            pump.serverIO.loseConnection()
-        self.harness.flush()
 
 
 class Browser(WebSocketClientProtocol):
@@ -125,71 +72,17 @@ class Browser(WebSocketClientProtocol):
         return received
 
 
-class Harness:
+class Harness(GatewayRig):
     """
-    A gateway in front of a task server with one fake worker.
+    A gateway in front of a task server with one fake worker running
+    L{tests.pooltasks} (L{taskservice.testing.GatewayRig}).
     """
 
     def __init__(self, web: Path | None = None, **gatewayOptions: Any) -> None:
-        self.reactor = reactor = FakeProcessReactor()
-        self.pumps: list[iosim.IOPump] = []
-        self.pool = ProcessPool(reactor, ["tests.pooltasks"], size=1)
-        self.pool.startService()
-        reactor.readyAll()
-        self.endpoint = MemoryEndpoint(self, TaskServerFactory(self.pool))
-        self.client = TaskClient(reactor, self.endpoint, maxRetryDelay=1.0)
-        self.client.startService()
-        self.factory = GatewayFactory(reactor, self.client, **gatewayOptions)
-        self.site = GatewaySite(self.factory, web=web or Path("/nonexistent"))
-        self.flush()
-
-    def connect(
-        self, server: Any, serverIO: Any, client: Any, clientIO: Any
-    ) -> iosim.IOPump:
-        pump = iosim.connect(
-            server, serverIO, client, clientIO, greet=False, clock=self.reactor
-        )
-        self.pumps.append(pump)
-        return pump
-
-    def flush(self) -> None:
-        """
-        Deliver every byte in flight, both ways, on every connection.
-        """
-        while any([pump.flush() for pump in self.pumps]):
-            pass
-        self.pumps = [
-            p
-            for p in self.pumps
-            if not (p.clientIO.disconnected and p.serverIO.disconnected)
-        ]
-
-    def run(self) -> None:
-        """
-        Let the fake worker run every call it has, and deliver the replies.
-        """
-        self.flush()
-        while any(w.calls for w in self.reactor.alive):
-            self.reactor.runAllCalls(self.pool.registry)
-            self.flush()
+        super().__init__("tests.pooltasks", 1, web=web, **gatewayOptions)
 
     def browser(self, origin: str | None = ORIGIN, host: str = HOST) -> Browser:
-        factory = WebSocketClientFactory(
-            f"ws://{host}/ws", origin=origin, reactor=self.reactor
-        )
-        factory.protocol = Browser
-        browser = factory.buildProtocol(GATEWAY)
-        peer = IPv4Address("TCP", "127.0.0.1", 40000 + len(self.pumps))
-        server = self.site.buildProtocol(peer)
-        self.connect(
-            server,
-            iosim.FakeTransport(server, True, GATEWAY, peer),
-            browser,
-            iosim.FakeTransport(browser, False, peer, GATEWAY),
-        )
-        self.flush()
-        assert isinstance(browser, Browser)
-        return browser
+        return self.connectBrowser(Browser, origin, host)
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,7 @@ from taskservice.client import TaskClient
 from taskservice.errors import Unavailable
 from taskservice.pool import ProcessPool
 from taskservice.server import TaskServerFactory
+from taskservice.testing import freePort
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 pytestmark = [
@@ -86,12 +87,6 @@ async def startServer(tls: Any = None) -> TaskServer:
     )
     port = await endpoint.listen(TaskServerFactory(pool))
     return TaskServer(pool, port)
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest_twisted.async_yield_fixture

@@ -20,7 +20,7 @@ from taskservice.jobs import JobService
 from taskservice.pool import ProcessPool
 from taskservice.server import TaskServerFactory
 from taskservice.service import TaskServerService
-from tests.test_twistd import freePort
+from taskservice.testing import freePort
 
 pytestmark = pytest.mark.integration
 

@@ -30,13 +30,13 @@ from typing import Any
 import pytest
 
 from taskservice._sqlitejournal import APPLICATION_ID, SCHEMA_VERSION
+from taskservice.testing import freePort
 from tests.jobtasks import runs
 from tests.test_twistd import (
     DEADLINE,
     HOST,
     Twistd,
     connectWhenListening,
-    freePort,
     twistd,
     waitFor,
 )

@@ -22,13 +22,13 @@ from twisted.internet import reactor
 from taskservice.gateway import GatewaySite
 from taskservice.metrics import makeRegistry
 from taskservice.pool import ProcessPool
+from taskservice.testing import freePort
 from tests.test_gateway_integration import Gateway, TaskServer
 from tests.test_twistd import (
     DEADLINE,
     HOST,
     call,
     connectWhenListening,
-    freePort,
     twistd,
     waitFor,
 )

@@ -4,8 +4,9 @@ C{twistd --help} list C{taskservice}, in fresh virtual environments, run
 from a directory that is not the source tree.
 
 This is the easiest thing to break silently: C{twisted/plugins/} is a
-namespace portion that C{find:} drops and the default editable finder hides
-(see "Facts learned" in DESIGN.md), and a test run from the repository
+namespace portion (no C{__init__.py}: one would shadow Twisted's own) that
+setuptools' C{find:} drops unless listed and that its default editable
+finder hides, and a test run from the repository
 would still find the plugin through the working directory.
 
 To stay fast and offline, each fresh venv is made without pip and gets a

@@ -26,6 +26,7 @@ from taskservice.errors import (
 from taskservice.examples import echo
 from taskservice.pool import ProcessPool, WorkerState
 from taskservice.testing import FakeProcessReactor
+from taskservice.wire import NO_OPTIONS, CallOptions
 from tests import pooltasks
 
 _case = SynchronousTestCase()
@@ -187,6 +188,22 @@ def test_timeoutPolicy(ready: tuple[FakeProcessReactor, ProcessPool]) -> None:
     noResult(d1)
     noResult(d2)
     reactor.advance(1.0)
+    assert failure(d1, TimedOut).data == {"timeout": 2.0}
+    reactor.advance(8.0)
+    assert failure(d2, TimedOut).data == {"timeout": 10.0}
+
+
+def test_callOptionsCarryTheTimeout(
+    ready: tuple[FakeProcessReactor, ProcessPool],
+) -> None:
+    """
+    A call's L{CallOptions} set its deadline as C{timeout=} does, and
+    L{NO_OPTIONS} leaves the task's own.
+    """
+    reactor, pool = ready
+    d1 = pool.submit("hang", options=CallOptions(timeout=2.0))
+    d2 = pool.submit("add", [1, 2], options=NO_OPTIONS)
+    reactor.advance(2.0)
     assert failure(d1, TimedOut).data == {"timeout": 2.0}
     reactor.advance(8.0)
     assert failure(d2, TimedOut).data == {"timeout": 10.0}

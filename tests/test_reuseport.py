@@ -18,8 +18,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python import usage
 
 from taskservice._reuseport import ReusePortEndpoint
+from taskservice.testing import freePort
 from tests.test_tap import parse
-from tests.test_twistd import HOST, connectWhenListening, freePort, twistd, waitFor
+from tests.test_twistd import HOST, connectWhenListening, twistd, waitFor
 
 pytestmark = pytest.mark.integration
 

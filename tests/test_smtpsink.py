@@ -23,7 +23,6 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
@@ -42,6 +41,7 @@ from taskservice.smtpsink import (
     _Message,
     sinkService,
 )
+from taskservice.testing import freePort
 
 SENDER = "sender@example.com"
 
@@ -314,15 +314,6 @@ def test_interfaces() -> None:
 # -- real sockets ------------------------------------------------------------
 
 
-async def _freePort() -> int:
-    probe = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-        Factory.forProtocol(Protocol)
-    )
-    port: int = probe.getHost().port
-    await probe.stopListening()
-    return port
-
-
 def _smtplibSend(port: int, messages: int, recipients: list[str]) -> None:
     """
     In a thread: send C{messages} messages, each to all C{recipients}, over
@@ -348,7 +339,7 @@ async def test_smtplibThroughSinkService() -> None:
     recipient per message.
     """
     sink = SMTPSink()
-    port = await _freePort()
+    port = freePort()
     service = sinkService(reactor, f"tcp:{port}:interface=127.0.0.1", sink)
     service.startService()
     try:

@@ -19,7 +19,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 
-from taskservice import tap
+from taskservice import _endpoints, _wiring, tap
 from taskservice._lines import DEFAULT_MAX_LINE
 from taskservice.pool import (
     DEFAULT_MAX_QUEUE,
@@ -61,7 +61,7 @@ def test_defaultTasksAreTheExamples() -> None:
     """
     With no --tasks, the example tasks are served.
     """
-    assert parse()["tasks"] == ["taskservice.examples"]
+    assert parse().config.tasks == ("taskservice.examples",)
 
 
 def test_defaultWorkersIsNoneMeaningOnePerCPU() -> None:
@@ -94,7 +94,7 @@ def test_defaultTasksAreNotSharedBetweenInstances() -> None:
     """
     first = parse()
     first["tasks"].append("mutated")
-    assert parse()["tasks"] == ["taskservice.examples"]
+    assert parse().config.tasks == ("taskservice.examples",)
 
 
 # -- good values -----------------------------------------------------------
@@ -911,9 +911,9 @@ def test_backlogOverSomaxconnIsLogged(tmp_path: Path) -> None:
     events: list[LogEvent] = []
     globalLogPublisher.addObserver(events.append)
     try:
-        tap._checkBacklog(4096, 128)
-        tap._checkBacklog(4096, 4096)
-        tap._checkBacklog(4096, None)
+        _wiring._checkBacklog(4096, 128)
+        _wiring._checkBacklog(4096, 4096)
+        _wiring._checkBacklog(4096, None)
     finally:
         globalLogPublisher.removeObserver(events.append)
     warnings = [e for e in events if e.get("log_namespace") == "taskservice.tap"]
@@ -1131,16 +1131,64 @@ def test_busyAddressForms() -> None:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        assert tap._busyAddress(f"tcp:{port}:127.0.0.1") == f"127.0.0.1:{port}"
-        assert tap._busyAddress(f"tcp:port={port}:interface=127.0.0.1") == (
+        assert _endpoints.busyAddress(f"tcp:{port}:127.0.0.1") == f"127.0.0.1:{port}"
+        assert _endpoints.busyAddress(f"tcp:port={port}:interface=127.0.0.1") == (
             f"127.0.0.1:{port}"
         )
-        assert tap._busyAddress(f"tcp:{port}") == f"*:{port}"
-        assert tap._busyAddress(f"ssl:{port}:privateKey=k.pem:interface=127.0.0.1")
-    assert tap._busyAddress(f"tcp:{port}:interface=127.0.0.1") is None
-    assert tap._busyAddress("tcp:0:interface=127.0.0.1") is None
-    assert tap._busyAddress("unix:/tmp/nothing.sock") is None
-    assert tap._busyAddress("systemd:domain=INET:index=0") is None
+        assert _endpoints.busyAddress(f"tcp:{port}") == f"*:{port}"
+        assert _endpoints.busyAddress(
+            f"ssl:{port}:privateKey=k.pem:interface=127.0.0.1"
+        )
+    assert _endpoints.busyAddress(f"tcp:{port}:interface=127.0.0.1") is None
+    assert _endpoints.busyAddress("tcp:0:interface=127.0.0.1") is None
+    assert _endpoints.busyAddress("unix:/tmp/nothing.sock") is None
+    assert _endpoints.busyAddress("systemd:domain=INET:index=0") is None
+
+
+_HELP_PROBE = """
+import json, sys
+from twisted.scripts import twistd
+sys.argv = ["twistd", "taskservice", "--help"]
+try:
+    twistd.run()
+except SystemExit:
+    pass
+sys.stderr.write(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_helpLoadsNoneOfThePoolServerWorkerOrJobs() -> None:
+    """
+    C{twistd taskservice --help} (a real subprocess) prints the options
+    without importing the pool, the task server, the worker, the jobs or
+    the gateway: their defaults come from Twisted-free modules and the
+    service tree's parts are imported only when it is built.
+    """
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _HELP_PROBE],
+        capture_output=True,
+        timeout=60,
+        cwd=Path(tap.__file__).parent.parent,
+        check=False,
+    )
+    assert b"--max-in-flight" in result.stdout, result.stderr[-2000:]
+    loaded = set(json.loads(result.stderr.decode().strip().splitlines()[-1]))
+    assert "taskservice.tap" in loaded
+    heavy = {
+        "taskservice.pool",
+        "taskservice.server",
+        "taskservice.worker",
+        "taskservice.jobs",
+        "taskservice.gateway",
+        "taskservice._sqlitejournal",
+        "taskservice._scheduler",
+        "autobahn",
+    }
+    assert not heavy & loaded, sorted(heavy & loaded)
 
 
 @pytest.mark.integration

@@ -47,7 +47,7 @@ def test_noSecurityByDefault() -> None:
         None,
         None,
     )
-    assert (options["token"], options["upstream-token"], options["tls"]) == (
+    assert (options.config.token, options.config.upstreamToken, options.config.tls) == (
         None,
         None,
         None,
@@ -61,11 +61,11 @@ def test_tokenFile(tokenFile: str) -> None:
     pool directly: it needs no token). The options never show it.
     """
     options = parse("--token-file", tokenFile, "--listen", "tcp:0")
-    assert options["token"].reveal() == SECRET
-    assert options["upstream-token"] is None
+    assert options.config.token.reveal() == SECRET
+    assert options.config.upstreamToken is None
     assert SECRET not in repr(dict(options))
     root = tap.makeService(options)
-    assert taskListener(root).factory.token is options["token"]
+    assert taskListener(root).factory.token is options.config.token
     assert not [s for s in descendants(root) if isinstance(s, TaskClient)]
 
 
@@ -75,10 +75,10 @@ def test_taskServerTokenFile(tokenFile: str) -> None:
     --task-server.
     """
     options = parse("--task-server", TASK_SERVER, "--task-server-token-file", tokenFile)
-    assert options["token"] is None
-    assert options["upstream-token"].reveal() == SECRET
+    assert options.config.token is None
+    assert options.config.upstreamToken.reveal() == SECRET
     root = tap.makeService(options)
-    assert only(TaskClient, root)._token is options["upstream-token"]
+    assert only(TaskClient, root)._token is options.config.upstreamToken
 
 
 @pytest.mark.parametrize(
@@ -141,7 +141,7 @@ def test_tlsListener(pki: PKI) -> None:
         "tcp:23456:interface=127.0.0.1:backlog=7",
         *tlsArgs(pki),
     )
-    tls = options["tls"]
+    tls = options.config.tls
     assert tls.requireCertificate and tls.verify
     endpoint = taskListener(tap.makeService(options)).endpoint
     assert isinstance(endpoint, SSL4ServerEndpoint)
@@ -171,7 +171,7 @@ def test_tlsSeparateKey(pki: PKI, tmp_path: Path) -> None:
         "--tls-ca",
         str(pki.caFile),
     )
-    assert options["tls"] is not None
+    assert options.config.tls is not None
 
 
 def test_tlsListenerBesideTheGateway(pki: PKI) -> None:

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import pytest
 
 from taskservice import tap
+from taskservice.testing import freePort
 
 pytestmark = pytest.mark.integration
 
@@ -57,16 +58,6 @@ def waitFor(what: str, check: Callable[[], T | None], deadline: float = DEADLINE
         if time.monotonic() > end:
             pytest.fail(f"timed out after {deadline}s waiting for {what}")
         time.sleep(POLL)
-
-
-def freePort() -> int:
-    """
-    A loopback TCP port that was free a moment ago.
-    """
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

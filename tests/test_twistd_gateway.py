@@ -17,12 +17,12 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from taskservice.testing import freePort
 from tests.test_gateway_integration import openBrowser
 from tests.test_twistd import (
     DEADLINE,
     HOST,
     connectWhenListening,
-    freePort,
     twistd,
     waitFor,
 )

@@ -23,6 +23,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from taskservice.testing import freePort
 from tests.test_auth import SECRET
 from tests.test_gateway_integration import openBrowser
 from tests.test_security_integration import PKI, makePKI
@@ -31,7 +32,6 @@ from tests.test_twistd import (
     HOST,
     Twistd,
     connectWhenListening,
-    freePort,
     twistd,
 )
 

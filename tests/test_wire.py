@@ -8,6 +8,7 @@ L{tests.test_lines} and L{tests.test_hostile}.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -256,3 +257,50 @@ def test_finishAfterAnOverlongLine() -> None:
     splitter.feed(b"78")
     assert drain(splitter) == []
     assert splitter.finish() is None
+
+
+def test_callOptionsFromParseToThePool() -> None:
+    """
+    A request's C{"timeout"} is parsed into one L{CallOptions} value (the
+    shared L{NO_OPTIONS} when absent: nothing made per call).
+    """
+    from taskservice import _jsonrpc
+
+    timed = _jsonrpc.parseLine(
+        b'{"jsonrpc":"2.0","id":1,"method":"echo","params":[1],"timeout":2.5}'
+    )
+    plain = _jsonrpc.parseLine(b'{"jsonrpc":"2.0","id":1,"method":"echo"}')
+    assert isinstance(timed, _jsonrpc.Request) and isinstance(plain, _jsonrpc.Request)
+    assert timed.options == wire.CallOptions(timeout=2.5)
+    assert plain.options is wire.NO_OPTIONS
+    assert timed.options.members() == {"timeout": 2.5}
+    assert wire.NO_OPTIONS.members() == {}
+
+
+def test_callOptionsAreSentAsRequestMembers() -> None:
+    """
+    The client core writes a call's options as the request's members
+    beside C{"method"}; with none it writes none.
+    """
+    import json
+
+    from taskservice._clientcore import ClientCore
+
+    class Shell:
+        def __init__(self) -> None:
+            self.lines: list[bytes] = []
+
+        def sendLine(self, line: bytes) -> None:
+            self.lines.append(line)
+
+        def __getattr__(self, name: str) -> Any:
+            return lambda *args, **kwargs: None
+
+    shell = Shell()
+    core: ClientCore[str] = ClientCore(shell)
+    core.connectionMade()
+    core.request("echo", [1], "a", options=wire.CallOptions(timeout=1.5))
+    core.request("echo", [1], "b")
+    first, second = (json.loads(line) for line in shell.lines)
+    assert first["timeout"] == 1.5
+    assert "timeout" not in second

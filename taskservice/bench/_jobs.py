@@ -47,7 +47,8 @@ from taskservice.bench._loadclient import (
     measure,
 )
 from taskservice.bench._stats import Summary, percentile
-from taskservice.bench._websocket import HOST, freePort, startTwistd, stop
+from taskservice.bench._websocket import HOST, startTwistd, stop
+from taskservice.testing import freePort
 
 CONNECTIONS = 100
 TIMEOUT = 120

@@ -283,7 +283,8 @@ def twistdTaskservice(workdir: Path) -> Iterator[Twistd]:
     C{twistd -n taskservice} as a user runs it (gateway, SMTP sink, a pool
     of L{WORKERS}), on free loopback ports.
     """
-    from taskservice.bench._websocket import freePort, startTwistd, stop, waitForPort
+    from taskservice.bench._websocket import startTwistd, stop, waitForPort
+    from taskservice.testing import freePort
 
     taskPort, wsPort, sinkPort = freePort(), freePort(), freePort()
     with open(workdir / "twistd.log", "ab") as log:
@@ -312,7 +313,8 @@ def bareAutobahn(workdir: Path) -> Iterator[int]:
     The naive websocket server of the e-mail scenario (Autobahn on Twisted,
     nothing else): its pid.
     """
-    from taskservice.bench._websocket import NAIVE_SERVER, freePort, stop, waitForPort
+    from taskservice.bench._websocket import NAIVE_SERVER, stop, waitForPort
+    from taskservice.testing import freePort
 
     script = workdir / "naive.py"
     script.write_text(NAIVE_SERVER)

@@ -30,7 +30,8 @@ from taskservice.bench._faqserver import BACKLOG
 from taskservice.bench._jobs import whenServing
 from taskservice.bench._loadclient import NO_COMPILER, Measurement, build, measure
 from taskservice.bench._stats import Summary, percentile
-from taskservice.bench._websocket import HOST, freePort, startTwistd, stop
+from taskservice.bench._websocket import HOST, startTwistd, stop
+from taskservice.testing import freePort
 
 CONNECTIONS = 100
 TIMEOUT = 120

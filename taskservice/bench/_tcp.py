@@ -30,13 +30,8 @@ from taskservice.bench._loadclient import (
     measure,
 )
 from taskservice.bench._stats import percentile
-from taskservice.bench._websocket import (
-    HOST,
-    freePort,
-    startTwistd,
-    stop,
-    waitForPort,
-)
+from taskservice.bench._websocket import HOST, startTwistd, stop, waitForPort
+from taskservice.testing import freePort
 
 WORKERS = 2
 # One task process per core: each answers in-process, so more processes
@@ -110,14 +105,19 @@ async def tcpScenario(runs: int, quick: bool, rows: Rows, notes: list[str]) -> N
         # The baseline's backlog: Twisted's default of 50 overflows when
         # 100 callers connect at once (SYNs dropped, retried after 1 s).
         listen = f"tcp:{port}:interface={HOST}:backlog={_faqserver.BACKLOG}"
+        # Each server in a directory of its own: a task server keeps its
+        # job journal (--jobs-db) there, and a journal serves one server.
+        places = [Path(directory) / name for name in ("one", "left", "right")]
+        for place in places:
+            place.mkdir()
         server = startTwistd(
-            Path(directory), "--no-smtp-sink", "--no-websocket", "--listen", listen
+            places[0], "--no-smtp-sink", "--no-websocket", "--listen", listen
         )
         # One parent per core: two task servers of one worker each on one
         # port (--reuse-port), as docs/deployment suggests.
         pair = [
             startTwistd(
-                Path(directory),
+                place,
                 "--no-smtp-sink",
                 "--no-websocket",
                 "--reuse-port",
@@ -125,7 +125,7 @@ async def tcpScenario(runs: int, quick: bool, rows: Rows, notes: list[str]) -> N
                 f"tcp:{sharedPort}:interface={HOST}:backlog={_faqserver.BACKLOG}",
                 workers=1,
             )
-            for _ in range(2)
+            for place in places[1:]
         ]
         baseline = _faqserver.start(FAQ_PROCESSES)
         reference = _twistedecho.start()

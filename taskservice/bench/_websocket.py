@@ -23,6 +23,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import deferLater
 
 from taskservice import _json
+from taskservice.testing import freePort
 
 HOST = "127.0.0.1"
 USERS = 1000
@@ -66,12 +67,6 @@ NAIVE_SERVER = textwrap.dedent(
     reactor.run()
     """
 )
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def waitForPort(

@@ -28,7 +28,8 @@ from taskservice.bench._loadclient import (
     measure,
 )
 from taskservice.bench._tcp import WORKERS, met
-from taskservice.bench._websocket import HOST, freePort, startTwistd, stop, waitForPort
+from taskservice.bench._websocket import HOST, startTwistd, stop, waitForPort
+from taskservice.testing import freePort
 
 CONNECTIONS = 50
 TIMEOUT = 60

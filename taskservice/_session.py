@@ -1,0 +1,662 @@
+"""
+One JSON-RPC session, sans-I/O: the protocol logic that the task server's
+line protocol (L{taskservice.server}) and the websocket gateway
+(L{taskservice._gatewayprotocol}) share, each of them a thin transport.
+
+Messages in (L{Session.messageReceived}), encoded messages out
+(L{SessionHost.send}), over a small typed interface to whoever runs the
+calls (L{SessionHost}). The session parses and validates each message,
+bounds batches, routes the C{$/} methods (C{$/cancelRequest} and C{$/auth}
+itself; C{$/stats} and the job methods to its host), counts what is in
+flight, answers in the caller's dialect and never lets one bad message cost
+anything else::
+
+    session = Session(host, SessionConfig(maxInFlight=1000, maxBatch=1000))
+    session.messageReceived(b'{"jsonrpc":"2.0","id":1,"method":"echo"}')
+    # host.call(request, onProgress) runs it; host.send(...) gets the reply.
+
+Two overflow rules (L{SessionConfig.refuseOverflow}): a task server
+connection past its C{maxInFlight} keeps further messages waiting, parsed
+and in order (and asks its host to stop reading past L{HOLD_LIMIT} bytes of
+them); a browser past its cap is answered -32003 at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from taskservice import _json, _jsonrpc
+from taskservice._jsonrpc import Batch, Invalid, Request
+from taskservice._sessionhost import (
+    HOLD_LIMIT,
+    RETRY_AFTER,
+    Access,
+    Progress,
+    Response,
+    SessionConfig,
+    SessionHost,
+)
+from taskservice.errors import (
+    Cancelled,
+    ErrorCode,
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    MethodNotFound,
+    Overloaded,
+    TaskServiceError,
+    TooLarge,
+    Unauthorised,
+    toWireError,
+)
+from taskservice.wire import (
+    AUTH,
+    CANCEL,
+    JOB_METHODS,
+    ONLY_IF_QUEUED,
+    PRE_AUTH_MAX_LINE,
+    PROGRESS,
+    STATS,
+)
+
+__all__ = [
+    "HOLD_LIMIT",
+    "RETRY_AFTER",
+    "Access",
+    "Progress",
+    "Session",
+    "SessionConfig",
+    "SessionHost",
+]
+
+_log = Logger()
+
+_WITHOUT_AUTH = frozenset({STATS, *JOB_METHODS})
+"""The C{$/} methods a session routes, besides C{$/cancelRequest}."""
+_WITH_AUTH = _WITHOUT_AUTH | {AUTH}
+
+
+class Session:
+    """
+    One peer's JSON-RPC session (see the module's docstring).
+
+    @ivar outstanding: the peer's calls counted against C{maxInFlight}.
+    @ivar waitingBytes: the size of the messages waiting for room.
+    """
+
+    # (Class defaults: a connection that makes one call sets few of them.)
+    outstanding = 0
+    waitingBytes = 0
+    _held = False
+    _cancelLane = False
+    _pendingBatches = 0
+    _inputEnded = False
+    _lost = False
+
+    def __init__(self, host: SessionHost, config: SessionConfig) -> None:
+        self.host = host
+        self.config = config
+        self._maxInFlight = config.maxInFlight
+        self._maxBatch = min(config.maxBatch, config.maxInFlight)
+        self._refuseOverflow = config.refuseOverflow
+        self._builtins = _WITH_AUTH if config.answersAuth else _WITHOUT_AUTH
+        if config.token is None:
+            self.access = Access.OPEN
+            self.maxLineLength = config.maxLineLength
+        else:
+            # Not a byte more than $/auth needs until it has been sent.
+            self.access = Access.NEEDS_AUTH
+            self.maxLineLength = min(config.maxLineLength, PRE_AUTH_MAX_LINE)
+        self._dialect = config.dialect
+        self._inFlight: dict[Any, Deferred[Any]] = {}
+        self._jobCalls: set[Deferred[Any]] = set()
+        self._waiting: deque[tuple[Request | Batch | Invalid, int]] = deque()
+        self._seedReplies: deque[list[bytes | None]] = deque()
+
+    # -- input ---------------------------------------------------------------
+
+    def messageReceived(self, data: bytes) -> None:
+        """
+        One message (a line without its delimiter, or a websocket text
+        message).
+        """
+        if self.access is not Access.OPEN:
+            self._authenticate(data)
+            return
+        message = _jsonrpc.parseLine(data, self._maxBatch)
+        if isinstance(message, Request):
+            if message.method == CANCEL and not message.seed:
+                # The cancel lane: acted on at once, even past maxInFlight,
+                # and it may reach calls still waiting.
+                self._cancelLane = True
+                try:
+                    self._reply(self._dispatch(message, reply=True))
+                finally:
+                    self._cancelLane = False
+            elif self._refuseOverflow:
+                self._reply(self._dispatch(message, reply=True))
+            elif self._waiting or self.outstanding >= self._maxInFlight:
+                self._wait(message, len(data))
+            else:
+                self._start(message)
+        elif isinstance(message, Invalid) and not (message.seed and self._dialect):
+            self.replyError(message.id, message.error)
+        elif self._refuseOverflow:
+            if isinstance(message, Batch):
+                self._batch(message)
+            else:
+                self.replyError(message.id, message.error)
+        elif self._waiting or self.outstanding + _weight(message) > self._maxInFlight:
+            self._wait(message, len(data))
+        else:
+            self._start(message)
+
+    def _wait(self, message: Request | Batch | Invalid, size: int) -> None:
+        """
+        Keep C{message} waiting for room (the waiting rule), in order.
+        """
+        self._waiting.append((message, size))
+        self.waitingBytes += size
+        if not self._held and self.waitingBytes > HOLD_LIMIT:
+            self._held = True
+            self.host.holdInput(True)
+
+    def messageTooLong(self, prefix: bytes) -> None:
+        """
+        A message longer than L{maxLineLength} was dropped; C{prefix} is
+        its start (its id, when it leads, is echoed).
+        """
+        if self.access is Access.REFUSED:
+            return
+        if self.access is not Access.OPEN:
+            self._refuse(None, "authenticate first: send $/auth with the token")
+            return
+        limit = self.maxLineLength
+        requestId = _jsonrpc.leadingId(prefix)
+        if requestId in self._inFlight:
+            requestId = None
+        self.replyError(
+            requestId,
+            TooLarge(f"line longer than {limit} bytes discarded", {"limit": limit}),
+        )
+
+    def inputEnded(self) -> None:
+        """
+        The peer sends nothing more: close once everything is answered.
+        """
+        self._inputEnded = True
+        self._closeIfDone()
+
+    def connectionLost(self) -> list[Deferred[Any]]:
+        """
+        The peer has gone: drop what waits, answer nothing more. Returns
+        its calls still running (their results will be discarded).
+        """
+        self._lost = True
+        self._waiting.clear()
+        self.waitingBytes = 0
+        calls = list(self._inFlight.values())
+        self._inFlight.clear()
+        return calls
+
+    def replyError(self, requestId: Any, error: TaskServiceError) -> None:
+        """
+        Answer C{error}, found by the session or its transport (a binary
+        websocket message, say), with C{requestId}.
+        """
+        self.host.error(error, refused=True, answered=True)
+        self._write(_jsonrpc.errorObject(requestId, error))
+
+    # -- the waiting rule ------------------------------------------------------
+
+    def _start(self, message: Request | Batch | Invalid) -> None:
+        """
+        Start C{message}, counted against C{maxInFlight} (the waiting rule).
+        """
+        if isinstance(message, Request) and not message.seed:
+            # The common case, with as little per call as can be.
+            self.outstanding += 1
+            response = self._dispatch(message, reply=True)
+            if not isinstance(response, Deferred):
+                self._reply(response, release=True)
+        elif isinstance(message, Batch):
+            self.outstanding += len(message.items)
+            self._pendingBatches += 1
+            self._batch(message).addBoth(self._batchAnswered)
+        else:
+            self.outstanding += 1
+            if isinstance(message, Invalid):
+                # A malformed dialect line: answered in its turn.
+                error = message.error
+                self.host.error(error, refused=True, answered=True)
+                answered = self._seedReply(lambda: fail(error))
+            else:
+                request = message
+                answered = self._seedReply(lambda: self._call(request))
+            answered.addBoth(self._seedAnswered)
+
+    def _release(self) -> None:
+        """
+        One counted call is done: start what waits for room.
+        """
+        self.outstanding -= 1
+        waiting = self._waiting
+        while (
+            waiting and self.outstanding + _weight(waiting[0][0]) <= self._maxInFlight
+        ):
+            message, size = waiting.popleft()
+            self.waitingBytes -= size
+            self._start(message)
+        if self._held and self.waitingBytes <= HOLD_LIMIT // 2:
+            self._held = False
+            self.host.holdInput(False)
+        if self._inputEnded:
+            self._closeIfDone()
+
+    def _seedAnswered(self, result: object) -> None:
+        self._release()
+
+    def _batchAnswered(self, result: object) -> None:
+        self._pendingBatches -= 1
+        self._closeIfDone()
+
+    def _closeIfDone(self) -> None:
+        if (
+            self._inputEnded
+            and not self.outstanding
+            and not self._pendingBatches
+            and not self._waiting
+            and not self._lost
+        ):
+            self.host.close()
+
+    # -- requests --------------------------------------------------------------
+
+    def _dispatch(self, request: Request, reply: bool) -> Deferred[Response] | Response:
+        """
+        Start one request: its response now, or a Deferred firing with it
+        (L{None}: nothing to answer; with C{reply}, it is written instead).
+        A call that runs is counted and released when it ends.
+        """
+        method = request.method
+        if request.seed:
+            return self._own(
+                request,
+                InvalidRequest(
+                    "invalid request",
+                    'the websocket speaks JSON-RPC 2.0 ("jsonrpc": "2.0")',
+                ),
+            )
+        if method.startswith("$/"):
+            if method == CANCEL:
+                try:
+                    self._cancel(request)
+                except TaskServiceError as e:
+                    return self._own(request, e)
+                if request.notification:
+                    return None
+                return _jsonrpc.resultObject(request.id, None)
+            if method not in self._builtins:
+                return self._own(request, MethodNotFound("method not found", method))
+        requestId = request.id
+        if not request.notification and requestId in self._inFlight:
+            return self._own(
+                request,
+                InvalidRequest(
+                    "invalid request",
+                    "a call with this id is already in flight on this connection",
+                ),
+            )
+        if self._refuseOverflow:
+            if self.outstanding >= self._maxInFlight:
+                return self._overloaded(request)
+            self.outstanding += 1
+        if method.startswith("$/"):
+            d = self._call(request)
+        elif request.notification:
+            d = self.host.call(request, None)
+        else:
+            d = self.host.call(request, self._progressTo(requestId))
+        if request.notification:
+            # (Returned, firing with None: the call releases its count.)
+            d.addErrback(self._notificationFailed, method)
+            return d.addBoth(self._notificationDone)
+        self._inFlight[requestId] = d
+        return d.addBoth(self._finished, requestId, reply)
+
+    def _overloaded(self, request: Request) -> Response:
+        limit = self._maxInFlight
+        if request.notification:
+            _log.info(
+                "notification {method} dropped: the peer has {limit} calls in flight",
+                method=request.method,
+                limit=limit,
+            )
+        return self._own(
+            request,
+            Overloaded("overloaded", {"retryAfter": RETRY_AFTER, "limit": limit}),
+        )
+
+    def _finished(self, outcome: Any, requestId: Any, reply: bool) -> Response:
+        response: Response
+        if self._inFlight.pop(requestId, None) is None:
+            # The peer has gone: nobody to answer.
+            response = None
+        elif isinstance(outcome, Failure):
+            error = self._wireError(outcome)
+            self.host.error(error, refused=False, answered=True)
+            response = _jsonrpc.errorObject(requestId, error)
+        else:
+            response = _jsonrpc.resultObject(requestId, outcome)
+        if reply:
+            if response is not None:
+                self._write(response)
+            response = None
+        self._release()
+        return response
+
+    def _notificationDone(self, result: object) -> Response:
+        self._release()
+        return None
+
+    def _notificationFailed(self, failure: Failure, method: str) -> None:
+        error = self._wireError(failure)
+        self.host.error(error, refused=False, answered=False)
+        _log.info(
+            "notification {method} failed: {code} {message}",
+            method=method,
+            code=int(error.code),
+            message=error.message,
+        )
+
+    def _own(self, request: Request, error: TaskServiceError) -> Response:
+        """
+        An error the session found in C{request}: its response (L{None} for
+        a notification, which is only logged).
+        """
+        if request.notification:
+            self.host.error(error, refused=True, answered=False)
+            if error.code != ErrorCode.OVERLOADED:
+                _log.info(
+                    "notification {method} failed: {code} {message}",
+                    method=request.method,
+                    code=int(error.code),
+                    message=error.message,
+                )
+            return None
+        self.host.error(error, refused=True, answered=True)
+        return _jsonrpc.errorObject(request.id, error)
+
+    def _batch(self, batch: Batch) -> Deferred[None]:
+        """
+        Run a batch's requests and write the one reply. (Under the waiting
+        rule, all of them were counted; each is released as it ends.)
+        """
+        counted = not self._refuseOverflow
+        replies: list[Deferred[Response]] = []
+        for item in batch.items:
+            if isinstance(item, Invalid):
+                self.host.error(item.error, refused=True, answered=True)
+                response: Deferred[Response] | Response = _jsonrpc.errorObject(
+                    item.id, item.error
+                )
+            else:
+                response = self._dispatch(item, reply=False)
+            if isinstance(response, Deferred):
+                replies.append(response)
+            else:
+                if counted:
+                    self._release()
+                replies.append(succeed(response))
+
+        def write(responses: list[Response]) -> None:
+            answered = [r for r in responses if r is not None]
+            if answered:
+                self._write(answered)
+
+        return gatherResults(replies).addCallback(write)
+
+    def _reply(
+        self, response: Deferred[Response] | Response, release: bool = False
+    ) -> None:
+        """
+        Write an immediate C{response} (a Deferred one writes itself);
+        C{release} the count it was started under.
+        """
+        if isinstance(response, Deferred):
+            return
+        if response is not None:
+            self._write(response)
+        if release:
+            self._release()
+
+    # -- the Workerman FAQ dialect -------------------------------------------------
+
+    def _seedReply(self, start: Callable[[], Deferred[Any]]) -> Deferred[None]:
+        """
+        Answer with the bare result (or C{{"error": ...}}), in the order the
+        lines came.
+        """
+        # The reply's place is taken before the call starts: starting it may
+        # finish other calls (and start the next dialect line) at once.
+        slot: list[bytes | None] = [None]
+        self._seedReplies.append(slot)
+        outcome = start()
+
+        def done(outcome: Any) -> None:
+            if isinstance(outcome, Failure):
+                body: Any = {"error": self._wireError(outcome).toWire()}
+            else:
+                body = outcome
+            slot[0] = self._encode(body)
+            while self._seedReplies and self._seedReplies[0][0] is not None:
+                ready = self._seedReplies.popleft()[0]
+                assert ready is not None
+                self._send(ready)
+
+        return outcome.addBoth(done)
+
+    # -- routing -------------------------------------------------------------------
+
+    def _call(self, request: Request) -> Deferred[Any]:
+        method = request.method
+        onProgress = None
+        if not request.notification and not request.seed:
+            onProgress = self._progressTo(request.id)
+        if not method.startswith("$/"):
+            return self.host.call(request, onProgress)
+        try:
+            if method == STATS:
+                return self.host.stats()
+            if method in JOB_METHODS:
+                if request.seed:
+                    raise InvalidRequest(
+                        "invalid request",
+                        "job methods are JSON-RPC only (no FAQ dialect)",
+                    )
+                return self._jobMethod(request, onProgress)
+            if method == CANCEL:
+                self._cancel(request)
+                return succeed(None)
+            if method == AUTH and self.config.answersAuth:
+                # Already open: a token check that changes nothing.
+                token = self.config.token
+                if token is None or token.matches(_authToken(request)):
+                    return succeed(True)
+                raise Unauthorised("unauthorised", "wrong or missing token")
+            raise MethodNotFound("method not found", method)
+        except TaskServiceError as e:
+            self.host.error(e, refused=True, answered=False)
+            return fail(e)
+
+    def _jobMethod(
+        self, request: Request, onProgress: Progress | None
+    ) -> Deferred[Any]:
+        d = self.host.jobMethod(request, onProgress)
+        self._jobCalls.add(d)
+        return d.addBoth(self._jobCallEnded, d)
+
+    def _jobCallEnded(self, outcome: Any, d: Deferred[Any]) -> Any:
+        self._jobCalls.discard(d)
+        return outcome
+
+    def _progressTo(self, requestId: Any) -> Progress:
+        """
+        Write a task's progress updates as C{$/progress} of C{requestId}.
+        """
+
+        def report(update: Any) -> None:
+            self._write(
+                _jsonrpc.notificationObject(PROGRESS, {**update, "id": requestId})
+            )
+
+        return report
+
+    def _cancel(self, request: Request) -> None:
+        """
+        C{$/cancelRequest}: C{{"id": X}} cancels call X whether it waits or
+        runs; with C{"onlyIfQueued": true}, a running call is left to finish
+        (what a client that is going away wants).
+        """
+        target = request.kwargs.get("id") if request.kwargs else None
+        if target is None and request.args:
+            target = request.args[0]
+        onlyIfQueued = bool(request.kwargs.get(ONLY_IF_QUEUED, False))
+        if target is None or not _jsonrpc.validId(target):
+            raise InvalidParams(
+                "invalid params",
+                '$/cancelRequest needs {"id": ...} naming a request id',
+            )
+        d = self._inFlight.get(target)
+        if d is not None:
+            # (A job method given up on is cancelled whatever the flag: an
+            # attach detaches, and the job is left as it is.)
+            self.host.cancel(d, onlyIfQueued and d not in self._jobCalls)
+            return
+        if not self._cancelLane:
+            # A cancel that waited its turn (in a batch): everything still
+            # waiting arrived after it.
+            return
+        for entry in self._waiting:
+            waiting = entry[0]
+            if (
+                isinstance(waiting, Request)
+                and not waiting.notification
+                and not waiting.seed
+                and waiting.id == target
+            ):
+                self._waiting.remove(entry)
+                self.waitingBytes -= entry[1]
+                self._write(_jsonrpc.errorObject(waiting.id, Cancelled()))
+                self._closeIfDone()
+                return
+
+    # -- authentication --------------------------------------------------------------
+
+    def _authenticate(self, data: bytes) -> None:
+        """
+        A message before the session has authenticated: only C{$/auth} with
+        the right token (alone, not in a batch) opens it; anything else
+        refuses it.
+        """
+        if self.access is Access.REFUSED:
+            return
+        message = _jsonrpc.parseLine(data, self._maxBatch)
+        if isinstance(message, Request) and message.method == AUTH:
+            assert self.config.token is not None
+            if self.config.token.matches(_authToken(message)):
+                self.access = Access.OPEN
+                self.maxLineLength = self.config.maxLineLength
+                if message.seed:
+                    self._send(self._encode(True))
+                elif not message.notification:
+                    self._write(_jsonrpc.resultObject(message.id, True))
+                return
+            self._refuse(message, "wrong or missing token")
+        else:
+            self._refuse(message, "authenticate first: send $/auth with the token")
+
+    def _refuse(self, message: Request | Invalid | Batch | None, why: str) -> None:
+        """
+        Answer -32005 (in the dialect of C{message}, with its id if it had
+        one) and close the connection once the reply is written.
+        """
+        self.access = Access.REFUSED
+        error = Unauthorised("unauthorised", why)
+        self.host.error(error, refused=True, answered=True)
+        if isinstance(message, Request) and message.seed:
+            self._send(self._encode({"error": error.toWire()}))
+        else:
+            requestId = (
+                message.id
+                if isinstance(message, Request | Invalid)
+                and not (isinstance(message, Request) and message.notification)
+                else None
+            )
+            self._write(_jsonrpc.errorObject(requestId, error))
+        self.host.refuseConnection(why)
+
+    # -- output ------------------------------------------------------------------------
+
+    def _wireError(self, failure: Failure) -> TaskServiceError:
+        assert failure.value is not None
+        error = toWireError(failure.value)
+        if isinstance(error, InternalError) and error is not failure.value:
+            _log.failure("unexpected error handling a call", failure)
+        return error
+
+    def _encode(self, message: Any) -> bytes:
+        try:
+            return _json.dumps(message)
+        except (TypeError, ValueError):
+            _log.failure("could not encode a response")
+            requestId = message.get("id") if isinstance(message, dict) else None
+            return _json.dumps(
+                _jsonrpc.errorObject(
+                    requestId if _encodable(requestId) else None,
+                    InternalError(
+                        "internal error", "the response could not be encoded"
+                    ),
+                )
+            )
+
+    def _write(self, message: Any) -> None:
+        try:
+            data = _json.dumps(message)
+        except (TypeError, ValueError):
+            data = self._encode(message)
+        if not self._lost:
+            self.host.send(data)
+
+    def _send(self, data: bytes) -> None:
+        if not self._lost:
+            self.host.send(data)
+
+
+def _weight(message: Request | Batch | Invalid) -> int:
+    """
+    How many of C{maxInFlight} C{message} takes: one per request of a
+    batch, else one.
+    """
+    return len(message.items) if isinstance(message, Batch) else 1
+
+
+def _authToken(request: Request) -> object:
+    """
+    The token a C{$/auth} request carries: C{{"token": "..."}}.
+    """
+    return request.kwargs.get("token") if request.kwargs else None
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        _json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
