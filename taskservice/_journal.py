@@ -23,6 +23,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from taskservice import _json
+
 QUEUED = "queued"
 SCHEDULED = "scheduled"
 RUNNING = "running"
@@ -95,6 +97,49 @@ class JobRecord:
     @property
     def final(self) -> bool:
         return self.state in FINAL_STATES
+
+
+def recordFromRow(row: Sequence[Any]) -> JobRecord:
+    """
+    The record of a journal row whose first 16 columns are L{JobRecord}'s
+    fields in order, progress and error as JSON text (L{columnText});
+    both backends select them so.
+    """
+    (jobId, method, params, key, state, attempts, maxAttempts, backoff) = row[:8]
+    (timeout, runAt, createdAt, startedAt, finishedAt) = row[8:13]
+    progress, result, error = row[13:16]
+    return JobRecord(
+        jobId,
+        method,
+        params,
+        key,
+        state,
+        attempts,
+        maxAttempts,
+        backoff,
+        timeout,
+        runAt,
+        createdAt,
+        startedAt,
+        finishedAt,
+        fromColumnText(progress),
+        result,
+        fromColumnText(error),
+    )
+
+
+def columnText(value: Any) -> str:
+    """
+    C{value} as the JSON text a journal column holds.
+    """
+    return _json.dumps(value).decode()
+
+
+def fromColumnText(text: str | None) -> Any:
+    """
+    The value of a journal column's JSON text (L{None} stays L{None}).
+    """
+    return None if text is None else _json.loads(text.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +322,16 @@ class Batch:
 
     def moved(self, old: str | None, new: str | None) -> None:
         self.transitions.append((old, new))
+
+    def applyTo(self, counts: dict[str, int]) -> None:
+        """
+        Move the jobs this transaction moved in C{counts} (jobs by state).
+        """
+        for old, new in self.transitions:
+            if old is not None:
+                counts[old] -= 1
+            if new is not None:
+                counts[new] += 1
 
 
 Item = TypeVar("Item")

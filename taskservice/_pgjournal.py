@@ -67,10 +67,12 @@ from taskservice._journal import (
     JournalError,
     NewJob,
     Recovered,
+    columnText,
+    recordFromRow,
 )
 from taskservice._pgbatch import Merger
 from taskservice._pgops import Busy, End, Operations
-from taskservice._pgschema import COLUMNS, JCOLUMNS, migrate, record, text
+from taskservice._pgschema import COLUMNS, JCOLUMNS, migrate
 from taskservice._pgwire import (
     JOBS_CHANNEL,
     NOTIFY_LIMIT,
@@ -383,12 +385,7 @@ class PostgreSQLJournal:
     # -- bookkeeping -------------------------------------------------------
 
     def _committed(self, batch: Batch) -> None:
-        counts = self._counts
-        for old, new in batch.transitions:
-            if old is not None:
-                counts[old] -= 1
-            if new is not None:
-                counts[new] += 1
+        batch.applyTo(self._counts)
 
     def counts(self) -> dict[str, int]:
         """
@@ -534,7 +531,7 @@ class PostgreSQLJournal:
         ended: list[str] = []
         expiresAt = now + self._ttl
         for row in rows:
-            job = record(row[:16])
+            job = recordFromRow(row[:16])
             cancelRequested, watchers = row[16], row[17]
             if cancelRequested:
                 error = {"code": -32800, "message": "cancelled"}
@@ -567,7 +564,7 @@ class PostgreSQLJournal:
             db.execute(
                 "UPDATE taskservice_jobs SET state = %s, finished_at = %s,"
                 " expires_at = %s, error = %s, server = NULL WHERE id = %s",
-                (state, now, expiresAt, text(error), job.id),
+                (state, now, expiresAt, columnText(error), job.id),
             )
             notifyEnd(db, job.id, watchers)
             ended.append(job.id)
@@ -631,7 +628,7 @@ class PostgreSQLJournal:
                 # transaction (a claim, a watch: gone in a moment).
                 again = now + _CLAIM_AGAIN
                 nextRunAt = again if helping else max(nextRunAt + grace, again)
-            return Claimed([record(row[:16]) for row in rows], nextRunAt), left
+            return Claimed([recordFromRow(row[:16]) for row in rows], nextRunAt), left
 
         self._flushProgress()
         self._claiming += 1
@@ -665,7 +662,7 @@ class PostgreSQLJournal:
         if not self._progress:
             return
         updates, self._progress = self._progress, {}
-        texts = {jobId: text(u) for jobId, u in updates.items()}
+        texts = {jobId: columnText(u) for jobId, u in updates.items()}
         serverId = self.serverId
 
         def write(db: Connection, batch: Batch) -> None:
@@ -689,9 +686,9 @@ class PostgreSQLJournal:
                     ),
                 )
             for jobId, watchers in watched:
-                note = text({"progress": jobId, "update": updates[jobId]})
+                note = columnText({"progress": jobId, "update": updates[jobId]})
                 if len(note) > NOTIFY_LIMIT:
-                    note = text({"progress": jobId})
+                    note = columnText({"progress": jobId})
                 for watcher in watchers:
                     if watcher != serverId:
                         db.notify(serverChannel(watcher), note)
@@ -719,7 +716,7 @@ class PostgreSQLJournal:
             now,
             expiresAt,
             result,
-            None if error is None else text(error),
+            None if error is None else columnText(error),
             progress,
         )
         return self._ends.add(end).addCallback(self._fenced, jobId)
@@ -737,7 +734,7 @@ class PostgreSQLJournal:
     def retryAt(
         self, jobId: str, runAt: float, error: Mapping[str, Any]
     ) -> Deferred[bool]:
-        errorText = text(error)
+        errorText = columnText(error)
         serverId = self.serverId
 
         def retry(db: Connection, batch: Batch) -> bool:
@@ -777,7 +774,7 @@ class PostgreSQLJournal:
         Cancel a waiting job; for a job running on a server, ask that server
         (through its channel) to stop it, and return it as it is (running).
         """
-        errorText = text(error)
+        errorText = columnText(error)
 
         def cancel(db: Connection, batch: Batch) -> JobRecord | None:
             row = db.execute(
@@ -787,14 +784,14 @@ class PostgreSQLJournal:
             ).fetchone()
             if row is None:
                 return None
-            job = record(row[:16])
+            job = recordFromRow(row[:16])
             server, watchers = row[16], row[17]
             if job.state == RUNNING and server is not None:
                 db.execute(
                     "UPDATE taskservice_jobs SET cancel_requested = true WHERE id = %s",
                     (jobId,),
                 )
-                db.notify(serverChannel(server), text({"cancel": jobId}))
+                db.notify(serverChannel(server), columnText({"cancel": jobId}))
                 return job
             if job.state not in PENDING_STATES:
                 return job
@@ -805,7 +802,7 @@ class PostgreSQLJournal:
             ).fetchone()
             notifyEnd(db, jobId, watchers, exclude=self.serverId)
             batch.moved(job.state, CANCELLED)
-            return record(row)
+            return recordFromRow(row)
 
         return self.enqueue(cancel)
 
@@ -872,7 +869,7 @@ class PostgreSQLJournal:
                 " ORDER BY seq DESC LIMIT %s",
                 (*args, limit),
             ).fetchall()
-            return [record(row) for row in rows]
+            return [recordFromRow(row) for row in rows]
 
         return self.enqueue(listJobs)
 

@@ -15,8 +15,10 @@ from taskservice._journal import (
     Batch,
     JobRecord,
     NewJob,
+    columnText,
+    recordFromRow,
 )
-from taskservice._pgschema import COLUMNS, JCOLUMNS, record, text
+from taskservice._pgschema import COLUMNS, JCOLUMNS
 from taskservice._pgwire import Connection, notifyEnd
 
 
@@ -99,7 +101,7 @@ class Operations:
                 f"SELECT {COLUMNS} FROM taskservice_jobs WHERE key = ANY(%s)",
                 (taken,),
             ).fetchall():
-                existing[row[3]] = record(row)
+                existing[row[3]] = recordFromRow(row)
         out: list[tuple[JobRecord, bool]] = []
         for job, state in zip(jobs, states, strict=True):
             if job.id in inserted:
@@ -135,7 +137,7 @@ class Operations:
                 [e.expiresAt for e in ends],
                 [e.result for e in ends],
                 [e.error for e in ends],
-                [None if e.progress is None else text(e.progress) for e in ends],
+                [None if e.progress is None else columnText(e.progress) for e in ends],
                 self.serverId,
             ),
         ).fetchall()
@@ -164,7 +166,7 @@ class Operations:
             f"SELECT {COLUMNS} FROM taskservice_jobs WHERE id = ANY(%s)",
             (list(jobIds),),
         ).fetchall()
-        found = {row[0]: record(row) for row in rows}
+        found = {row[0]: recordFromRow(row) for row in rows}
         return [found.get(jobId) for jobId in jobIds]
 
     def getOne(self, db: Connection, batch: Batch, jobId: str) -> JobRecord | None:
@@ -184,7 +186,9 @@ class Operations:
             f" RETURNING {JCOLUMNS}",
             (self.serverId, self.serverId, list(jobIds)),
         ).fetchall()
-        found: dict[str, JobRecord | Busy] = {row[0]: record(row) for row in rows}
+        found: dict[str, JobRecord | Busy] = {
+            row[0]: recordFromRow(row) for row in rows
+        }
         if len(found) < len(jobIds):
             for (jobId,) in db.execute(
                 "SELECT id FROM taskservice_jobs WHERE id = ANY(%s)",

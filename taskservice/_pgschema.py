@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskservice import _json
-from taskservice._journal import JobRecord, JournalError
+from taskservice._journal import JournalError
 
 APPLICATION = "taskservice job journal"
 SCHEMA_VERSION = 1
@@ -132,41 +131,3 @@ def _version(db: Any, name: str) -> int:
             f" newer taskservice (this one knows up to {SCHEMA_VERSION})"
         )
     return version
-
-
-def record(row: tuple[Any, ...]) -> JobRecord:
-    """
-    The record of a row of L{_COLUMNS}, its progress and error decoded.
-    """
-    (jobId, method, params, key, state, attempts, maxAttempts, backoff) = row[:8]
-    (timeout, runAt, createdAt, startedAt, finishedAt) = row[8:13]
-    progress, result, error = row[13:16]
-    return JobRecord(
-        jobId,
-        method,
-        params,
-        key,
-        state,
-        attempts,
-        maxAttempts,
-        backoff,
-        timeout,
-        runAt,
-        createdAt,
-        startedAt,
-        finishedAt,
-        fromText(progress),
-        result,
-        fromText(error),
-    )
-
-
-def text(value: Any) -> str:
-    """
-    C{value} as the JSON text a column holds.
-    """
-    return _json.dumps(value).decode()
-
-
-def fromText(text: str | None) -> Any:
-    return None if text is None else _json.loads(text.encode())

@@ -20,8 +20,7 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from taskservice._journal import JournalError
-from taskservice._pgschema import text
+from taskservice._journal import JournalError, columnText
 
 JOBS_CHANNEL = "taskservice_jobs"
 """Notified (payload: the earliest run time and the origin) when jobs are due."""
@@ -231,9 +230,9 @@ def notifyEnd(
     """
     watchers = [w for w in watchers or () if w != exclude]
     if watchers:
-        note = text({"end": jobId})
+        note = columnText({"end": jobId})
         if progress is not None:
-            withProgress = text({"end": jobId, "update": progress})
+            withProgress = columnText({"end": jobId, "update": progress})
             if len(withProgress) <= NOTIFY_LIMIT:
                 note = withProgress
         for watcher in watchers:

@@ -24,7 +24,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from taskservice import _json
 from taskservice._journal import (
     CANCELLED,
     FINAL_STATES,
@@ -41,6 +40,8 @@ from taskservice._journal import (
     JournalError,
     NewJob,
     Recovered,
+    columnText,
+    recordFromRow,
 )
 
 APPLICATION_ID = 0x54534A42  # "TSJB"
@@ -296,12 +297,7 @@ class SQLiteJournal:
     # -- bookkeeping -------------------------------------------------------
 
     def _committed(self, batch: Batch) -> None:
-        counts = self._counts
-        for old, new in batch.transitions:
-            if old is not None:
-                counts[old] -= 1
-            if new is not None:
-                counts[new] += 1
+        batch.applyTo(self._counts)
 
     def counts(self) -> dict[str, int]:
         # (Every state is a key from the start: a copy is all of them.)
@@ -351,7 +347,7 @@ class SQLiteJournal:
                 f"SELECT {_COLUMNS} FROM jobs WHERE key = ?", (job.key,)
             ).fetchone()
             if found is not None:
-                return _record(found), False
+                return recordFromRow(found), False
             db.execute(_INSERT, row)
             batch.moved(None, state)
             return record, True
@@ -374,7 +370,7 @@ class SQLiteJournal:
                     (now, *(seq for seq, _ in rows)),
                 ).fetchall()
                 updated.sort(key=lambda row: (row[9], row[-1]))
-                jobs = [_record(row[:-1]) for row in updated]
+                jobs = [recordFromRow(row[:-1]) for row in updated]
                 for _, state in rows:
                     batch.moved(state, RUNNING)
             nextRunAt = db.execute(
@@ -400,7 +396,7 @@ class SQLiteJournal:
         def write(db: sqlite3.Connection, batch: Batch) -> None:
             db.executemany(
                 "UPDATE jobs SET progress = ? WHERE id = ? AND state = 'running'",
-                [(_text(u), jobId) for jobId, u in updates.items()],
+                [(columnText(u), jobId) for jobId, u in updates.items()],
             )
 
         self._writer.run(write).addErrback(lambda f: None)
@@ -420,8 +416,8 @@ class SQLiteJournal:
         pending = self._progress.pop(jobId, None)
         if progress is None:
             progress = pending
-        errorText = None if error is None else _text(error)
-        progressText = None if progress is None else _text(progress)
+        errorText = None if error is None else columnText(error)
+        progressText = None if progress is None else columnText(progress)
 
         return self._writer.runItem(
             _FINISHES,
@@ -431,7 +427,7 @@ class SQLiteJournal:
     def retryAt(
         self, jobId: str, runAt: float, error: Mapping[str, Any]
     ) -> Deferred[bool]:
-        errorText = _text(error)
+        errorText = columnText(error)
 
         def retry(db: sqlite3.Connection, batch: Batch) -> bool:
             done = db.execute(
@@ -461,7 +457,7 @@ class SQLiteJournal:
     def cancel(
         self, jobId: str, now: float, expiresAt: float, error: Mapping[str, Any]
     ) -> Deferred[JobRecord | None]:
-        errorText = _text(error)
+        errorText = columnText(error)
 
         def cancel(db: sqlite3.Connection, batch: Batch) -> JobRecord | None:
             row = db.execute(
@@ -469,7 +465,7 @@ class SQLiteJournal:
             ).fetchone()
             if row is None:
                 return None
-            job = _record(row)
+            job = recordFromRow(row)
             if job.state not in PENDING_STATES:
                 return job
             row = db.execute(
@@ -478,7 +474,7 @@ class SQLiteJournal:
                 (now, expiresAt, errorText, jobId),
             ).fetchone()
             batch.moved(job.state, CANCELLED)
-            return _record(row)
+            return recordFromRow(row)
 
         return self._writer.run(cancel)
 
@@ -519,7 +515,7 @@ class SQLiteJournal:
                     f"SELECT {_COLUMNS} FROM jobs WHERE key = ?", (job.key,)
                 ).fetchone()
                 if found is not None:
-                    return _record(found)
+                    return recordFromRow(found)
             db.execute(_INSERT, row)
             batch.moved(None, state)
             return JobRecord(*row, None, None, None, None)
@@ -531,7 +527,7 @@ class SQLiteJournal:
             row = db.execute(
                 f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (jobId,)
             ).fetchone()
-            return None if row is None else _record(row)
+            return None if row is None else recordFromRow(row)
 
         return self._writer.run(get)
 
@@ -552,7 +548,7 @@ class SQLiteJournal:
                 f"SELECT {_COLUMNS} FROM jobs {clause} ORDER BY seq DESC LIMIT ?",
                 (*args, limit),
             ).fetchall()
-            return [_record(row) for row in rows]
+            return [recordFromRow(row) for row in rows]
 
         return self._writer.run(listJobs)
 
@@ -565,7 +561,7 @@ class SQLiteJournal:
             ).fetchall()
             requeued: list[str] = []
             interrupted: list[str] = []
-            for job in map(_record, rows):
+            for job in map(recordFromRow, rows):
                 if rerun(job):
                     db.execute(
                         "UPDATE jobs SET state = 'queued', run_at = ? WHERE id = ?",
@@ -592,7 +588,7 @@ class SQLiteJournal:
                     db.execute(
                         "UPDATE jobs SET state = 'interrupted', finished_at = ?,"
                         " expires_at = ?, error = ? WHERE id = ?",
-                        (now, expiresAt, _text(error), job.id),
+                        (now, expiresAt, columnText(error), job.id),
                     )
                     interrupted.append(job.id)
                     batch.moved(RUNNING, INTERRUPTED)
@@ -616,44 +612,6 @@ class SQLiteJournal:
             return len(states)
 
         return self._writer.run(purge)
-
-
-def _record(row: tuple[Any, ...]) -> JobRecord:
-    """
-    The record of a row of L{_COLUMNS}, its progress and error decoded.
-    """
-    (jobId, method, params, key, state, attempts, maxAttempts, backoff) = row[:8]
-    (timeout, runAt, createdAt, startedAt, finishedAt) = row[8:13]
-    progress, result, error = row[13:]
-    return JobRecord(
-        jobId,
-        method,
-        params,
-        key,
-        state,
-        attempts,
-        maxAttempts,
-        backoff,
-        timeout,
-        runAt,
-        createdAt,
-        startedAt,
-        finishedAt,
-        _fromText(progress),
-        result,
-        _fromText(error),
-    )
-
-
-def _text(value: Any) -> str:
-    """
-    C{value} as the JSON text a column holds.
-    """
-    return _json.dumps(value).decode()
-
-
-def _fromText(text: str | None) -> Any:
-    return None if text is None else _json.loads(text.encode())
 
 
 def _describe(path: str, error: sqlite3.DatabaseError) -> str:
