@@ -13,7 +13,12 @@ import ssl
 from typing import Any
 
 from taskservice._auth import Token, readTokenFile
-from taskservice.errors import Unreachable
+from taskservice.errors import (
+    JobNotFound,
+    JournalUnavailable,
+    Unavailable,
+    Unreachable,
+)
 
 DEFAULT_ENDPOINT = "tcp:127.0.0.1:12345"
 """Where the clients connect by default: C{twistd taskservice}'s own."""
@@ -92,6 +97,14 @@ def unreachable(error: BaseException) -> Unreachable:
     return Unreachable(
         "the task server is unreachable", {"reason": describeConnectError(error)}
     )
+
+
+def isFollowingError(error: BaseException) -> bool:
+    """
+    Whether C{error} from C{$/attach} is about following the job (an
+    unknown id, the connection, the journal) rather than the job's outcome.
+    """
+    return isinstance(error, JobNotFound | JournalUnavailable | Unavailable)
 
 
 def logError(template: str, **fields: Any) -> None:

@@ -34,6 +34,7 @@ from taskservice._clientbase import (
     DEFAULT_ENDPOINT,
     clientToken,
     describeConnectError,
+    isFollowingError,
     logError,
     unreachable,
 )
@@ -41,11 +42,8 @@ from taskservice._clientcore import ClientCore, CoreState
 from taskservice._endpoints import displayName
 from taskservice._sockets import parseEndpoint
 from taskservice.errors import (
-    JobNotFound,
-    JournalUnavailable,
     TaskServiceError,
     TimedOut,
-    Unavailable,
     Unreachable,
 )
 from taskservice.wire import (
@@ -56,6 +54,7 @@ from taskservice.wire import (
     STATS,
     SUBMIT,
     callParams,
+    jobsParams,
     submitParams,
 )
 
@@ -395,11 +394,7 @@ class Client:
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """The newest jobs, newest first (C{$/jobs}, see docs/jobs)."""
-        params = {
-            name: value
-            for name, value in (("state", state), ("method", method), ("limit", limit))
-            if value is not None
-        }
+        params = jobsParams(state, method, limit)
         result: list[dict[str, Any]] = await self.request(JOBS, params)
         return result
 
@@ -480,9 +475,7 @@ class Job:
                     yield value
                     continue
                 ended = True
-                if kind == _ERROR and isinstance(
-                    value, JobNotFound | JournalUnavailable | Unavailable
-                ):
+                if kind == _ERROR and isFollowingError(value):
                     raise value
                 return
         finally:

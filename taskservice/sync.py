@@ -39,6 +39,7 @@ from taskservice._clientbase import (
     DEFAULT_ENDPOINT,
     clientToken,
     describeConnectError,
+    isFollowingError,
     logError,
     unreachable,
 )
@@ -46,11 +47,8 @@ from taskservice._clientcore import ClientCore, CoreState
 from taskservice._endpoints import displayName
 from taskservice._sockets import parseEndpoint
 from taskservice.errors import (
-    JobNotFound,
-    JournalUnavailable,
     TaskServiceError,
     TimedOut,
-    Unavailable,
     Unreachable,
 )
 from taskservice.wire import (
@@ -61,6 +59,7 @@ from taskservice.wire import (
     STATS,
     SUBMIT,
     callParams,
+    jobsParams,
     submitParams,
 )
 
@@ -530,11 +529,7 @@ class Client:
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """The newest jobs, newest first (C{$/jobs}, see docs/jobs)."""
-        params = {
-            name: value
-            for name, value in (("state", state), ("method", method), ("limit", limit))
-            if value is not None
-        }
+        params = jobsParams(state, method, limit)
         result: list[dict[str, Any]] = self.request(JOBS, params)
         return result
 
@@ -615,17 +610,9 @@ class Job:
                     yield value
                     continue
                 ended = True
-                if kind == _ERROR and _isFollowingError(value):
+                if kind == _ERROR and isFollowingError(value):
                     raise value
                 return
         finally:
             if not ended:
                 pending.giveUp()
-
-
-def _isFollowingError(error: TaskServiceError) -> bool:
-    """
-    Whether C{error} from C{$/attach} is about following the job (an
-    unknown id, the connection, the journal) rather than the job's outcome.
-    """
-    return isinstance(error, JobNotFound | JournalUnavailable | Unavailable)

@@ -164,6 +164,20 @@ SUBMIT_OPTIONS = frozenset({"key", "delay", "at", "retries", "backoff", "timeout
 """The members of L{SUBMIT}'s params besides C{method} and C{params}."""
 
 
+def jobsParams(
+    state: str | None, method: str | None, limit: int | None
+) -> dict[str, Any]:
+    """
+    The params of a L{JOBS} listing: the filters given, the others left to
+    the server's default.
+    """
+    return {
+        name: value
+        for name, value in (("state", state), ("method", method), ("limit", limit))
+        if value is not None
+    }
+
+
 # -- line limits -----------------------------------------------------------------
 
 DEFAULT_MAX_LINE = 16 * 1024 * 1024
