@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from taskservice import _json
 from taskservice._cron import TICK_KEY_PREFIX
-from taskservice._journal import STATES
+from taskservice._journal import STATES, columnText
 from taskservice._task import Registry
 from taskservice.errors import InvalidParams, MethodNotFound
 from taskservice.wire import ATTACH, CANCEL_JOB, JOB, JOBS, SUBMIT
@@ -124,7 +123,7 @@ def parseSubmit(params: object, registry: Registry, maxTimeout: float) -> JobReq
         at = _instant(at)
     return JobRequest(
         method=method,
-        paramsJSON=_json.dumps(taskParams).decode(),
+        paramsJSON=columnText(taskParams),
         key=key,
         retries=retries,
         backoff=backoff,

@@ -22,7 +22,6 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from taskservice import _json
 from taskservice._cron import isoTick, tickKey
 from taskservice._defaults import DEFAULT_MAX_RUNNING, DEFAULT_TTL
 from taskservice._jobrequest import JobRequest
@@ -40,6 +39,8 @@ from taskservice._journal import (
     JournalError,
     NewJob,
     Recovered,
+    columnText,
+    fromColumnText,
 )
 from taskservice._schedules import Schedule, Ticker, schedulesOf
 from taskservice._sharedjobs import SharedJobs, SharedJournal
@@ -609,7 +610,7 @@ class JobService(Service):
     def _start(self, job: JobRecord) -> None:
         run = _Run(job)
         self._running[job.id] = run
-        params = _json.loads(job.params.encode())
+        params = fromColumnText(job.params)
         args, kwargs = (
             ((), params) if isinstance(params, dict) else (params or (), None)
         )
@@ -644,7 +645,7 @@ class JobService(Service):
         now = self.reactor.seconds()
         if not isinstance(outcome, Failure):
             try:
-                result = _json.dumps(outcome).decode()
+                result = columnText(outcome)
             except (TypeError, ValueError):
                 result = "null"
             self._end(run, SUCCEEDED, now, result=result, value=outcome)
@@ -801,10 +802,8 @@ class JobService(Service):
             "error": job.error,
         }
         if full:
-            described["params"] = _json.loads(job.params.encode())
-            described["result"] = (
-                None if job.result is None else _json.loads(job.result.encode())
-            )
+            described["params"] = fromColumnText(job.params)
+            described["result"] = fromColumnText(job.result)
         return described
 
     # -- journal trouble ---------------------------------------------------
@@ -842,7 +841,7 @@ def _detached(d: Deferred[Any]) -> Deferred[Any]:
 
 def _deliver(attacher: _Attacher, job: JobRecord) -> None:
     if job.state == SUCCEEDED:
-        value = None if job.result is None else _json.loads(job.result.encode())
+        value = fromColumnText(job.result)
         attacher.deferred.callback(value)
     else:
         attacher.deferred.errback(Failure(fromWireError(job.error or {})))
