@@ -201,6 +201,10 @@ def test_serverKilledMidRunWithAThousandJobs(tmp_path: Path, pgDSN: str) -> None
     runsDir = tmp_path / "runs"
     runsDir.mkdir()
     d = str(runsDir)
+    # 20 ms a run: A's 500 jobs take its 2 workers ~5 s, so A is still
+    # running its share when the kill comes, however slowly B's 500
+    # submissions went in on a loaded machine (with 5 ms a run, A could end
+    # its share before the test began to wait, and nothing was recovered).
     portA, portB = freePort(), freePort()
     options = ("--workers", "2", "--job-concurrency", "20")
     with ExitStack() as stack:
@@ -213,7 +217,7 @@ def test_serverKilledMidRunWithAThousandJobs(tmp_path: Path, pgDSN: str) -> None
         requests = [
             (
                 "$/submit",
-                {"method": "safeStep" if n % 2 else "unsafeStep", "params": [d]},
+                {"method": "safeStep" if n % 2 else "unsafeStep", "params": [d, 0.02]},
             )
             for n in range(1000)
         ]
