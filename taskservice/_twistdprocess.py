@@ -176,8 +176,9 @@ def _runs(args: Sequence[str], option: str) -> bool:
 class Twistd:
     """
     C{twistd -n --pidfile= TWISTD_OPTIONS taskservice ARGS} in C{directory},
-    its output (standard output and error) to C{directory/twistd.out}; a
-    context manager that starts it and, on the way out, kills whatever is
+    its output (standard output and error) to C{log} (default
+    C{directory/twistd.out}; C{Path(os.devnull)} keeps none); a context
+    manager that starts it and, on the way out, kills whatever is
     left of it and of its workers.
 
     Each of C{--listen}, C{--websocket} and C{--smtp-sink} that the mode of
@@ -197,6 +198,7 @@ class Twistd:
         *args: str,
         twistdOptions: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        log: Path | None = None,
     ) -> None:
         self.directory = directory
         added: list[str] = []
@@ -213,7 +215,7 @@ class Twistd:
         self.args = (*args, *added)
         self.argv = [str(TWISTD), "-n", "--pidfile=", *twistdOptions, "taskservice"]
         self.argv += self.args
-        self.log = directory / "twistd.out"
+        self.log = directory / "twistd.out" if log is None else log
         name, value = "TASKSERVICE_TEST_TWISTD", uuid.uuid4().hex
         self.marker = f"{name}={value}".encode()
         self._env = {**os.environ, **(env or {}), name: value}

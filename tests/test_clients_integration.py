@@ -1,6 +1,6 @@
 """
 L{taskservice.sync} and L{taskservice.aio} against a real C{twistd
-taskservice} (L{tests.test_twistd}'s helper): real worker processes, a real
+taskservice} (L{taskservice.testing.Twistd}): real worker processes, a real
 SQLite journal, real loopback TCP, a UNIX socket, and mutual TLS with a
 token. Plain blocking test functions; the asyncio ones run their own loop.
 """
