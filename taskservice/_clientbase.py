@@ -1,8 +1,9 @@
 """
 What the blocking and the asyncio clients (L{taskservice.sync},
 L{taskservice.aio}) share besides L{taskservice._clientcore}: their
-defaults, the token they send, and how a failed connection reads. No I/O,
-no Twisted.
+defaults, the options of a submit (also the Twisted client's), the token
+they send, how a failed connection reads, and the parts of their
+C{Client} and C{Job} that do not wait. No I/O, no Twisted.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-from typing import Any
+from typing import Any, TypedDict
 
 from taskservice._auth import Token, readTokenFile
+from taskservice._clientcore import CoreState
+from taskservice._endpoints import displayName
+from taskservice._sockets import parseEndpoint
 from taskservice.errors import (
     JobNotFound,
     JournalUnavailable,
@@ -25,6 +29,78 @@ DEFAULT_ENDPOINT = "tcp:127.0.0.1:12345"
 
 CLOSE_WAIT = 5.0
 """Seconds C{close()} waits for what was sent to be written."""
+
+RESULT, ERROR, PROGRESS = 0, 1, 2
+"""The kinds of event a waiting caller is handed: C{(kind, value)}."""
+
+LIVE = (CoreState.OPEN, CoreState.AUTHENTICATING)
+"""The core's states in which a connection takes calls."""
+
+
+class SubmitOptions(TypedDict, total=False):
+    """
+    The options of a C{$/submit} (see docs/jobs), beside the method and its
+    params: the keywords of every client's C{submit()} (the blocking, the
+    asyncio and the Twisted one), declared once. One left out or L{None} is
+    the server's default; L{taskservice.wire.submitParams} puts the others
+    on the wire (and refuses a name that is not here).
+    """
+
+    key: str | None
+    """Idempotency key: one job per key."""
+    delay: float | None
+    """Seconds before it may run."""
+    at: str | None
+    """When it may run (ISO 8601 with a time zone)."""
+    retries: int | None
+    """Runs tried again after a failure."""
+    backoff: float | None
+    """The first retry's delay, seconds."""
+    timeout: float | None
+    """Each run's deadline, seconds."""
+
+
+class ClientBase:
+    """
+    What the blocking and the asyncio C{Client} hold alike: the endpoint
+    (parsed, so a bad one raises L{ValueError} at once), the token, and
+    whether C{close()} was called.
+    """
+
+    _kind = "taskservice client"
+    """How C{repr} names the class (its public dotted name)."""
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        token: Token | str | None = None,
+        token_file: str | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self._target = parseEndpoint(endpoint)
+        self._token = clientToken(token, token_file)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<{self._kind} {displayName(self.endpoint)}>"
+
+
+class JobBase:
+    """
+    What the blocking and the asyncio C{Job} hold alike.
+
+    @ivar id: the job's id: keep it, the job outlives this process.
+    @ivar existing: C{True} when C{submit} found a job holding its key.
+    """
+
+    def __init__(self, job_id: str, *, existing: bool = False) -> None:
+        self.id = job_id
+        self.existing = existing
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id}>"
+
 
 log = logging.getLogger("taskservice.client")
 """The clients' logger (standard C{logging}: these clients run in programs

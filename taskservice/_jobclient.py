@@ -7,14 +7,14 @@ so a TaskClient, a Balancer or the gateway's PoolCaller all give them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, Unpack
 
 from twisted.internet.defer import Deferred
 
+from taskservice._clientbase import SubmitOptions
+from taskservice._clientcore import ProgressCallback
 from taskservice.wire import ATTACH, CANCEL_JOB, JOB, SUBMIT, submitParams
-
-ProgressCallback = Callable[[dict[str, Any]], object]
 
 
 class Caller(Protocol):
@@ -93,31 +93,16 @@ def submitJob(
     method: str,
     params: Sequence[Any] | Mapping[str, Any] | None = None,
     *,
-    key: str | None = None,
-    delay: float | None = None,
-    at: str | None = None,
-    retries: int | None = None,
-    backoff: float | None = None,
-    timeout: float | None = None,
     onProgress: ProgressCallback | None = None,
+    **options: Unpack[SubmitOptions],
 ) -> Deferred[Job]:
     """
     Submit a durable job; fire with its L{Job} once the server has it on
-    disk. The options are C{$/submit}'s (see docs/jobs); L{None} leaves
-    each to the server's default.
+    disk. The options are C{$/submit}'s (L{SubmitOptions}, see docs/jobs);
+    one left out or L{None} is the server's default. C{onProgress} is the
+    handle's, for its C{result()}.
     """
-    request = submitParams(
-        method,
-        params,
-        {
-            "key": key,
-            "delay": delay,
-            "at": at,
-            "retries": retries,
-            "backoff": backoff,
-            "timeout": timeout,
-        },
-    )
+    request = submitParams(method, params, options)
 
     def made(answer: dict[str, Any]) -> Job:
         return Job(

@@ -24,28 +24,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
+from taskservice._aioprotocol import Call, ClientProtocol, connect
 from taskservice._auth import Token
 from taskservice._clientbase import (
     CLOSE_WAIT,
     DEFAULT_ENDPOINT,
-    clientToken,
-    describeConnectError,
+    ERROR,
+    PROGRESS,
+    ClientBase,
+    JobBase,
+    SubmitOptions,
     isFollowingError,
-    logError,
-    unreachable,
 )
-from taskservice._clientcore import ClientCore, CoreState
-from taskservice._endpoints import displayName
-from taskservice._sockets import parseEndpoint
-from taskservice.errors import (
-    TaskServiceError,
-    TimedOut,
-    Unreachable,
-)
+from taskservice._clientcore import ProgressCallback
+from taskservice.errors import TimedOut, Unreachable
 from taskservice.wire import (
     ATTACH,
     CANCEL_JOB,
@@ -60,104 +56,8 @@ from taskservice.wire import (
 
 __all__ = ["DEFAULT_ENDPOINT", "Client", "Job"]
 
-ProgressCallback = Callable[[dict[str, Any]], object]
 
-_RESULT, _ERROR, _PROGRESS = 0, 1, 2
-_LIVE = (CoreState.OPEN, CoreState.AUTHENTICATING)
-
-
-class _Call:
-    """
-    One call in flight, as the core names it: a future for its outcome, or
-    a queue of its progress and outcome when it is iterated.
-    """
-
-    __slots__ = ("future", "onProgress", "protocol", "requestId", "updates")
-
-    requestId: int
-
-    def __init__(
-        self,
-        protocol: _Protocol,
-        onProgress: ProgressCallback | None,
-        updates: asyncio.Queue[tuple[int, Any]] | None = None,
-    ) -> None:
-        self.protocol = protocol
-        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.onProgress = onProgress
-        self.updates = updates
-
-
-class _Protocol(asyncio.Protocol):
-    """One connection: the asyncio shell over a L{ClientCore}."""
-
-    def __init__(self, token: Token | None) -> None:
-        self.core: ClientCore[_Call] = ClientCore(self, authenticate=True, token=token)
-        self.transport: asyncio.Transport | None = None
-        self.lost = asyncio.get_running_loop().create_future()
-
-    @property
-    def live(self) -> bool:
-        return self.core.state in _LIVE
-
-    # -- asyncio tells the core --------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.core.connectionMade()
-
-    def data_received(self, data: bytes) -> None:
-        self.core.receiveData(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is None:
-            self.core.connectionLost("the task server closed the connection")
-        else:
-            self.core.connectionLost(describeConnectError(exc))
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-    # -- the core's ClientShell ----------------------------------------------
-
-    def sendLine(self, line: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(line)
-
-    def closeConnection(self) -> None:
-        assert self.transport is not None
-        self.transport.close()
-
-    def callSucceeded(self, handle: _Call, result: Any) -> None:
-        if handle.updates is not None:
-            handle.updates.put_nowait((_RESULT, result))
-        elif not handle.future.done():
-            handle.future.set_result(result)
-
-    def callFailed(self, handle: _Call, error: TaskServiceError) -> None:
-        if handle.updates is not None:
-            handle.updates.put_nowait((_ERROR, error))
-        elif not handle.future.done():
-            handle.future.set_exception(error)
-
-    def callProgressed(self, handle: _Call, update: dict[str, Any]) -> None:
-        if handle.updates is not None:
-            handle.updates.put_nowait((_PROGRESS, update))
-        elif handle.onProgress is not None and not handle.future.done():
-            try:
-                handle.onProgress(update)
-            except Exception as e:
-                # The callback's failure is the call's: cancel it.
-                self.core.cancel(handle.requestId)
-                handle.future.set_exception(e)
-
-    def accepted(self) -> None:
-        pass
-
-    logError = staticmethod(logError)
-
-
-class Client:
+class Client(ClientBase):
     """
     An asyncio client of one task server over one multiplexed connection.
 
@@ -174,6 +74,8 @@ class Client:
     L{taskservice.errors.Unreachable}.
     """
 
+    _kind = "taskservice.aio.Client"
+
     def __init__(
         self,
         endpoint: str = DEFAULT_ENDPOINT,
@@ -181,16 +83,10 @@ class Client:
         token: Token | str | None = None,
         token_file: str | None = None,
     ) -> None:
-        self.endpoint = endpoint
-        self._target = parseEndpoint(endpoint)
-        self._token = clientToken(token, token_file)
-        self._protocol: _Protocol | None = None
+        super().__init__(endpoint, token=token, token_file=token_file)
+        self._protocol: ClientProtocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Lock | None = None
-        self._closed = False
-
-    def __repr__(self) -> str:
-        return f"<taskservice.aio.Client {displayName(self.endpoint)}>"
 
     async def __aenter__(self) -> Client:
         return self
@@ -282,13 +178,13 @@ class Client:
         timeout: float | None,
         onProgress: ProgressCallback | None,
         iterate: bool = False,
-    ) -> _Call:
+    ) -> Call:
         protocol = await self._connected()
-        call = _Call(protocol, onProgress, asyncio.Queue() if iterate else None)
+        call = Call(protocol, onProgress, asyncio.Queue() if iterate else None)
         call.requestId = protocol.core.request(method, params, call, timeout=timeout)
         return call
 
-    async def _connected(self) -> _Protocol:
+    async def _connected(self) -> ClientProtocol:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             if self._loop is not None and not self._loop.is_closed():
@@ -315,33 +211,9 @@ class Client:
                 raise Unreachable("the client is closed")
             protocol = self._protocol
             if protocol is None or not protocol.live:
-                protocol = await self._connect()
+                protocol = await connect(self._target, self._token)
                 self._protocol = protocol
             return protocol
-
-    async def _connect(self) -> _Protocol:
-        target = self._target
-        loop = asyncio.get_running_loop()
-        token = self._token
-        try:
-            async with asyncio.timeout(target.timeout):
-                if target.path is not None:
-                    _, protocol = await loop.create_unix_connection(
-                        lambda: _Protocol(token), target.path
-                    )
-                else:
-                    assert target.address is not None
-                    host, port = target.address
-                    _, protocol = await loop.create_connection(
-                        lambda: _Protocol(token),
-                        host,
-                        port,
-                        ssl=target.sslContext,
-                        server_hostname=target.serverHostname,
-                    )
-        except (OSError, TimeoutError) as e:
-            raise unreachable(e) from None
-        return protocol
 
     # -- durable jobs ---------------------------------------------------------------
 
@@ -349,33 +221,13 @@ class Client:
         self,
         method: str,
         params: Sequence[Any] | Mapping[str, Any] | None = None,
-        *,
-        key: str | None = None,
-        delay: float | None = None,
-        at: str | None = None,
-        retries: int | None = None,
-        backoff: float | None = None,
-        timeout: float | None = None,
+        **options: Unpack[SubmitOptions],
     ) -> Job:
         """
         Submit a durable job (C{$/submit}, see docs/jobs) and return its
         L{Job} once the server has it on disk.
         """
-        answer = await self.request(
-            SUBMIT,
-            submitParams(
-                method,
-                params,
-                {
-                    "key": key,
-                    "delay": delay,
-                    "at": at,
-                    "retries": retries,
-                    "backoff": backoff,
-                    "timeout": timeout,
-                },
-            ),
-        )
+        answer = await self.request(SUBMIT, submitParams(method, params, options))
         return Job(self, answer["job"], existing=bool(answer.get("existing")))
 
     async def attach(self, job_id: str) -> Job:
@@ -399,7 +251,7 @@ class Client:
         return result
 
 
-class Job:
+class Job(JobBase):
     """
     A durable job, by id (from L{Client.submit} or L{Client.attach}).
 
@@ -408,12 +260,8 @@ class Job:
     """
 
     def __init__(self, client: Client, job_id: str, *, existing: bool = False) -> None:
+        super().__init__(job_id, existing=existing)
         self.client = client
-        self.id = job_id
-        self.existing = existing
-
-    def __repr__(self) -> str:
-        return f"<Job {self.id}>"
 
     async def status(self) -> dict[str, Any]:
         """The job as it is now (C{$/job})."""
@@ -471,11 +319,11 @@ class Job:
                     raise TimeoutError(
                         f"job {self.id} did not end within {timeout} s"
                     ) from None
-                if kind == _PROGRESS:
+                if kind == PROGRESS:
                     yield value
                     continue
                 ended = True
-                if kind == _ERROR and isFollowingError(value):
+                if kind == ERROR and isFollowingError(value):
                     raise value
                 return
         finally:

@@ -17,8 +17,17 @@ in-process with the pool's own registry::
 
 L{GatewayRig} (loaded when first used: it imports the gateway) is the
 websocket gateway in memory, in front of such a pool: browsers, gateway,
-its client and the task server all connected over C{iosim}. L{freePort}
-is a free TCP port on loopback, for tests that start real servers.
+its client and the task server all connected over C{iosim}.
+
+For tests that start real servers: L{freePort} is a free TCP port on
+loopback, and L{Twistd} one real C{twistd taskservice} subprocess (options
+in; ports, pid, output, signals and a restart out; always reaped)::
+
+    with Twistd(tmp_path, "--workers", "2", "--no-websocket") as server:
+        connection = server.connect()          # once --listen answers
+        ...
+        server.terminate()
+        assert server.wait() == -signal.SIGTERM
 """
 
 from __future__ import annotations
@@ -37,12 +46,24 @@ from taskservice import _json
 from taskservice._defaults import DEFAULT_MAX_RESULT
 from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
 from taskservice._task import Registry, _jobContext, _progressHook, jobContextFrom
+from taskservice._twistdprocess import Twistd, TwistdFailed, freePort
 from taskservice.worker import (
     cancelledMessage,
     describeError,
     resultPayload,
     unknownTaskMessage,
 )
+
+__all__ = [
+    "FakeProcessReactor",
+    "FakeProcessTransport",
+    "FakeWorker",
+    "GatewayRig",
+    "MemoryEndpoint",
+    "Twistd",
+    "TwistdFailed",
+    "freePort",
+]
 
 _SIGNALS = {"KILL": 9, "TERM": 15, "INT": 2, "HUP": 1}
 
@@ -360,20 +381,8 @@ class FakeProcessReactor(MemoryReactorClock):
                 worker.runCalls(registry)
 
 
-def freePort(host: str = "127.0.0.1") -> int:
-    """
-    A TCP port on C{host} that nothing listens on now (the kernel's pick),
-    for a test or benchmark that starts a real server on it.
-    """
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 if TYPE_CHECKING:
-    from taskservice._gatewayrig import GatewayRig, MemoryEndpoint  # noqa: F401
+    from taskservice._gatewayrig import GatewayRig, MemoryEndpoint
 
 _RIG = frozenset({"GatewayRig", "MemoryEndpoint"})
 

@@ -21,15 +21,9 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from taskservice.testing import freePort
+from taskservice.testing import Twistd, freePort
 from tests.test_gateway_integration import Browser, openBrowser
-from tests.test_twistd import (
-    DEADLINE,
-    HOST,
-    Twistd,
-    connectWhenListening,
-    twistd,
-)
+from tests.test_twistd import DEADLINE, HOST
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +37,7 @@ def taskServer(directory: Path, port: int) -> Iterator[Twistd]:
     A task server (no gateway) with two workers running L{tests.tasks}.
     """
     directory.mkdir(exist_ok=True)
-    with twistd(
+    with Twistd(
         directory,
         "--no-websocket",
         "--no-smtp-sink",
@@ -54,7 +48,7 @@ def taskServer(directory: Path, port: int) -> Iterator[Twistd]:
         "--listen",
         f"tcp:{port}:interface={HOST}",
     ) as server:
-        connectWhenListening(server, port).close()
+        server.connect(port).close()
         yield server
 
 
@@ -102,7 +96,7 @@ async def test_twoTaskServersOneKilledMidRun(tmp_path: Path) -> None:
         a = stack.enter_context(taskServer(tmp_path / "a", portA))
         stack.enter_context(taskServer(tmp_path / "b", portB))
         gateway = stack.enter_context(
-            twistd(
+            Twistd(
                 tmp_path,
                 "--task-server",
                 f"tcp:{HOST}:{portA}",
@@ -112,7 +106,7 @@ async def test_twoTaskServersOneKilledMidRun(tmp_path: Path) -> None:
                 f"tcp:{wsPort}:interface={HOST}",
             )
         )
-        connectWhenListening(gateway, wsPort).close()
+        gateway.connect(wsPort).close()
         browser = await openBrowser(wsPort)
 
         async def bothUp() -> list[dict[str, Any]] | None:
@@ -199,7 +193,7 @@ async def test_noTaskServerReachable(tmp_path: Path) -> None:
     at once, and the gateway keeps serving.
     """
     wsPort = freePort()
-    with twistd(
+    with Twistd(
         tmp_path,
         "--task-server",
         f"tcp:{HOST}:{freePort()}",
@@ -208,7 +202,7 @@ async def test_noTaskServerReachable(tmp_path: Path) -> None:
         "--websocket",
         f"tcp:{wsPort}:interface={HOST}",
     ) as gateway:
-        connectWhenListening(gateway, wsPort).close()
+        gateway.connect(wsPort).close()
         browser = await openBrowser(wsPort)
         for attempt in range(2):
             browser.call(attempt, "echo", "anyone?")

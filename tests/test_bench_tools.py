@@ -34,8 +34,8 @@ from taskservice.bench._loadclient import (
 )
 from taskservice.bench._tcp import tcpScenario
 from taskservice.bench._wsload import wsloadScenario
-from taskservice.testing import freePort
-from tests.test_twistd import HOST, connectWhenListening, twistd
+from taskservice.testing import Twistd, freePort
+from tests.test_twistd import HOST
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ def taskservice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     server ("tcp") and of its websocket gateway ("ws").
     """
     ports = {"tcp": freePort(), "ws": freePort()}
-    with twistd(
+    with Twistd(
         tmp_path_factory.mktemp("twistd"),
         "--workers",
         "2",
@@ -72,7 +72,7 @@ def taskservice(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         f"tcp:{ports['ws']}:interface={HOST}",
     ) as server:
         for port in ports.values():
-            connectWhenListening(server, port).close()
+            server.connect(port).close()
         yield ports
 
 

@@ -1,6 +1,6 @@
 """
 L{taskservice.sync} and L{taskservice.aio} against a real C{twistd
-taskservice} (L{tests.test_twistd}'s helper): real worker processes, a real
+taskservice} (L{taskservice.testing.Twistd}): real worker processes, a real
 SQLite journal, real loopback TCP, a UNIX socket, and mutual TLS with a
 token. Plain blocking test functions; the asyncio ones run their own loop.
 """
@@ -26,16 +26,9 @@ from taskservice.errors import (
     Unauthorised,
     Unavailable,
 )
-from taskservice.testing import freePort
+from taskservice.testing import Twistd
 from tests.test_security_integration import makePKI
-from tests.test_twistd import (
-    DEADLINE,
-    HOST,
-    Twistd,
-    connectWhenListening,
-    twistd,
-    waitFor,
-)
+from tests.test_twistd import DEADLINE, HOST, waitFor
 
 pytestmark = pytest.mark.integration
 
@@ -46,18 +39,12 @@ SECRET = "integration-secret-5d1c"
 def taskServer(cwd: Path, *args: str) -> Iterator[Twistd]:
     """
     A task server with two workers and no gateway, listening on a free
-    loopback port unless C{args} say otherwise (C{--listen}), once it
-    accepts connections: as C{(twistd, port)}.
+    loopback port (C{server.port}) unless C{args} say otherwise
+    (C{--listen}), once it accepts connections.
     """
-    cwd.mkdir(parents=True, exist_ok=True)
-    port = freePort()
-    listen = () if "--listen" in args else ("--listen", f"tcp:{port}:interface={HOST}")
-    with twistd(cwd, "--no-websocket", "--workers", "2", *listen, *args) as server:
-        if not listen:
-            yield server
-            return
-        connectWhenListening(server, port).close()
-        server.port = port
+    with Twistd(cwd, "--no-websocket", "--workers", "2", *args) as server:
+        if "--listen" not in args:
+            server.connect().close()
         yield server
 
 

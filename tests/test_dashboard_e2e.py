@@ -33,8 +33,9 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from taskservice.testing import Twistd, freePort
 from tests.test_js_client import CHROMIUM, BrowserThread, browser, syncAPI
-from tests.test_twistd import DEADLINE, call, connectWhenListening, freePort, twistd
+from tests.test_twistd import DEADLINE, call
 
 __all__ = ["browser"]  # the module-scoped fixture, shared
 
@@ -284,7 +285,7 @@ async def test_liveUnderLoad(browser: BrowserThread, tmp_path: Path) -> None:
     shot = Path(
         os.environ.get("TASKSERVICE_DASHBOARD_SCREENSHOT") or tmp_path / "dash.png"
     )
-    with twistd(
+    with Twistd(
         tmp_path,
         "--workers",
         "2",
@@ -293,7 +294,7 @@ async def test_liveUnderLoad(browser: BrowserThread, tmp_path: Path) -> None:
         "--websocket",
         f"tcp:{wsPort}:interface={HOST}",
     ) as server:
-        connectWhenListening(server, wsPort).close()
+        server.connect(wsPort).close()
         failed = taskCall(taskPort, "$/submit", {"method": "fail", "params": ["no"]})
         ok = taskCall(taskPort, "$/submit", {"method": "echo", "params": ["hi"]})
         jobId = failed["result"]["job"]
@@ -385,7 +386,7 @@ async def test_cancelAndRetryWithControl(
     params as a new job.
     """
     taskPort, wsPort = freePort(), freePort()
-    with twistd(
+    with Twistd(
         tmp_path,
         "--workers",
         "2",
@@ -395,7 +396,7 @@ async def test_cancelAndRetryWithControl(
         f"tcp:{wsPort}:interface={HOST}",
         "--dashboard-control",
     ) as server:
-        connectWhenListening(server, wsPort).close()
+        server.connect(wsPort).close()
         submitted = taskCall(taskPort, "$/submit", {"method": "sleep", "params": [300]})
         jobId = submitted["result"]["job"]
         origin = f"http://{HOST}:{wsPort}"
@@ -471,8 +472,8 @@ async def test_pageReconnectsAfterRestart(
     tab = DashboardTab(browser)
     try:
         (tmp_path / "first").mkdir()
-        with twistd(tmp_path / "first", *args) as first:
-            connectWhenListening(first, wsPort).close()
+        with Twistd(tmp_path / "first", *args) as first:
+            first.connect(wsPort).close()
             await tab.open(origin)
             await tab.waitFor("Number(document.body.dataset.samples) >= 2")
             first.process.terminate()
@@ -482,8 +483,8 @@ async def test_pageReconnectsAfterRestart(
             first.process.wait(timeout=DEADLINE)
         before = await tab.samples()
         (tmp_path / "second").mkdir()
-        with twistd(tmp_path / "second", *args) as second:
-            connectWhenListening(second, wsPort).close()
+        with Twistd(tmp_path / "second", *args) as second:
+            second.connect(wsPort).close()
             await tab.waitFor(
                 "document.querySelector('#status').dataset.state === 'open'"
                 f" && Number(document.body.dataset.samples) >= {before + 2}"

@@ -31,7 +31,7 @@ from twisted.internet.task import deferLater
 
 from taskservice._smtpserver import SinkESMTP, SinkSMTPFactory
 from taskservice.smtpsink import DOMAIN, IDLE_TIMEOUT, SMTPSink, _Delivery, _Message
-from taskservice.testing import freePort
+from taskservice.testing import Twistd, freePort
 from tests.test_js_client import (
     CHROMIUM,
     BrowserThread,
@@ -40,14 +40,7 @@ from tests.test_js_client import (
     browser,
     until,
 )
-from tests.test_twistd import (
-    DEADLINE,
-    POLL,
-    Twistd,
-    call,
-    connectWhenListening,
-    twistd,
-)
+from tests.test_twistd import DEADLINE, POLL, call
 
 __all__ = ["browser"]  # the module-scoped fixture, shared
 
@@ -75,7 +68,7 @@ async def test_thousandEmails(browser: BrowserThread, tmp_path: Path) -> None:
     the page's console.
     """
     wsPort, sinkPort = freePort(), freePort()
-    with twistd(
+    with Twistd(
         tmp_path,
         "--workers",
         "2",
@@ -86,7 +79,7 @@ async def test_thousandEmails(browser: BrowserThread, tmp_path: Path) -> None:
         "--smtp-sink",
         f"tcp:{sinkPort}:interface={HOST}",
     ) as server:
-        connectWhenListening(server, wsPort).close()
+        server.connect(wsPort).close()
         origin = f"http://{HOST}:{wsPort}"
         seen = await browser.run(_demo, browser, origin, tmp_path / "demo.png")
         with urllib.request.urlopen(origin + "/stats", timeout=10) as response:
@@ -295,7 +288,7 @@ async def test_reloadAndRestartMidSend(browser: BrowserThread, tmp_path: Path) -
 
     try:
         (tmp_path / "first").mkdir()
-        with twistd(tmp_path / "first", *args) as first:
+        with Twistd(tmp_path / "first", *args) as first:
             await listening(first, wsPort)
             mark("listening")
             await page.open(origin)
@@ -315,11 +308,11 @@ async def test_reloadAndRestartMidSend(browser: BrowserThread, tmp_path: Path) -
             first.process.wait(timeout=DEADLINE)
             mark("killed")
         receivedAtKill = sink.received
-        # The workers are gone too (twistd() kills what is left).
+        # The workers are gone too (Twistd kills what is left).
         atRestart = journalled(journal)
         await page.waitFor(STATUS_IS.format("reconnecting"))
         (tmp_path / "second").mkdir()
-        with twistd(tmp_path / "second", *args) as second:
+        with Twistd(tmp_path / "second", *args) as second:
             await listening(second, wsPort)
             mark("restarted")
             await page.waitFor(OUTCOME_IS.format("ok"))

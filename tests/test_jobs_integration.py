@@ -30,16 +30,9 @@ from typing import Any
 import pytest
 
 from taskservice._sqlitejournal import APPLICATION_ID, SCHEMA_VERSION
-from taskservice.testing import freePort
+from taskservice.testing import Twistd, freePort
 from tests.jobtasks import runs
-from tests.test_twistd import (
-    DEADLINE,
-    HOST,
-    Twistd,
-    connectWhenListening,
-    twistd,
-    waitFor,
-)
+from tests.test_twistd import DEADLINE, HOST, waitFor
 
 pytestmark = pytest.mark.integration
 
@@ -131,7 +124,7 @@ def jobServer(
     its journal at C{journal}, and a connection to it.
     """
     cwd.mkdir(exist_ok=True)
-    with twistd(
+    with Twistd(
         cwd,
         "--no-websocket",
         "--no-smtp-sink",
@@ -143,7 +136,7 @@ def jobServer(
         str(journal),
         *args,
     ) as server:
-        rpc = Rpc(connectWhenListening(server, port))
+        rpc = Rpc(server.connect(port))
         try:
             yield server, rpc
         finally:
@@ -520,7 +513,7 @@ def _refusedAtStart(tmp_path: Path, journal: Path, *expected: str) -> None:
     port = freePort()
     cwd = tmp_path / f"run-{journal.name}"
     cwd.mkdir()
-    with twistd(
+    with Twistd(
         cwd,
         "--no-websocket",
         "--no-smtp-sink",

@@ -22,16 +22,9 @@ from twisted.internet import reactor
 from taskservice.gateway import GatewaySite
 from taskservice.metrics import makeRegistry
 from taskservice.pool import ProcessPool
-from taskservice.testing import freePort
+from taskservice.testing import Twistd, freePort
 from tests.test_gateway_integration import Gateway, TaskServer
-from tests.test_twistd import (
-    DEADLINE,
-    HOST,
-    call,
-    connectWhenListening,
-    twistd,
-    waitFor,
-)
+from tests.test_twistd import DEADLINE, HOST, call, waitFor
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +112,7 @@ def test_metricsThroughTwistd(tmp_path: Path) -> None:
     counters, the process's own. Other paths of --metrics are 404.
     """
     listenPort, wsPort, metricsPort = freePort(), freePort(), freePort()
-    with twistd(
+    with Twistd(
         tmp_path,
         "--workers",
         "1",
@@ -130,7 +123,7 @@ def test_metricsThroughTwistd(tmp_path: Path) -> None:
         "--metrics",
         f"tcp:{metricsPort}:interface={HOST}",
     ) as server:
-        connection = connectWhenListening(server, listenPort)
+        connection = server.connect(listenPort)
         with connection, connection.makefile("rb") as reader:
             assert call(
                 connection,
@@ -162,7 +155,7 @@ def test_metricsPortInUse(tmp_path: Path) -> None:
         squatter.bind((HOST, 0))
         squatter.listen()
         metricsPort = squatter.getsockname()[1]
-        with twistd(
+        with Twistd(
             tmp_path,
             "--workers",
             "1",
@@ -189,7 +182,7 @@ def test_jsonLogsThroughTwistd(tmp_path: Path) -> None:
     every line has the formatted text and the level's name.
     """
     listenPort = freePort()
-    with twistd(
+    with Twistd(
         tmp_path,
         "--workers",
         "1",
@@ -198,7 +191,7 @@ def test_jsonLogsThroughTwistd(tmp_path: Path) -> None:
         "--no-websocket",
         twistdOptions=["--logger=taskservice.logs.jsonLogger"],
     ) as server:
-        connection = connectWhenListening(server, listenPort)
+        connection = server.connect(listenPort)
         with connection, connection.makefile("rb") as reader:
             reply = call(
                 connection,

@@ -20,17 +20,10 @@ from typing import Any
 
 import pytest
 
+from taskservice.testing import Twistd, freePort
 from tests.pgtasks import runsByJob
 from tests.test_jobs_integration import FINAL, Rpc, gone, pythonPath, runsOf
-from tests.test_twistd import (
-    DEADLINE,
-    HOST,
-    Twistd,
-    connectWhenListening,
-    freePort,
-    twistd,
-    waitFor,
-)
+from tests.test_twistd import DEADLINE, HOST, waitFor
 
 pytestmark = pytest.mark.integration
 __all__ = ["pythonPath"]
@@ -47,7 +40,7 @@ def pgServer(
     tests.jobtasks on the PostgreSQL journal C{dsn}, and a connection to it.
     """
     cwd.mkdir(exist_ok=True)
-    with twistd(
+    with Twistd(
         cwd,
         "--no-websocket",
         "--no-smtp-sink",
@@ -63,7 +56,7 @@ def pgServer(
         str(SERVER_TIMEOUT),
         *args,
     ) as server:
-        rpc = Rpc(connectWhenListening(server, port))
+        rpc = Rpc(server.connect(port))
         try:
             yield server, rpc
         finally:

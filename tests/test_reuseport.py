@@ -18,9 +18,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python import usage
 
 from taskservice._reuseport import ReusePortEndpoint
-from taskservice.testing import freePort
+from taskservice.testing import Twistd, freePort
 from tests.test_tap import parse
-from tests.test_twistd import HOST, connectWhenListening, twistd, waitFor
+from tests.test_twistd import HOST, waitFor
 
 pytestmark = pytest.mark.integration
 
@@ -96,10 +96,10 @@ def test_twoTwistdShareThePort(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     with (
-        twistd(tmp_path / "a", *common, *listen, "--workers", "1") as a,
-        twistd(tmp_path / "b", *common, *listen, "--workers", "2"),
+        Twistd(tmp_path / "a", *common, *listen, "--workers", "1") as a,
+        Twistd(tmp_path / "b", *common, *listen, "--workers", "2"),
     ):
-        connectWhenListening(a, port).close()
+        a.connect(port).close()
 
         def bothAnswered() -> set[int] | None:
             sizes = {

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from taskservice._cron import isoTick
+from taskservice.testing import Twistd, freePort
 from tests.jobtasks import RUNS_ENVIRONMENT, runs
 from tests.test_jobs_integration import Rpc, jobServer, pythonPath, runsOf
-from tests.test_twistd import DEADLINE, freePort, waitFor
+from tests.test_twistd import DEADLINE, waitFor
 
 pytestmark = pytest.mark.integration
 
@@ -91,32 +92,17 @@ def test_aWrongScheduleStopsTheStart(tmp_path: Path) -> None:
     twistd with a wrong --schedule exits at once with a usage error saying
     what is wrong, before anything listens.
     """
-    import subprocess
-
-    from tests.test_twistd import TWISTD
-
-    done = subprocess.run(
-        [
-            str(TWISTD),
-            "-n",
-            "--pidfile=",
-            "taskservice",
-            "--no-websocket",
-            "--no-smtp-sink",
-            "--listen",
-            f"tcp:{freePort()}:interface=127.0.0.1",
-            "--jobs-db",
-            ":memory:",
-            "--schedule",
-            "fib=*/5 * * *",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=DEADLINE,
-        check=False,
-    )
-    assert done.returncode != 0
-    assert (
-        "--schedule fib: cron expression '*/5 * * *' has 4 fields; it needs five"
-        in done.stderr.decode() + done.stdout.decode()
-    )
+    with Twistd(
+        tmp_path,
+        "--no-websocket",
+        "--no-smtp-sink",
+        "--jobs-db",
+        ":memory:",
+        "--schedule",
+        "fib=*/5 * * *",
+    ) as server:
+        assert server.wait() != 0
+        assert (
+            "--schedule fib: cron expression '*/5 * * *' has 4 fields; it needs five"
+            in server.output()
+        )

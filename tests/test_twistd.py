@@ -4,43 +4,40 @@ C{twistd taskservice} as an operator runs it: a real C{twistd} subprocess
 tree), real worker processes, a real loopback socket.
 
 These tests block on subprocesses and sockets, so they are plain (not
-reactor-driven) test functions. Each C{twistd} gets a unique marker in its
-environment, which its workers inherit (they run in sessions of their own, so
-neither their parent nor their process group finds them once twistd is
-gone): whatever a test leaves behind is found by that marker and killed in a
-C{finally}.
+reactor-driven) test functions. Every twistd of the tests is a
+L{taskservice.testing.Twistd}: it finds whatever a test leaves behind (by an
+environment marker its workers inherit) and kills it on the way out.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import os
 import select
 import signal
 import socket
 import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from taskservice import tap
-from taskservice.testing import freePort
+from taskservice._twistdprocess import (
+    DEADLINE,
+    HOST,
+    POLL,
+    ProcessInfo,
+    cmdline,
+    isAlive,
+    processes,
+)
+from taskservice.testing import Twistd, freePort
 
 pytestmark = pytest.mark.integration
 
-TWISTD = Path(sys.executable).parent / "twistd"
-HOST = "127.0.0.1"
-# Generous: other people's tests share this 2-core machine.
-DEADLINE = 60.0
-POLL = 0.05
 
 T = TypeVar("T")
 
@@ -60,149 +57,17 @@ def waitFor(what: str, check: Callable[[], T | None], deadline: float = DEADLINE
         time.sleep(POLL)
 
 
-@dataclass(frozen=True)
-class ProcessInfo:
-    pid: int
-    state: str
-    ppid: int
-    startTime: int
-
-
-def _readStat(pid: int) -> ProcessInfo | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name (field 2) is in parentheses and may hold anything.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return ProcessInfo(
-        pid=pid,
-        state=fields[0],
-        ppid=int(fields[1]),
-        startTime=int(fields[19]),
-    )
-
-
-def processes() -> list[ProcessInfo]:
+def twistd(cwd: Path, *args: str, twistdOptions: Sequence[str] = ()) -> Twistd:
     """
-    Every live (not zombie) process on the machine.
+    L{Twistd}, by the name the tests written before it use (a branch merged
+    later may still).
     """
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            info = _readStat(int(entry))
-            if info is not None and info.state != "Z":
-                found.append(info)
-    return found
-
-
-def isAlive(process: ProcessInfo) -> bool:
-    """
-    The same process (not a recycled pid) still exists and is no zombie.
-    """
-    now = _readStat(process.pid)
-    return now is not None and now.startTime == process.startTime and now.state != "Z"
-
-
-def marked(marker: bytes) -> list[ProcessInfo]:
-    """
-    The live processes whose environment holds C{marker}.
-    """
-    found = []
-    for process in processes():
-        try:
-            environ = Path(f"/proc/{process.pid}/environ").read_bytes()
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        if marker in environ.split(b"\0"):
-            found.append(process)
-    return found
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-    return raw.decode(errors="replace").split("\0")
-
-
-@dataclass
-class Twistd:
-    process: subprocess.Popen[bytes]
-    log: Path
-    marker: bytes
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def family(self) -> list[ProcessInfo]:
-        """
-        The live processes this twistd started, itself included: those
-        that inherited its environment marker.
-        """
-        return marked(self.marker)
-
-    def exited(self) -> int | None:
-        return self.process.poll()
-
-
-@contextmanager
-def twistd(
-    cwd: Path, *args: str, twistdOptions: Sequence[str] = ()
-) -> Iterator[Twistd]:
-    """
-    Run C{twistd -n --pidfile= TWISTDOPTIONS taskservice ARGS} in C{cwd},
-    output to a file; on the way out, kill whatever is left of it and of its
-    workers. Unless ARGS place it, the demo's SMTP sink listens on a free
-    port, not 2525.
-    """
-    if not any(
-        a.startswith("--smtp") or a in ("--no-smtp-sink", "--task-server") for a in args
-    ):
-        args = (*args, "--smtp-sink", f"tcp:{freePort()}:interface=127.0.0.1")
-    log = cwd / "twistd.out"
-    marker = f"TASKSERVICE_TEST_TWISTD={uuid.uuid4().hex}"
-    name, _, value = marker.partition("=")
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(TWISTD), "-n", "--pidfile=", *twistdOptions, "taskservice", *args],
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, name: value},
-        )
-    running = Twistd(process, log, marker.encode())
-    try:
-        yield running
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=DEADLINE)
-        for leftover in running.family():
-            if isAlive(leftover):
-                with suppress(ProcessLookupError):
-                    os.kill(leftover.pid, signal.SIGKILL)
+    return Twistd(cwd, *args, twistdOptions=twistdOptions)
 
 
 def connectWhenListening(server: Twistd, port: int) -> socket.socket:
-    """
-    Poll until C{server} accepts a connection on C{port}; fail at once with
-    its output if it exits first.
-    """
-
-    def attempt() -> socket.socket | None:
-        if server.exited() is not None:
-            pytest.fail(
-                f"twistd exited {server.exited()} before listening:\n{server.output()}"
-            )
-        try:
-            return socket.create_connection((HOST, port), timeout=DEADLINE)
-        except OSError:
-            return None
-
-    return waitFor(f"twistd to listen on {HOST}:{port}", attempt)
+    """L{Twistd.connect}, by the name the tests written before it use."""
+    return server.connect(port)
 
 
 def call(connection: socket.socket, reader: Any, request: bytes) -> Any:
@@ -223,7 +88,7 @@ def test_serveThenStopOnSIGTERM(tmp_path: Path) -> None:
     which a shell shows as 143) and leaves no worker process behind.
     """
     port = freePort()
-    with twistd(
+    with Twistd(
         tmp_path,
         "--workers",
         "2",
@@ -231,7 +96,7 @@ def test_serveThenStopOnSIGTERM(tmp_path: Path) -> None:
         f"tcp:{port}:interface={HOST}",
         "--no-websocket",
     ) as server:
-        connection = connectWhenListening(server, port)
+        connection = server.connect(port)
         with connection, connection.makefile("rb") as reader:
             assert call(
                 connection,
@@ -293,7 +158,7 @@ def test_sigtermDrainsCallsInFlight(tmp_path: Path) -> None:
     worker left.
     """
     port = freePort()
-    with twistd(
+    with Twistd(
         tmp_path,
         "--workers",
         "2",
@@ -301,14 +166,14 @@ def test_sigtermDrainsCallsInFlight(tmp_path: Path) -> None:
         f"tcp:{port}:interface={HOST}",
         "--no-websocket",
     ) as server:
-        connection = connectWhenListening(server, port)
+        connection = server.connect(port)
         with connection, connection.makefile("rb") as reader:
             for i, seconds in enumerate([1.0, 1.0, 0.2], 1):
                 connection.sendall(
                     b'{"jsonrpc":"2.0","id":%d,"method":"sleep","params":[%g]}\n'
                     % (i, seconds)
                 )
-            probe = connectWhenListening(server, port)
+            probe = server.connect(port)
             with probe, probe.makefile("rb") as probeReader:
 
                 def runningAndQueued() -> bool | None:
@@ -343,7 +208,7 @@ def test_portInUse(tmp_path: Path) -> None:
         squatter.bind((HOST, 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        with twistd(
+        with Twistd(
             tmp_path,
             "--workers",
             "2",
@@ -368,7 +233,7 @@ def test_missingTaskModule(tmp_path: Path) -> None:
     top-level package), without listening or starting workers.
     """
     port = freePort()
-    with twistd(
+    with Twistd(
         tmp_path,
         "--tasks",
         "no.such.module",
@@ -398,7 +263,7 @@ def test_connectionPerCallBurstFitsTheBacklog(tmp_path: Path) -> None:
     if cap is not None and cap < callers:
         pytest.skip(f"net.core.somaxconn is {cap}: the kernel caps the backlog")
     port = freePort()
-    with twistd(
+    with Twistd(
         tmp_path,
         "--workers",
         "1",
@@ -406,7 +271,7 @@ def test_connectionPerCallBurstFitsTheBacklog(tmp_path: Path) -> None:
         f"tcp:{port}:interface={HOST}",
         "--no-websocket",
     ) as server:
-        connectWhenListening(server, port).close()
+        server.connect(port).close()
         sockets: list[socket.socket] = []
         server.process.send_signal(signal.SIGSTOP)
         try:
@@ -448,7 +313,7 @@ def test_noWebsocketStatsTellTheSink(tmp_path: Path) -> None:
     skipped), it says 1.
     """
     port = freePort()
-    with twistd(
+    with Twistd(
         tmp_path,
         "--workers",
         "1",
@@ -456,7 +321,7 @@ def test_noWebsocketStatsTellTheSink(tmp_path: Path) -> None:
         f"tcp:{port}:interface={HOST}",
         "--no-websocket",
     ) as server:
-        connection = connectWhenListening(server, port)
+        connection = server.connect(port)
         with connection, connection.makefile("rb") as reader:
             assert call(
                 connection,
@@ -493,7 +358,7 @@ def test_secondTwistdNamesTheBusyPort(tmp_path: Path) -> None:
 
     first = tmp_path / "first"
     first.mkdir()
-    with twistd(first, *argv(set())) as server:
+    with Twistd(first, *argv(set())) as server:
         waitFor(
             "the first twistd to listen", lambda: _listening(ports.values()) or None
         )
@@ -501,7 +366,7 @@ def test_secondTwistdNamesTheBusyPort(tmp_path: Path) -> None:
         for name, port in ports.items():
             second = tmp_path / f"second-{name}"
             second.mkdir()
-            with twistd(second, *argv(moved)) as other:
+            with Twistd(second, *argv(moved)) as other:
                 returncode = waitFor("the second twistd to exit", other.exited)
                 output = other.output()
                 assert returncode == 1, output

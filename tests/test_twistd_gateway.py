@@ -17,15 +17,9 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from taskservice.testing import freePort
+from taskservice.testing import Twistd, freePort
 from tests.test_gateway_integration import openBrowser
-from tests.test_twistd import (
-    DEADLINE,
-    HOST,
-    connectWhenListening,
-    twistd,
-    waitFor,
-)
+from tests.test_twistd import DEADLINE, HOST, waitFor
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +36,7 @@ async def test_websocketCallThroughTwistd(tmp_path: Path, taskPort: str) -> None
     """
     listenPort = freePort() if taskPort == "free" else 0
     wsPort = freePort()
-    with twistd(
+    with Twistd(
         tmp_path,
         "--workers",
         "1",
@@ -51,7 +45,7 @@ async def test_websocketCallThroughTwistd(tmp_path: Path, taskPort: str) -> None
         "--websocket",
         f"tcp:{wsPort}:interface={HOST}",
     ) as server:
-        connectWhenListening(server, wsPort).close()
+        server.connect(wsPort).close()
         browser = await openBrowser(wsPort)
         browser.call(1, "echo", "through the gateway")
         assert await browser.next() == {
@@ -88,7 +82,7 @@ def test_websocketPortInUse(tmp_path: Path) -> None:
         squatter.bind((HOST, 0))
         squatter.listen()
         wsPort = squatter.getsockname()[1]
-        with twistd(
+        with Twistd(
             tmp_path,
             "--workers",
             "1",

@@ -23,17 +23,11 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from taskservice.testing import freePort
+from taskservice.testing import Twistd, freePort
 from tests.test_auth import SECRET
 from tests.test_gateway_integration import openBrowser
 from tests.test_security_integration import PKI, makePKI
-from tests.test_twistd import (
-    DEADLINE,
-    HOST,
-    Twistd,
-    connectWhenListening,
-    twistd,
-)
+from tests.test_twistd import DEADLINE, HOST
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +72,7 @@ def lines(connection: ssl.SSLSocket, *messages: Any) -> Iterator[Any]:
 
 def taskServer(cwd: Path, port: int, pki: PKI, tokenFile: Path) -> Any:
     cwd.mkdir()
-    return twistd(
+    return Twistd(
         cwd,
         "--no-websocket",
         "--workers",
@@ -117,7 +111,7 @@ def test_twistdTokenAndMutualTLS(tmp_path: Path, pki: PKI, tokenFile: Path) -> N
     """
     port = freePort()
     with taskServer(tmp_path / "tasks", port, pki, tokenFile) as server:
-        with tlsClient(pki, connectWhenListening(server, port)) as connection:
+        with tlsClient(pki, server.connect(port)) as connection:
             replies = lines(
                 connection,
                 {
@@ -131,7 +125,7 @@ def test_twistdTokenAndMutualTLS(tmp_path: Path, pki: PKI, tokenFile: Path) -> N
             assert next(replies) == {"jsonrpc": "2.0", "id": 1, "result": True}
             assert next(replies) == {"jsonrpc": "2.0", "id": 2, "result": "over mTLS"}
 
-        with tlsClient(pki, connectWhenListening(server, port)) as connection:
+        with tlsClient(pki, server.connect(port)) as connection:
             replies = lines(
                 connection,
                 {
@@ -154,7 +148,7 @@ def test_twistdTokenAndMutualTLS(tmp_path: Path, pki: PKI, tokenFile: Path) -> N
                 }
             ]
 
-        plain = connectWhenListening(server, port)
+        plain = server.connect(port)
         stats = {"jsonrpc": "2.0", "id": 1, "method": "$/stats"}
         with (
             pytest.raises((ssl.SSLError, ConnectionResetError)) as refused,
@@ -167,7 +161,7 @@ def test_twistdTokenAndMutualTLS(tmp_path: Path, pki: PKI, tokenFile: Path) -> N
 
         # On SIGTERM an open TLS connection is closed cleanly (close_notify,
         # read as end of file), not aborted after the grace period.
-        with tlsClient(pki, connectWhenListening(server, port)) as connection:
+        with tlsClient(pki, server.connect(port)) as connection:
             replies = lines(
                 connection,
                 {
@@ -206,7 +200,7 @@ async def test_twoMachines(tmp_path: Path, pki: PKI, tokenFile: Path) -> None:
     (tmp_path / "gateway").mkdir()
     with (
         taskServer(tmp_path / "tasks", port, pki, tokenFile) as tasks,
-        twistd(
+        Twistd(
             tmp_path / "gateway",
             "--task-server",
             upstream,
@@ -216,8 +210,8 @@ async def test_twoMachines(tmp_path: Path, pki: PKI, tokenFile: Path) -> None:
             f"tcp:{wsPort}:interface={HOST}",
         ) as gateway,
     ):
-        connectWhenListening(tasks, port).close()
-        connectWhenListening(gateway, wsPort).close()
+        tasks.connect(port).close()
+        gateway.connect(wsPort).close()
         browser = await openBrowser(wsPort)
         deadline = time.monotonic() + DEADLINE
         while True:
@@ -248,7 +242,7 @@ async def test_localGatewaySendsTheToken(tmp_path: Path, tokenFile: Path) -> Non
     browser's call goes through. The token is not in twistd's output.
     """
     wsPort = freePort()
-    with twistd(
+    with Twistd(
         tmp_path,
         "--workers",
         "1",
@@ -259,7 +253,7 @@ async def test_localGatewaySendsTheToken(tmp_path: Path, tokenFile: Path) -> Non
         "--websocket",
         f"tcp:{wsPort}:interface={HOST}",
     ) as server:
-        connectWhenListening(server, wsPort).close()
+        server.connect(wsPort).close()
         browser = await openBrowser(wsPort)
         browser.call(1, "echo", "with the token")
         assert await browser.next() == {

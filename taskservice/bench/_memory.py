@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from taskservice._twistdprocess import Twistd
 from taskservice.bench._procfs import processStats
 from taskservice.bench._stats import Summary
 from taskservice.examples import echo as _echo
@@ -271,40 +272,21 @@ async def startTimes(reactor: Any, samples: int, rows: Rows, notes: list[str]) -
 # -- processes to measure ------------------------------------------------------
 
 
-@dataclass
-class Twistd:
-    process: subprocess.Popen[bytes]
-    taskPort: int
-
-
 @contextmanager
 def twistdTaskservice(workdir: Path) -> Iterator[Twistd]:
     """
     C{twistd -n taskservice} as a user runs it (gateway, SMTP sink, a pool
-    of L{WORKERS}), on free loopback ports.
+    of L{WORKERS}), on free loopback ports, once its task server and
+    gateway answer; its output appended to C{twistd.log}.
     """
-    from taskservice.bench._websocket import startTwistd, stop, waitForPort
-    from taskservice.testing import freePort
-
-    taskPort, wsPort, sinkPort = freePort(), freePort(), freePort()
-    with open(workdir / "twistd.log", "ab") as log:
-        process = startTwistd(
-            workdir,
-            "--listen",
-            f"tcp:{taskPort}:interface={HOST}",
-            "--websocket",
-            f"tcp:{wsPort}:interface={HOST}",
-            "--smtp-sink",
-            f"tcp:{sinkPort}:interface={HOST}",
-            workers=WORKERS,
-            output=log,
-        )
-    try:
-        waitForPort(wsPort, process)
-        waitForPort(taskPort, process)
-        yield Twistd(process, taskPort)
-    finally:
-        stop(process)
+    with Twistd(
+        workdir, "--workers", str(WORKERS), log=workdir / "twistd.log"
+    ) as server:
+        try:
+            server.ready("websocket", "listen")
+            yield server
+        finally:
+            server.stop(graceful=30)
 
 
 @contextmanager
@@ -430,7 +412,7 @@ async def idleMemory(reactor: Any, runs: int, workdir: Path) -> _Idle:
     idle = _Idle([], [], [], [], [], [], [], [])
     for _ in range(runs):
         with twistdTaskservice(workdir) as twistd:
-            client = TaskClient(reactor, f"tcp:{HOST}:{twistd.taskPort}")
+            client = TaskClient(reactor, f"tcp:{HOST}:{twistd.port}")
             client.startService()
             try:
                 await whenWorkersReady(reactor, client, WORKERS)
@@ -508,7 +490,7 @@ async def memoryUnderLoad(
     from taskservice.client import TaskClient
 
     with twistdTaskservice(workdir) as twistd:
-        client = TaskClient(reactor, f"tcp:{HOST}:{twistd.taskPort}")
+        client = TaskClient(reactor, f"tcp:{HOST}:{twistd.port}")
         client.startService()
         try:
             await whenWorkersReady(reactor, client, WORKERS)

@@ -8,6 +8,7 @@ Both servers run as subprocesses; this process only plays the browsers.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import deferLater
 
 from taskservice import _json
-from taskservice.testing import freePort
+from taskservice.testing import Twistd, freePort
 
 HOST = "127.0.0.1"
 USERS = 1000
@@ -147,29 +148,28 @@ async def pingDuringSend(reactor: Any, port: int) -> tuple[float, list[float]]:
     return done[0], pings
 
 
+_running: dict[int, Twistd] = {}
+"""The twistd processes L{startTwistd} started and L{stop} has not, by pid."""
+
+
 def startTwistd(
-    workdir: Path, *args: str, workers: int = 2, output: Any = subprocess.DEVNULL
+    workdir: Path, *args: str, workers: int = 2, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """
     C{twistd -n --pidfile= taskservice --workers 2 ARGS}, as a user runs it,
-    in C{workdir}; its output (standard output and error) to C{output}.
+    in C{workdir} (a L{taskservice.testing.Twistd}: the listeners ARGS do
+    not place get free loopback ports); its output to C{log}, else none.
+    L{stop} ends it and whatever is left of its workers.
     """
-    twistd = Path(sys.executable).parent / "twistd"
-    return subprocess.Popen(
-        [
-            str(twistd),
-            "-n",
-            "--pidfile=",
-            "taskservice",
-            "--workers",
-            str(workers),
-            *args,
-        ],
-        cwd=workdir,
-        stdin=subprocess.DEVNULL,
-        stdout=output,
-        stderr=subprocess.STDOUT,
-    )
+    server = Twistd(
+        workdir,
+        "--workers",
+        str(workers),
+        *args,
+        log=Path(os.devnull) if log is None else log,
+    ).start()
+    _running[server.pid] = server
+    return server.process
 
 
 def startTaskservice(workdir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
@@ -205,6 +205,14 @@ def startNaive(workdir: Path, sinkPort: int) -> tuple[subprocess.Popen[bytes], i
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
+    """
+    SIGTERM, then SIGKILL after 30 s; a twistd of L{startTwistd}'s is
+    reaped with its workers.
+    """
+    server = _running.pop(process.pid, None)
+    if server is not None:
+        server.stop(graceful=30)
+        return
     process.terminate()
     try:
         process.wait(30)
