@@ -75,6 +75,14 @@ _fastEncoder = msgspec.json.Encoder()
 _fastDecoder = msgspec.json.Decoder()
 _arrayDecoder = msgspec.json.Decoder(list[msgspec.Raw])
 
+class _ResultFrame(msgspec.Struct):
+    op: str
+    cid: int
+    result: msgspec.Raw
+
+
+_resultDecoder = msgspec.json.Decoder(_ResultFrame)
+
 _FAST_DEPTH = 200
 """
 How deep msgspec may nest: deeper values and documents go to C{json}, whose
@@ -196,3 +204,21 @@ def splitArray(data: bytes) -> list[msgspec.Raw] | None:
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError):
         return None
     return elements
+
+
+def resultFrame(payload: bytes) -> tuple[int, bytes] | None:
+    """
+    The call id and the result, still JSON, of a worker's C{result} frame
+    (C{{"op": "result", "cid": N, "result": ...}}), found without decoding
+    the result; L{None} for any other frame, or one the quick scan cannot
+    read (then decode it whole with L{loads}).
+    """
+    if not payload.startswith(b'{"op":"result"'):
+        return None
+    try:
+        found = _resultDecoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError):
+        return None
+    if found.op != "result" or type(found.cid) is not int:
+        return None
+    return found.cid, bytes(found.result)

@@ -238,6 +238,19 @@ def resultObject(requestId: Id, result: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": requestId, "result": result}
 
 
+def resultLine(requestId: Id, result: bytes) -> bytes:
+    """
+    The encoded response to C{requestId} with C{result}, a value's JSON
+    (as a worker wrote it): what C{_json.dumps(resultObject(...))} makes
+    of the value, without decoding it.
+    """
+    if type(requestId) is int:
+        encodedId = str(requestId).encode()
+    else:
+        encodedId = _json.dumps(requestId)
+    return b'{"jsonrpc":"2.0","id":' + encodedId + b',"result":' + result + b"}"
+
+
 def errorObject(requestId: Id, error: TaskServiceError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": requestId, "error": error.toWire()}
 

@@ -17,9 +17,11 @@ from taskservice._call import (
     Call,
     CallListener,
     CallObserver,
+    CallSink,
     CallState,
     Outcome,
     ProgressCallback,
+    RawOutcome,
     poolLog,
 )
 from taskservice._deadlines import Deadlines
@@ -84,7 +86,10 @@ class Scheduler:
         self._drainWaiters: list[Deferred[None]] = []
         # Set by the pool once the supervisor exists (it needs us first).
         self.supervisor: Supervisor = None  # type: ignore[assignment]
-        self.deadlines = Deadlines(reactor, self._kill, self.unqueue)
+        self.deadlines = Deadlines(reactor, self._kill, self.unqueue, self._running)
+
+    def _running(self) -> list[Call]:
+        return [c for w in self.supervisor.workers for c in w.calls.values()]
 
     def _kill(self, worker: WorkerProcess, cause: str) -> None:
         self.supervisor.kill(worker, cause)
@@ -120,6 +125,8 @@ class Scheduler:
         onProgress: ProgressCallback | None,
         owner: object,
         job: Mapping[str, Any] | None,
+        sink: CallSink | None = None,
+        tag: Any = None,
     ) -> Call:
         if self.supervisor.state is not PoolState.RUNNING:
             raise Unavailable("the pool is not running")
@@ -151,6 +158,8 @@ class Scheduler:
             owner,
             job,
             self.deadlines.cancel,
+            sink,
+            tag,
         )
         self._nextCallID += 1
         return call
@@ -164,7 +173,9 @@ class Scheduler:
         owner: object,
         job: Mapping[str, Any] | None,
         error: Exception,
-    ) -> Deferred[Any]:
+        sink: CallSink | None = None,
+        tag: Any = None,
+    ) -> Call:
         """
         End a call refused at submission; its task is named only if C{name}
         is registered (never a name taken from the network).
@@ -182,14 +193,17 @@ class Scheduler:
             None,
             owner,
             job,
+            None,
+            sink,
+            tag,
         )
         call.queuedAt = None
         call.complete(Outcome.failure(error))
-        return call.deferred
+        return call
 
     # -- the queue -------------------------------------------------------------
 
-    def enqueue(self, call: Call) -> Deferred[Any]:
+    def enqueue(self, call: Call) -> None:
         """
         Queue an accepted call (placing it at once if it can be); refuse it
         as overloaded if it would have to wait in a full queue.
@@ -201,7 +215,7 @@ class Scheduler:
             worker = self.placement.workerFor(call, supervisor.workers, supervisor.idle)
             if worker is not None:
                 self._run(worker, call)
-                return call.deferred
+                return
         queue.push(call)
         if queue.peek() is call:
             # It is next (first, or before the others in a queue that is not
@@ -221,7 +235,6 @@ class Scheduler:
                     )
                 )
             )
-        return call.deferred
 
     def unqueue(self, call: Call) -> None:
         self.queue.remove(call)
@@ -293,12 +306,36 @@ class Scheduler:
             )
             return
         call.started(worker)
-        call.timer = self.reactor.callLater(call.timeout, self.deadlines.timedOut, call)
+        self.deadlines.arm(call)
 
     # -- what workers say (SupervisorClient) -----------------------------------
 
     def workerReady(self, worker: WorkerProcess) -> None:
         self.dispatch()
+
+    def callResult(self, worker: WorkerProcess, cid: int, raw: bytes) -> None:
+        """
+        A worker's C{result} frame, its result still JSON (C{raw}): the
+        common case, kept apart from L{callMessage}.
+        """
+        if worker.state is WorkerState.DEAD:
+            return
+        blocking = worker.blocking
+        call = worker.take(cid)
+        if call is None:
+            return
+        if blocking:
+            self.placement.measure(worker, call, self.reactor.seconds())
+        call.release()
+        self.deadlines.released(call)
+        self.supervisor.recycler.afterCall(worker)
+        if call.outcome is None:
+            call.resultBytes = raw
+            call.complete(RawOutcome.of(raw))
+        if len(self.queue):
+            self.dispatch()
+        if self._drainWaiters:
+            self.checkDrained()
 
     def callMessage(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         op = message.get("op")
@@ -314,6 +351,7 @@ class Scheduler:
             if blocking:
                 self.placement.measure(worker, call, self.reactor.seconds())
             call.release()
+            self.deadlines.released(call)
             self.supervisor.recycler.afterCall(worker)
             if call.outcome is None:
                 if op == "result":
@@ -325,12 +363,11 @@ class Scheduler:
                 self.checkDrained()
         elif op == "progress":
             call = worker.calls.get(message.get("cid", -1))
-            if (
-                call is not None
-                and call.onProgress is not None
-                and call.outcome is None
-            ):
-                call.onProgress(message["update"])
+            if call is not None and call.outcome is None:
+                if call.onProgress is not None:
+                    call.onProgress(message["update"])
+                elif call.sink is not None:
+                    call.sink.callProgress(call, message["update"])
 
     def _taskError(self, message: dict[str, Any]) -> TaskServiceError:
         error = message.get("error", {})
@@ -345,6 +382,7 @@ class Scheduler:
     ) -> None:
         for call in calls:
             call.release()
+            self.deadlines.released(call)
             if call.outcome is not None:
                 continue
             poolLog.warn(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
@@ -37,6 +37,7 @@ from taskservice._sessionhost import (
     HOLD_LIMIT,
     RETRY_AFTER,
     Access,
+    Lane,
     Progress,
     Response,
     SessionConfig,
@@ -75,7 +76,14 @@ __all__ = [
     "SessionHost",
 ]
 
+if TYPE_CHECKING:
+    from taskservice._call import Call
+
 _log = Logger()
+
+_ON_LANE: Any = object()
+"""What L{Session._dispatch} returns for a call on the lean lane (and what
+stands for the call in C{_inFlight} while it starts)."""
 
 _WITHOUT_AUTH = frozenset({STATS, *JOB_METHODS})
 """The C{$/} methods a session routes, besides C{$/cancelRequest}."""
@@ -114,7 +122,9 @@ class Session:
             self.access = Access.NEEDS_AUTH
             self.maxLineLength = min(config.maxLineLength, PRE_AUTH_MAX_LINE)
         self._dialect = config.dialect
-        self._inFlight: dict[Any, Deferred[Any]] = {}
+        # The lean lane (a host that starts calls itself, with no Deferred).
+        self._lane: Lane | None = getattr(host, "startCall", None)
+        self._inFlight: dict[Any, Any] = {}
         self._jobCalls: set[Deferred[Any]] = set()
         self._waiting: deque[tuple[Request | Batch | Invalid, int]] = deque()
         self._seedReplies: deque[list[bytes | None]] = deque()
@@ -223,7 +233,7 @@ class Session:
             # The common case, with as little per call as can be.
             self.outstanding += 1
             response = self._dispatch(message, reply=True)
-            if not isinstance(response, Deferred):
+            if response is not _ON_LANE and not isinstance(response, Deferred):
                 self._reply(response, release=True)
         elif isinstance(message, Batch):
             self.outstanding += len(message.items)
@@ -319,6 +329,14 @@ class Session:
             self.outstanding += 1
         if method.startswith("$/"):
             d = self._call(request)
+        elif reply and not request.notification and self._lane is not None:
+            # The lean lane: the call tells callDone of its end.
+            inFlight = self._inFlight
+            inFlight[requestId] = _ON_LANE
+            call = self._lane(request, self)
+            if inFlight.get(requestId) is _ON_LANE:
+                inFlight[requestId] = call
+            return _ON_LANE
         elif request.notification:
             d = self.host.call(request, None)
         else:
@@ -329,6 +347,32 @@ class Session:
             return d.addBoth(self._notificationDone)
         self._inFlight[requestId] = d
         return d.addBoth(self._finished, requestId, reply)
+
+    def callDone(self, call: Call) -> None:
+        """
+        A call of the lean lane ended (L{CallSink}): answer it, splicing in
+        the result's JSON as the worker sent it.
+        """
+        requestId = call.tag
+        if self._inFlight.pop(requestId, None) is not None:
+            outcome = call.outcome
+            assert outcome is not None
+            raw = call.resultBytes
+            if outcome.error is not None:
+                error = self._wireError(Failure(outcome.error))
+                self.host.error(error, refused=False, answered=True)
+                self._write(_jsonrpc.errorObject(requestId, error))
+            elif raw is not None and not self._lost:
+                self.host.send(_jsonrpc.resultLine(requestId, raw))
+            else:
+                self._write(_jsonrpc.resultObject(requestId, outcome.value))
+        self._release()
+
+    def callProgress(self, call: Call, update: Any) -> None:
+        """
+        A call of the lean lane reported progress (L{CallSink}).
+        """
+        self._write(_jsonrpc.notificationObject(PROGRESS, {**update, "id": call.tag}))
 
     def _overloaded(self, request: Request) -> Response:
         limit = self._maxInFlight
@@ -429,7 +473,7 @@ class Session:
         Write an immediate C{response} (a Deferred one writes itself);
         C{release} the count it was started under.
         """
-        if isinstance(response, Deferred):
+        if response is _ON_LANE or isinstance(response, Deferred):
             return
         if response is not None:
             self._write(response)
@@ -534,6 +578,10 @@ class Session:
                 '$/cancelRequest needs {"id": ...} naming a request id',
             )
         d = self._inFlight.get(target)
+        if d is not None and not isinstance(d, Deferred):
+            # A call of the lean lane.
+            d.cancel(onlyIfQueued)
+            return
         if d is not None:
             # (A job method given up on is cancelled whatever the flag: an
             # attach detaches, and the job is left as it is.)

@@ -77,6 +77,11 @@ class SupervisorClient(Protocol):
         C{worker} sent a frame about a call (progress, result, error).
         """
 
+    def callResult(self, worker: WorkerProcess, cid: int, result: bytes) -> None:
+        """
+        C{worker} answered call C{cid} with C{result} (its JSON).
+        """
+
     def workerLost(
         self, worker: WorkerProcess, calls: list[Call], how: dict[str, int]
     ) -> None:
@@ -300,6 +305,9 @@ class Supervisor:
                 idle.remove(worker)
         elif new is WorkerState.IDLE:
             idle.append(worker)
+
+    def workerResult(self, worker: WorkerProcess, cid: int, result: bytes) -> None:
+        self.client.callResult(worker, cid, result)
 
     def workerMessage(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         op = message.get("op")

@@ -76,6 +76,12 @@ class WorkerOwner(Protocol):
         C{worker} sent a frame.
         """
 
+    def workerResult(self, worker: WorkerProcess, cid: int, result: bytes) -> None:
+        """
+        C{worker} answered call C{cid} with C{result} (its JSON): the
+        common frame, passed on still encoded.
+        """
+
     def workerStateChanged(
         self, worker: WorkerProcess, old: WorkerState, new: WorkerState
     ) -> None:
@@ -227,8 +233,13 @@ class WorkerProcess(ProcessProtocol):
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == RESULTS_FD:
+            owner = self.owner
             for payload in self._frames.feed(data):
-                self.owner.workerMessage(self, _json.loads(payload))
+                found = _json.resultFrame(payload)
+                if found is None:
+                    owner.workerMessage(self, _json.loads(payload))
+                else:
+                    owner.workerResult(self, *found)
             return
         lines = (self._partial.get(childFD, b"") + data).split(b"\n")
         rest = lines.pop()

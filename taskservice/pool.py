@@ -38,6 +38,7 @@ from taskservice._call import (
     Call,
     CallListener,
     CallObserver,
+    CallSink,
     CallState,
     Outcome,
     ProgressCallback,
@@ -83,6 +84,7 @@ __all__ = [
     "Call",
     "CallListener",
     "CallObserver",
+    "CallSink",
     "CallState",
     "Outcome",
     "PoolState",
@@ -254,6 +256,7 @@ class ProcessPool(Service):
             def stopped(result: object) -> None:
                 if killer.active():
                     killer.cancel()
+                self._scheduler.deadlines.stop()
                 supervisor.stopped()
 
             return DeferredList(ended).addBoth(stopped)
@@ -302,8 +305,38 @@ class ProcessPool(Service):
         try:
             call = scheduler.accept(name, args, kwargs, options, onProgress, owner, job)
         except Exception as e:
-            return scheduler.refuse(name, args, kwargs, options, owner, job, e)
-        return scheduler.enqueue(call)
+            return scheduler.refuse(name, args, kwargs, options, owner, job, e).deferred
+        scheduler.enqueue(call)
+        return call.deferred
+
+    def start(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        options: CallOptions,
+        sink: CallSink,
+        tag: Any = None,
+        owner: object = None,
+    ) -> Call:
+        """
+        L{submit} on the lean lane: no L{Deferred}; C{sink} is told of the
+        call's end (and its progress), which may happen before this
+        returns (a call refused at once). Returns the L{Call}
+        (C{call.cancel()} cancels it as cancelling L{submit}'s Deferred
+        does).
+        """
+        scheduler = self._scheduler
+        try:
+            call = scheduler.accept(
+                name, args, kwargs, options, None, owner, None, sink, tag
+            )
+        except Exception as e:
+            return scheduler.refuse(
+                name, args, kwargs, options, owner, None, e, sink, tag
+            )
+        scheduler.enqueue(call)
+        return call
 
     def deferToProcess(
         self, task: Callable[..., Any] | str, *args: Any, **kwargs: Any
@@ -344,7 +377,7 @@ class ProcessPool(Service):
         call is left alone. Returns whether it was cancelled.
         """
         for call in self._scheduler.queue:
-            if call.deferred is deferred:
+            if call.owns(deferred):
                 deferred.cancel()
                 return True
         return False
