@@ -85,6 +85,10 @@ _ON_LANE: Any = object()
 """What L{Session._dispatch} returns for a call on the lean lane (and what
 stands for the call in C{_inFlight} while it starts)."""
 
+_NOTHING_WAITS: deque[tuple[Request | Batch | Invalid, int]] = deque()
+_NO_SEED_REPLIES: deque[list[bytes | None]] = deque()
+_NO_JOB_CALLS: set[Deferred[Any]] = set()
+
 _WITHOUT_AUTH = frozenset({STATS, *JOB_METHODS})
 """The C{$/} methods a session routes, besides C{$/cancelRequest}."""
 _WITH_AUTH = _WITHOUT_AUTH | {AUTH}
@@ -125,9 +129,11 @@ class Session:
         # The lean lane (a host that starts calls itself, with no Deferred).
         self._lane: Lane | None = getattr(host, "startCall", None)
         self._inFlight: dict[Any, Any] = {}
-        self._jobCalls: set[Deferred[Any]] = set()
-        self._waiting: deque[tuple[Request | Batch | Invalid, int]] = deque()
-        self._seedReplies: deque[list[bytes | None]] = deque()
+        # (The queues below are made when first needed: shared, empty and
+        # never changed until then.)
+        self._jobCalls = _NO_JOB_CALLS
+        self._waiting = _NOTHING_WAITS
+        self._seedReplies = _NO_SEED_REPLIES
 
     # -- input ---------------------------------------------------------------
 
@@ -171,6 +177,8 @@ class Session:
         """
         Keep C{message} waiting for room (the waiting rule), in order.
         """
+        if self._waiting is _NOTHING_WAITS:
+            self._waiting = deque()
         self._waiting.append((message, size))
         self.waitingBytes += size
         if not self._held and self.waitingBytes > HOLD_LIMIT:
@@ -209,7 +217,8 @@ class Session:
         its calls still running (their results will be discarded).
         """
         self._lost = True
-        self._waiting.clear()
+        if self._waiting:
+            self._waiting.clear()
         self.waitingBytes = 0
         calls = list(self._inFlight.values())
         self._inFlight.clear()
@@ -246,6 +255,14 @@ class Session:
                 error = message.error
                 self.host.error(error, refused=True, answered=True)
                 answered = self._seedReply(lambda: fail(error))
+            elif self._lane is not None and not message.method.startswith("$/"):
+                # The lean lane: callDone fills the reply's place.
+                slot: list[bytes | None] = [None]
+                if self._seedReplies is _NO_SEED_REPLIES:
+                    self._seedReplies = deque()
+                self._seedReplies.append(slot)
+                self._lane(message, self, slot)
+                return
             else:
                 request = message
                 answered = self._seedReply(lambda: self._call(request))
@@ -333,7 +350,7 @@ class Session:
             # The lean lane: the call tells callDone of its end.
             inFlight = self._inFlight
             inFlight[requestId] = _ON_LANE
-            call = self._lane(request, self)
+            call = self._lane(request, self, requestId)
             if inFlight.get(requestId) is _ON_LANE:
                 inFlight[requestId] = call
             return _ON_LANE
@@ -354,6 +371,9 @@ class Session:
         the result's JSON as the worker sent it.
         """
         requestId = call.tag
+        if type(requestId) is list:
+            self._seedDone(call, requestId)
+            return
         if self._inFlight.pop(requestId, None) is not None:
             outcome = call.outcome
             assert outcome is not None
@@ -368,10 +388,37 @@ class Session:
                 self._write(_jsonrpc.resultObject(requestId, outcome.value))
         self._release()
 
+    def _seedDone(self, call: Call, slot: list[bytes | None]) -> None:
+        """
+        A FAQ-dialect call of the lean lane ended: its bare result (or
+        C{{"error": ...}}), in the order the lines came.
+        """
+        outcome = call.outcome
+        assert outcome is not None
+        raw = call.resultBytes
+        if outcome.error is not None:
+            slot[0] = self._encode({"error": self._wireError(Failure(outcome.error)).toWire()})
+        elif raw is not None:
+            slot[0] = raw
+        else:
+            slot[0] = self._encode(outcome.value)
+        self._flushSeedReplies()
+        self._release()
+
+    def _flushSeedReplies(self) -> None:
+        replies = self._seedReplies
+        while replies and replies[0][0] is not None:
+            ready = replies.popleft()[0]
+            assert ready is not None
+            self._send(ready)
+
     def callProgress(self, call: Call, update: Any) -> None:
         """
-        A call of the lean lane reported progress (L{CallSink}).
+        A call of the lean lane reported progress (L{CallSink}); a FAQ
+        dialect call's is not told.
         """
+        if type(call.tag) is list:
+            return
         self._write(_jsonrpc.notificationObject(PROGRESS, {**update, "id": call.tag}))
 
     def _overloaded(self, request: Request) -> Response:
@@ -490,6 +537,8 @@ class Session:
         # The reply's place is taken before the call starts: starting it may
         # finish other calls (and start the next dialect line) at once.
         slot: list[bytes | None] = [None]
+        if self._seedReplies is _NO_SEED_REPLIES:
+            self._seedReplies = deque()
         self._seedReplies.append(slot)
         outcome = start()
 
@@ -499,10 +548,7 @@ class Session:
             else:
                 body = outcome
             slot[0] = self._encode(body)
-            while self._seedReplies and self._seedReplies[0][0] is not None:
-                ready = self._seedReplies.popleft()[0]
-                assert ready is not None
-                self._send(ready)
+            self._flushSeedReplies()
 
         return outcome.addBoth(done)
 
@@ -543,6 +589,8 @@ class Session:
         self, request: Request, onProgress: Progress | None
     ) -> Deferred[Any]:
         d = self.host.jobMethod(request, onProgress)
+        if self._jobCalls is _NO_JOB_CALLS:
+            self._jobCalls = set()
         self._jobCalls.add(d)
         return d.addBoth(self._jobCallEnded, d)
 

@@ -31,8 +31,8 @@ L{SessionConfig.refuseOverflow}."""
 
 Response = dict[str, Any] | None
 Progress = Callable[[Any], None]
-Lane = Callable[["Request", "CallSink"], "Call"]
-"""A host's C{startCall(request, sink)}, when it has one (the task
+Lane = Callable[["Request", "CallSink", Any], "Call"]
+"""A host's C{startCall(request, sink, tag)}, when it has one (the task
 server): the lean lane, on which the session starts a task call with no
 L{Deferred} and hears of its end as its L{CallSink}. (A host without it,
 the gateway's, runs every call through L{SessionHost.call}.)"""

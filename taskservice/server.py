@@ -217,7 +217,7 @@ class TaskServerProtocol(LineProtocol):
             owner=self,
         )
 
-    def startCall(self, request: Request, sink: CallSink) -> Call:
+    def startCall(self, request: Request, sink: CallSink, tag: Any) -> Call:
         """
         The lean lane (see L{taskservice._sessionhost.Lane}).
         """
@@ -227,7 +227,7 @@ class TaskServerProtocol(LineProtocol):
             request.kwargs,
             request.options,
             sink,
-            request.id,
+            tag,
             self,
         )
 
