@@ -161,6 +161,20 @@ def dumps(value: Any) -> bytes:
         raise ValueError("nested too deeply to encode") from None
 
 
+def dumpsDecoded(value: Any) -> bytes:
+    """
+    Encode C{value}, made only of what L{loads} returns (and tuples), for
+    a peer that decodes it with L{loads}: msgspec, with no check first.
+    Its bytes may differ from L{dumps}'s (C{1e16} for C{1e+16}), never
+    the value they decode to; what msgspec refuses (lone surrogates,
+    integers beyond its range) goes to L{dumps}.
+    """
+    try:
+        return _fastEncoder.encode(value)
+    except (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError):
+        return dumps(value)
+
+
 def loads(data: bytes) -> Any:
     """
     Decode one JSON document from UTF-8 bytes, raising L{DecodeError}.

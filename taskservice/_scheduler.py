@@ -297,7 +297,9 @@ class Scheduler:
         if call.job is not None:
             message["job"] = call.job
         try:
-            worker.send(message)
+            # (A call of the lean lane holds only what was decoded from its
+            # request line: encoded without the check dumps makes.)
+            worker.send(message, decoded=call.sink is not None)
         except (TypeError, ValueError) as e:
             worker.take(call.cid, answered=False)
             self.supervisor.recycler.afterCall(worker)

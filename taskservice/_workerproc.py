@@ -199,9 +199,13 @@ class WorkerProcess(ProcessProtocol):
         # Tasks that read stdin get end-of-file rather than hang.
         self.transport.closeStdin()
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any], decoded: bool = False) -> None:
+        """
+        Send a frame (C{decoded}: C{message} holds only values decoded from
+        JSON; see L{_json.dumpsDecoded}).
+        """
         assert self.transport is not None
-        data = frame(_json.dumps(message))
+        data = frame(_json.dumpsDecoded(message) if decoded else _json.dumps(message))
         if self._commands is not None:
             # The frames of one reactor pass go to the worker in one write.
             _coalesce.write(self._commands, data)
