@@ -97,7 +97,7 @@ class RawOutcome(Outcome):
         raw: bytes = tuple.__getitem__(self, 1)
         return raw
 
-    @property  # type: ignore[misc]
+    @property
     def value(self) -> Any:
         return _json.loads(self.raw)
 

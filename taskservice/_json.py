@@ -75,6 +75,7 @@ _fastEncoder = msgspec.json.Encoder()
 _fastDecoder = msgspec.json.Decoder()
 _arrayDecoder = msgspec.json.Decoder(list[msgspec.Raw])
 
+
 class _ResultFrame(msgspec.Struct):
     op: str
     cid: int

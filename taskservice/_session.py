@@ -24,14 +24,13 @@ them); a browser past its cap is answered -32003 at once.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from taskservice import _json, _jsonrpc
+from taskservice import _jsonrpc
 from taskservice._jsonrpc import Batch, Invalid, Request
 from taskservice._sessionhost import (
     HOLD_LIMIT,
@@ -43,24 +42,23 @@ from taskservice._sessionhost import (
     SessionConfig,
     SessionHost,
 )
+from taskservice._sessionroutes import (
+    NO_JOB_CALLS,
+    NO_SEED_REPLIES,
+    NOTHING_WAITS,
+    Routes,
+    weight,
+)
 from taskservice.errors import (
-    Cancelled,
-    ErrorCode,
-    InternalError,
-    InvalidParams,
     InvalidRequest,
     MethodNotFound,
-    Overloaded,
     TaskServiceError,
     TooLarge,
-    Unauthorised,
-    toWireError,
 )
 from taskservice.wire import (
     AUTH,
     CANCEL,
     JOB_METHODS,
-    ONLY_IF_QUEUED,
     PRE_AUTH_MAX_LINE,
     PROGRESS,
     STATS,
@@ -81,20 +79,16 @@ if TYPE_CHECKING:
 
 _log = Logger()
 
-_ON_LANE: Any = object()
+_ON_LANE: dict[str, Any] = {}
 """What L{Session._dispatch} returns for a call on the lean lane (and what
 stands for the call in C{_inFlight} while it starts)."""
-
-_NOTHING_WAITS: deque[tuple[Request | Batch | Invalid, int]] = deque()
-_NO_SEED_REPLIES: deque[list[bytes | None]] = deque()
-_NO_JOB_CALLS: set[Deferred[Any]] = set()
 
 _WITHOUT_AUTH = frozenset({STATS, *JOB_METHODS})
 """The C{$/} methods a session routes, besides C{$/cancelRequest}."""
 _WITH_AUTH = _WITHOUT_AUTH | {AUTH}
 
 
-class Session:
+class Session(Routes):
     """
     One peer's JSON-RPC session (see the module's docstring).
 
@@ -131,9 +125,9 @@ class Session:
         self._inFlight: dict[Any, Any] = {}
         # (The queues below are made when first needed: shared, empty and
         # never changed until then.)
-        self._jobCalls = _NO_JOB_CALLS
-        self._waiting = _NOTHING_WAITS
-        self._seedReplies = _NO_SEED_REPLIES
+        self._jobCalls = NO_JOB_CALLS
+        self._waiting = NOTHING_WAITS
+        self._seedReplies = NO_SEED_REPLIES
 
     # -- input ---------------------------------------------------------------
 
@@ -168,7 +162,7 @@ class Session:
                 self._batch(message)
             else:
                 self.replyError(message.id, message.error)
-        elif self._waiting or self.outstanding + _weight(message) > self._maxInFlight:
+        elif self._waiting or self.outstanding + weight(message) > self._maxInFlight:
             self._wait(message, len(data))
         else:
             self._start(message)
@@ -177,7 +171,7 @@ class Session:
         """
         Keep C{message} waiting for room (the waiting rule), in order.
         """
-        if self._waiting is _NOTHING_WAITS:
+        if self._waiting is NOTHING_WAITS:
             self._waiting = deque()
         self._waiting.append((message, size))
         self.waitingBytes += size
@@ -258,7 +252,7 @@ class Session:
             elif self._lane is not None and not message.method.startswith("$/"):
                 # The lean lane: callDone fills the reply's place.
                 slot: list[bytes | None] = [None]
-                if self._seedReplies is _NO_SEED_REPLIES:
+                if self._seedReplies is NO_SEED_REPLIES:
                     self._seedReplies = deque()
                 self._seedReplies.append(slot)
                 self._lane(message, self, slot)
@@ -274,9 +268,7 @@ class Session:
         """
         self.outstanding -= 1
         waiting = self._waiting
-        while (
-            waiting and self.outstanding + _weight(waiting[0][0]) <= self._maxInFlight
-        ):
+        while waiting and self.outstanding + weight(waiting[0][0]) <= self._maxInFlight:
             message, size = waiting.popleft()
             self.waitingBytes -= size
             self._start(message)
@@ -285,13 +277,6 @@ class Session:
             self.host.holdInput(False)
         if self._inputEnded:
             self._closeIfDone()
-
-    def _seedAnswered(self, result: object) -> None:
-        self._release()
-
-    def _batchAnswered(self, result: object) -> None:
-        self._pendingBatches -= 1
-        self._closeIfDone()
 
     def _closeIfDone(self) -> None:
         if (
@@ -388,30 +373,6 @@ class Session:
                 self._write(_jsonrpc.resultObject(requestId, outcome.value))
         self._release()
 
-    def _seedDone(self, call: Call, slot: list[bytes | None]) -> None:
-        """
-        A FAQ-dialect call of the lean lane ended: its bare result (or
-        C{{"error": ...}}), in the order the lines came.
-        """
-        outcome = call.outcome
-        assert outcome is not None
-        raw = call.resultBytes
-        if outcome.error is not None:
-            slot[0] = self._encode({"error": self._wireError(Failure(outcome.error)).toWire()})
-        elif raw is not None:
-            slot[0] = raw
-        else:
-            slot[0] = self._encode(outcome.value)
-        self._flushSeedReplies()
-        self._release()
-
-    def _flushSeedReplies(self) -> None:
-        replies = self._seedReplies
-        while replies and replies[0][0] is not None:
-            ready = replies.popleft()[0]
-            assert ready is not None
-            self._send(ready)
-
     def callProgress(self, call: Call, update: Any) -> None:
         """
         A call of the lean lane reported progress (L{CallSink}); a FAQ
@@ -420,19 +381,6 @@ class Session:
         if type(call.tag) is list:
             return
         self._write(_jsonrpc.notificationObject(PROGRESS, {**update, "id": call.tag}))
-
-    def _overloaded(self, request: Request) -> Response:
-        limit = self._maxInFlight
-        if request.notification:
-            _log.info(
-                "notification {method} dropped: the peer has {limit} calls in flight",
-                method=request.method,
-                limit=limit,
-            )
-        return self._own(
-            request,
-            Overloaded("overloaded", {"retryAfter": RETRY_AFTER, "limit": limit}),
-        )
 
     def _finished(self, outcome: Any, requestId: Any, reply: bool) -> Response:
         response: Response
@@ -452,67 +400,6 @@ class Session:
         self._release()
         return response
 
-    def _notificationDone(self, result: object) -> Response:
-        self._release()
-        return None
-
-    def _notificationFailed(self, failure: Failure, method: str) -> None:
-        error = self._wireError(failure)
-        self.host.error(error, refused=False, answered=False)
-        _log.info(
-            "notification {method} failed: {code} {message}",
-            method=method,
-            code=int(error.code),
-            message=error.message,
-        )
-
-    def _own(self, request: Request, error: TaskServiceError) -> Response:
-        """
-        An error the session found in C{request}: its response (L{None} for
-        a notification, which is only logged).
-        """
-        if request.notification:
-            self.host.error(error, refused=True, answered=False)
-            if error.code != ErrorCode.OVERLOADED:
-                _log.info(
-                    "notification {method} failed: {code} {message}",
-                    method=request.method,
-                    code=int(error.code),
-                    message=error.message,
-                )
-            return None
-        self.host.error(error, refused=True, answered=True)
-        return _jsonrpc.errorObject(request.id, error)
-
-    def _batch(self, batch: Batch) -> Deferred[None]:
-        """
-        Run a batch's requests and write the one reply. (Under the waiting
-        rule, all of them were counted; each is released as it ends.)
-        """
-        counted = not self._refuseOverflow
-        replies: list[Deferred[Response]] = []
-        for item in batch.items:
-            if isinstance(item, Invalid):
-                self.host.error(item.error, refused=True, answered=True)
-                response: Deferred[Response] | Response = _jsonrpc.errorObject(
-                    item.id, item.error
-                )
-            else:
-                response = self._dispatch(item, reply=False)
-            if isinstance(response, Deferred):
-                replies.append(response)
-            else:
-                if counted:
-                    self._release()
-                replies.append(succeed(response))
-
-        def write(responses: list[Response]) -> None:
-            answered = [r for r in responses if r is not None]
-            if answered:
-                self._write(answered)
-
-        return gatherResults(replies).addCallback(write)
-
     def _reply(
         self, response: Deferred[Response] | Response, release: bool = False
     ) -> None:
@@ -527,232 +414,4 @@ class Session:
         if release:
             self._release()
 
-    # -- the Workerman FAQ dialect -------------------------------------------------
-
-    def _seedReply(self, start: Callable[[], Deferred[Any]]) -> Deferred[None]:
-        """
-        Answer with the bare result (or C{{"error": ...}}), in the order the
-        lines came.
-        """
-        # The reply's place is taken before the call starts: starting it may
-        # finish other calls (and start the next dialect line) at once.
-        slot: list[bytes | None] = [None]
-        if self._seedReplies is _NO_SEED_REPLIES:
-            self._seedReplies = deque()
-        self._seedReplies.append(slot)
-        outcome = start()
-
-        def done(outcome: Any) -> None:
-            if isinstance(outcome, Failure):
-                body: Any = {"error": self._wireError(outcome).toWire()}
-            else:
-                body = outcome
-            slot[0] = self._encode(body)
-            self._flushSeedReplies()
-
-        return outcome.addBoth(done)
-
-    # -- routing -------------------------------------------------------------------
-
-    def _call(self, request: Request) -> Deferred[Any]:
-        method = request.method
-        onProgress = None
-        if not request.notification and not request.seed:
-            onProgress = self._progressTo(request.id)
-        if not method.startswith("$/"):
-            return self.host.call(request, onProgress)
-        try:
-            if method == STATS:
-                return self.host.stats()
-            if method in JOB_METHODS:
-                if request.seed:
-                    raise InvalidRequest(
-                        "invalid request",
-                        "job methods are JSON-RPC only (no FAQ dialect)",
-                    )
-                return self._jobMethod(request, onProgress)
-            if method == CANCEL:
-                self._cancel(request)
-                return succeed(None)
-            if method == AUTH and self.config.answersAuth:
-                # Already open: a token check that changes nothing.
-                token = self.config.token
-                if token is None or token.matches(_authToken(request)):
-                    return succeed(True)
-                raise Unauthorised("unauthorised", "wrong or missing token")
-            raise MethodNotFound("method not found", method)
-        except TaskServiceError as e:
-            self.host.error(e, refused=True, answered=False)
-            return fail(e)
-
-    def _jobMethod(
-        self, request: Request, onProgress: Progress | None
-    ) -> Deferred[Any]:
-        d = self.host.jobMethod(request, onProgress)
-        if self._jobCalls is _NO_JOB_CALLS:
-            self._jobCalls = set()
-        self._jobCalls.add(d)
-        return d.addBoth(self._jobCallEnded, d)
-
-    def _jobCallEnded(self, outcome: Any, d: Deferred[Any]) -> Any:
-        self._jobCalls.discard(d)
-        return outcome
-
-    def _progressTo(self, requestId: Any) -> Progress:
-        """
-        Write a task's progress updates as C{$/progress} of C{requestId}.
-        """
-
-        def report(update: Any) -> None:
-            self._write(
-                _jsonrpc.notificationObject(PROGRESS, {**update, "id": requestId})
-            )
-
-        return report
-
-    def _cancel(self, request: Request) -> None:
-        """
-        C{$/cancelRequest}: C{{"id": X}} cancels call X whether it waits or
-        runs; with C{"onlyIfQueued": true}, a running call is left to finish
-        (what a client that is going away wants).
-        """
-        target = request.kwargs.get("id") if request.kwargs else None
-        if target is None and request.args:
-            target = request.args[0]
-        onlyIfQueued = bool(request.kwargs.get(ONLY_IF_QUEUED, False))
-        if target is None or not _jsonrpc.validId(target):
-            raise InvalidParams(
-                "invalid params",
-                '$/cancelRequest needs {"id": ...} naming a request id',
-            )
-        d = self._inFlight.get(target)
-        if d is not None and not isinstance(d, Deferred):
-            # A call of the lean lane.
-            d.cancel(onlyIfQueued)
-            return
-        if d is not None:
-            # (A job method given up on is cancelled whatever the flag: an
-            # attach detaches, and the job is left as it is.)
-            self.host.cancel(d, onlyIfQueued and d not in self._jobCalls)
-            return
-        if not self._cancelLane:
-            # A cancel that waited its turn (in a batch): everything still
-            # waiting arrived after it.
-            return
-        for entry in self._waiting:
-            waiting = entry[0]
-            if (
-                isinstance(waiting, Request)
-                and not waiting.notification
-                and not waiting.seed
-                and waiting.id == target
-            ):
-                self._waiting.remove(entry)
-                self.waitingBytes -= entry[1]
-                self._write(_jsonrpc.errorObject(waiting.id, Cancelled()))
-                self._closeIfDone()
-                return
-
-    # -- authentication --------------------------------------------------------------
-
-    def _authenticate(self, data: bytes) -> None:
-        """
-        A message before the session has authenticated: only C{$/auth} with
-        the right token (alone, not in a batch) opens it; anything else
-        refuses it.
-        """
-        if self.access is Access.REFUSED:
-            return
-        message = _jsonrpc.parseLine(data, self._maxBatch)
-        if isinstance(message, Request) and message.method == AUTH:
-            assert self.config.token is not None
-            if self.config.token.matches(_authToken(message)):
-                self.access = Access.OPEN
-                self.maxLineLength = self.config.maxLineLength
-                if message.seed:
-                    self._send(self._encode(True))
-                elif not message.notification:
-                    self._write(_jsonrpc.resultObject(message.id, True))
-                return
-            self._refuse(message, "wrong or missing token")
-        else:
-            self._refuse(message, "authenticate first: send $/auth with the token")
-
-    def _refuse(self, message: Request | Invalid | Batch | None, why: str) -> None:
-        """
-        Answer -32005 (in the dialect of C{message}, with its id if it had
-        one) and close the connection once the reply is written.
-        """
-        self.access = Access.REFUSED
-        error = Unauthorised("unauthorised", why)
-        self.host.error(error, refused=True, answered=True)
-        if isinstance(message, Request) and message.seed:
-            self._send(self._encode({"error": error.toWire()}))
-        else:
-            requestId = (
-                message.id
-                if isinstance(message, Request | Invalid)
-                and not (isinstance(message, Request) and message.notification)
-                else None
-            )
-            self._write(_jsonrpc.errorObject(requestId, error))
-        self.host.refuseConnection(why)
-
     # -- output ------------------------------------------------------------------------
-
-    def _wireError(self, failure: Failure) -> TaskServiceError:
-        assert failure.value is not None
-        error = toWireError(failure.value)
-        if isinstance(error, InternalError) and error is not failure.value:
-            _log.failure("unexpected error handling a call", failure)
-        return error
-
-    def _encode(self, message: Any) -> bytes:
-        try:
-            return _json.dumps(message)
-        except (TypeError, ValueError):
-            _log.failure("could not encode a response")
-            requestId = message.get("id") if isinstance(message, dict) else None
-            return _json.dumps(
-                _jsonrpc.errorObject(
-                    requestId if _encodable(requestId) else None,
-                    InternalError(
-                        "internal error", "the response could not be encoded"
-                    ),
-                )
-            )
-
-    def _write(self, message: Any) -> None:
-        try:
-            data = _json.dumps(message)
-        except (TypeError, ValueError):
-            data = self._encode(message)
-        if not self._lost:
-            self.host.send(data)
-
-    def _send(self, data: bytes) -> None:
-        if not self._lost:
-            self.host.send(data)
-
-
-def _weight(message: Request | Batch | Invalid) -> int:
-    """
-    How many of C{maxInFlight} C{message} takes: one per request of a
-    batch, else one.
-    """
-    return len(message.items) if isinstance(message, Batch) else 1
-
-
-def _authToken(request: Request) -> object:
-    """
-    The token a C{$/auth} request carries: C{{"token": "..."}}.
-    """
-    return request.kwargs.get("token") if request.kwargs else None
-
-
-def _encodable(value: Any) -> bool:
-    try:
-        _json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
