@@ -84,6 +84,17 @@ class _ResultFrame(msgspec.Struct):
 
 _resultDecoder = msgspec.json.Decoder(_ResultFrame)
 
+
+class _Request(msgspec.Struct):
+    jsonrpc: str
+    method: str
+    id: int | float | str | None | msgspec.UnsetType = msgspec.UNSET
+    params: list[Any] | dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    timeout: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+_requestDecoder = msgspec.json.Decoder(_Request)
+
 _FAST_DEPTH = 200
 """
 How deep msgspec may nest: deeper values and documents go to C{json}, whose
@@ -237,3 +248,30 @@ def resultFrame(payload: bytes) -> tuple[int, bytes] | None:
     if found.op != "result" or type(found.cid) is not int:
         return None
     return found.cid, bytes(found.result)
+
+
+NO_ID: Any = msgspec.UNSET
+"""The id L{plainRequest} gives a request that has none (a notification)."""
+
+
+def plainRequest(data: bytes) -> tuple[str, Any, Any] | None:
+    """
+    The method, id (L{NO_ID} if none) and params (L{NO_ID} if none) of a
+    JSON-RPC 2.0 request line in its common form: an object with
+    C{"jsonrpc": "2.0"} first, a string method, an id that is a string, a
+    number or null, params that are an array or an object, and no
+    C{"timeout"}. L{None} for anything else, which L{loads} then decodes
+    whole (and the caller checks): the values, when found, are those
+    L{loads} gives.
+    """
+    if not data.startswith(b'{"jsonrpc":"2.0"') or (
+        len(data) > _FAST_DEPTH and data.count(b"[") + data.count(b"{") > _FAST_DEPTH
+    ):
+        return None
+    try:
+        found = _requestDecoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError):
+        return None
+    if found.jsonrpc != "2.0" or found.timeout is not msgspec.UNSET:
+        return None
+    return found.method, found.id, found.params

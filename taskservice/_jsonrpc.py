@@ -80,6 +80,26 @@ def parseLine(
     """
     if data.endswith(b"\r"):
         data = data[:-1]
+    plain = _json.plainRequest(data)
+    if plain is not None:
+        # The common case, decoded into just what a Request holds.
+        method, requestId, params = plain
+        notification = requestId is _json.NO_ID
+        if type(params) is list:
+            return Request(
+                method,
+                tuple(params),
+                {},
+                None if notification else requestId,
+                notification,
+            )
+        return Request(
+            method,
+            (),
+            {} if params is _json.NO_ID else params,
+            None if notification else requestId,
+            notification,
+        )
     first = data[:1]
     if first == b"[" or (first != b"{" and data.lstrip()[:1] == b"["):
         batch = _parseBatch(data, maxBatch)
