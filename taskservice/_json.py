@@ -88,7 +88,7 @@ _resultDecoder = msgspec.json.Decoder(_ResultFrame)
 class _Request(msgspec.Struct):
     jsonrpc: str
     method: str
-    id: int | float | str | None | msgspec.UnsetType = msgspec.UNSET
+    id: int | float | str | msgspec.UnsetType | None = msgspec.UNSET
     params: list[Any] | dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
     timeout: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 

@@ -7,33 +7,29 @@ L{Scheduler.callEnded}).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 
+from taskservice._admission import Admission
 from taskservice._call import (
     FAILED,
     Call,
     CallListener,
     CallObserver,
-    CallSink,
     CallState,
     Outcome,
-    ProgressCallback,
     RawOutcome,
     poolLog,
 )
 from taskservice._deadlines import Deadlines
 from taskservice._placement import Placement
 from taskservice._queue import CallQueue
-from taskservice._supervisor import PoolState, Supervisor
+from taskservice._supervisor import Supervisor
 from taskservice._task import Registry
 from taskservice._workerproc import WorkerProcess, WorkerState
 from taskservice.errors import (
     InvalidParams,
-    InvalidRequest,
-    MethodNotFound,
     Overloaded,
     TaskFailed,
     TaskServiceError,
@@ -41,10 +37,9 @@ from taskservice.errors import (
     Unavailable,
     WorkerLost,
 )
-from taskservice.wire import CallOptions
 
 
-class Scheduler:
+class Scheduler(Admission):
     """
     Places queued calls on workers and delivers their outcomes.
 
@@ -114,93 +109,6 @@ class Scheduler:
         for listener in self.listeners:
             listener.callEnded(call)
 
-    # -- admission -------------------------------------------------------------
-
-    def accept(
-        self,
-        name: str,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        options: CallOptions,
-        onProgress: ProgressCallback | None,
-        owner: object,
-        job: Mapping[str, Any] | None,
-        sink: CallSink | None = None,
-        tag: Any = None,
-    ) -> Call:
-        if self.supervisor.state is not PoolState.RUNNING:
-            raise Unavailable("the pool is not running")
-        spec = self.registry.get(name)
-        if spec is None:
-            raise MethodNotFound("method not found", name)
-        try:
-            spec.checkArguments(args, kwargs)
-        except TypeError as e:
-            raise InvalidParams("invalid params", str(e)) from None
-        timeout = options.timeout
-        if timeout is None:
-            timeout = spec.timeout if spec.timeout is not None else self.defaultTimeout
-        elif not 0 < timeout <= self.maxTimeout:
-            raise InvalidRequest(
-                "invalid request",
-                f"timeout must be more than 0 and at most {self.maxTimeout:g} seconds",
-            )
-        call = Call(
-            self.reactor,
-            self.callEnded,
-            self._nextCallID,
-            spec.name,
-            spec,
-            args,
-            kwargs,
-            timeout,
-            onProgress,
-            owner,
-            job,
-            self.deadlines.cancel,
-            sink,
-            tag,
-        )
-        self._nextCallID += 1
-        return call
-
-    def refuse(
-        self,
-        name: str,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        options: CallOptions,
-        owner: object,
-        job: Mapping[str, Any] | None,
-        error: Exception,
-        sink: CallSink | None = None,
-        tag: Any = None,
-    ) -> Call:
-        """
-        End a call refused at submission; its task is named only if C{name}
-        is registered (never a name taken from the network).
-        """
-        known = isinstance(name, str) and name in self.registry
-        call = Call(
-            self.reactor,
-            self.callEnded,
-            0,
-            name if known else "",
-            self.registry[name] if known else None,
-            args,
-            kwargs,
-            options.timeout or 0.0,
-            None,
-            owner,
-            job,
-            None,
-            sink,
-            tag,
-        )
-        call.queuedAt = None
-        call.complete(Outcome.failure(error))
-        return call
-
     # -- the queue -------------------------------------------------------------
 
     def enqueue(self, call: Call) -> None:
@@ -255,17 +163,6 @@ class Scheduler:
             call.complete(
                 Outcome.failure(Unavailable("the pool stopped before this call ran"))
             )
-
-    def retryAfter(self) -> float:
-        """
-        A hint for callers refused as overloaded: roughly how long the queue
-        ahead of them takes to drain, from the calls completed so far.
-        """
-        uptime = self.reactor.seconds() - (self.startedAt or 0.0)
-        rate = self.completed / uptime if uptime > 0 and self.completed else 0.0
-        if not rate:
-            return 1.0
-        return round(min(60.0, max(0.1, len(self.queue) / rate)), 1)
 
     # -- dispatch --------------------------------------------------------------
 
