@@ -53,7 +53,6 @@ from taskservice.errors import (
     InvalidRequest,
     MethodNotFound,
     TaskServiceError,
-    TooLarge,
 )
 from taskservice.wire import (
     AUTH,
@@ -179,25 +178,6 @@ class Session(Routes):
             self._held = True
             self.host.holdInput(True)
 
-    def messageTooLong(self, prefix: bytes) -> None:
-        """
-        A message longer than L{maxLineLength} was dropped; C{prefix} is
-        its start (its id, when it leads, is echoed).
-        """
-        if self.access is Access.REFUSED:
-            return
-        if self.access is not Access.OPEN:
-            self._refuse(None, "authenticate first: send $/auth with the token")
-            return
-        limit = self.maxLineLength
-        requestId = _jsonrpc.leadingId(prefix)
-        if requestId in self._inFlight:
-            requestId = None
-        self.replyError(
-            requestId,
-            TooLarge(f"line longer than {limit} bytes discarded", {"limit": limit}),
-        )
-
     def inputEnded(self) -> None:
         """
         The peer sends nothing more: close once everything is answered.
@@ -217,14 +197,6 @@ class Session(Routes):
         calls = list(self._inFlight.values())
         self._inFlight.clear()
         return calls
-
-    def replyError(self, requestId: Any, error: TaskServiceError) -> None:
-        """
-        Answer C{error}, found by the session or its transport (a binary
-        websocket message, say), with C{requestId}.
-        """
-        self.host.error(error, refused=True, answered=True)
-        self._write(_jsonrpc.errorObject(requestId, error))
 
     # -- the waiting rule ------------------------------------------------------
 

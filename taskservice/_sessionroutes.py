@@ -19,27 +19,25 @@ from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from taskservice import _json, _jsonrpc
+from taskservice import _jsonrpc
 from taskservice._jsonrpc import Batch, Invalid, Request
+from taskservice._sessionauth import Authentication, authToken
 from taskservice._sessionhost import (
     RETRY_AFTER,
     Access,
     Progress,
     Response,
-    SessionConfig,
-    SessionHost,
 )
 from taskservice.errors import (
     Cancelled,
     ErrorCode,
-    InternalError,
     InvalidParams,
     InvalidRequest,
     MethodNotFound,
     Overloaded,
     TaskServiceError,
+    TooLarge,
     Unauthorised,
-    toWireError,
 )
 from taskservice.wire import AUTH, CANCEL, JOB_METHODS, ONLY_IF_QUEUED, PROGRESS, STATS
 
@@ -54,27 +52,50 @@ NO_JOB_CALLS: set[Deferred[Any]] = set()
 """A session's queues until it needs its own: shared, empty, never changed."""
 
 
-class Routes:
+class Routes(Authentication):
     """
     The session's paths other than its lean lane (see the module).
     """
 
-    host: SessionHost
-    config: SessionConfig
-    access: Access
-    maxLineLength: int
     outstanding: int
     waitingBytes: int
-    _lost: bool
     _cancelLane: bool
     _refuseOverflow: bool
-    _maxBatch: int
     _maxInFlight: int
     _pendingBatches: int
     _inFlight: dict[Any, Any]
     _jobCalls: set[Deferred[Any]]
     _waiting: deque[tuple[Request | Batch | Invalid, int]]
     _seedReplies: deque[list[bytes | None]]
+
+    # -- errors found outside a message -----------------------------------
+
+    def messageTooLong(self, prefix: bytes) -> None:
+        """
+        A message longer than L{maxLineLength} was dropped; C{prefix} is
+        its start (its id, when it leads, is echoed).
+        """
+        if self.access is Access.REFUSED:
+            return
+        if self.access is not Access.OPEN:
+            self._refuse(None, "authenticate first: send $/auth with the token")
+            return
+        limit = self.maxLineLength
+        requestId = _jsonrpc.leadingId(prefix)
+        if requestId in self._inFlight:
+            requestId = None
+        self.replyError(
+            requestId,
+            TooLarge(f"line longer than {limit} bytes discarded", {"limit": limit}),
+        )
+
+    def replyError(self, requestId: Any, error: TaskServiceError) -> None:
+        """
+        Answer C{error}, found by the session or its transport (a binary
+        websocket message, say), with C{requestId}.
+        """
+        self.host.error(error, refused=True, answered=True)
+        self._write(_jsonrpc.errorObject(requestId, error))
 
     # -- the session's core (see Session) ------------------------------------
 
@@ -246,7 +267,7 @@ class Routes:
             if method == AUTH and self.config.answersAuth:
                 # Already open: a token check that changes nothing.
                 token = self.config.token
-                if token is None or token.matches(_authToken(request)):
+                if token is None or token.matches(authToken(request)):
                     return succeed(True)
                 raise Unauthorised("unauthorised", "wrong or missing token")
             raise MethodNotFound("method not found", method)
@@ -322,87 +343,6 @@ class Routes:
                 self._closeIfDone()
                 return
 
-    # -- authentication --------------------------------------------------------
-
-    def _authenticate(self, data: bytes) -> None:
-        """
-        A message before the session has authenticated: only C{$/auth} with
-        the right token (alone, not in a batch) opens it; anything else
-        refuses it.
-        """
-        if self.access is Access.REFUSED:
-            return
-        message = _jsonrpc.parseLine(data, self._maxBatch)
-        if isinstance(message, Request) and message.method == AUTH:
-            assert self.config.token is not None
-            if self.config.token.matches(_authToken(message)):
-                self.access = Access.OPEN
-                self.maxLineLength = self.config.maxLineLength
-                if message.seed:
-                    self._send(self._encode(True))
-                elif not message.notification:
-                    self._write(_jsonrpc.resultObject(message.id, True))
-                return
-            self._refuse(message, "wrong or missing token")
-        else:
-            self._refuse(message, "authenticate first: send $/auth with the token")
-
-    def _refuse(self, message: Request | Invalid | Batch | None, why: str) -> None:
-        """
-        Answer -32005 (in the dialect of C{message}, with its id if it had
-        one) and close the connection once the reply is written.
-        """
-        self.access = Access.REFUSED
-        error = Unauthorised("unauthorised", why)
-        self.host.error(error, refused=True, answered=True)
-        if isinstance(message, Request) and message.seed:
-            self._send(self._encode({"error": error.toWire()}))
-        else:
-            requestId = (
-                message.id
-                if isinstance(message, Request | Invalid)
-                and not (isinstance(message, Request) and message.notification)
-                else None
-            )
-            self._write(_jsonrpc.errorObject(requestId, error))
-        self.host.refuseConnection(why)
-
-    # -- output ----------------------------------------------------------------
-
-    def _wireError(self, failure: Failure) -> TaskServiceError:
-        assert failure.value is not None
-        error = toWireError(failure.value)
-        if isinstance(error, InternalError) and error is not failure.value:
-            _log.failure("unexpected error handling a call", failure)
-        return error
-
-    def _encode(self, message: Any) -> bytes:
-        try:
-            return _json.dumps(message)
-        except (TypeError, ValueError):
-            _log.failure("could not encode a response")
-            requestId = message.get("id") if isinstance(message, dict) else None
-            return _json.dumps(
-                _jsonrpc.errorObject(
-                    requestId if _encodable(requestId) else None,
-                    InternalError(
-                        "internal error", "the response could not be encoded"
-                    ),
-                )
-            )
-
-    def _write(self, message: Any) -> None:
-        try:
-            data = _json.dumps(message)
-        except (TypeError, ValueError):
-            data = self._encode(message)
-        if not self._lost:
-            self.host.send(data)
-
-    def _send(self, data: bytes) -> None:
-        if not self._lost:
-            self.host.send(data)
-
 
 def weight(message: Request | Batch | Invalid) -> int:
     """
@@ -410,18 +350,3 @@ def weight(message: Request | Batch | Invalid) -> int:
     batch, else one.
     """
     return len(message.items) if isinstance(message, Batch) else 1
-
-
-def _authToken(request: Request) -> object:
-    """
-    The token a C{$/auth} request carries: C{{"token": "..."}}.
-    """
-    return request.kwargs.get("token") if request.kwargs else None
-
-
-def _encodable(value: Any) -> bool:
-    try:
-        _json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
