@@ -113,7 +113,9 @@ class Deadlines:
         for call in due:
             if call.outcome is None:
                 self.timedOut(call)
-        if nextAt is not None and self._timer is None:
+        if nextAt is not None and (self._timer is None or nextAt < self._timerAt):
+            # (A call dispatched meanwhile, by an outcome told above, may
+            # have set the timer already, for a later deadline.)
             self._setTimer(nextAt)
 
     def timedOut(self, call: Call) -> None:

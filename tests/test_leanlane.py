@@ -264,3 +264,27 @@ def test_resultFrameAndDecodedEncoding() -> None:
     for value in [{"a": (1, 2)}, ["\ud800"], [10**40], {"f": 1e16}]:
         encoded = _json.dumpsDecoded(value)
         assert _json.loads(encoded) == json.loads(json.dumps(value))
+
+
+def test_aCallStartedByATimeoutKeepsTheEarlierDeadline() -> None:
+    """
+    A call dispatched while the deadline timer sweeps (by a caller told of
+    a timeout) does not push back an earlier deadline of a call still
+    running.
+    """
+    reactor, pool = readyPool(size=4)
+    first = pool.submit("add", [1, 1], timeout=1.0)
+    second = pool.submit("add", [2, 2], timeout=5.0)
+    later: list[Any] = []
+
+    def timedOut(failure: Any) -> None:
+        later.append(pool.submit("add", [3, 3], timeout=10.0))
+
+    first.addErrback(timedOut)
+    reactor.advance(1.0)
+    assert len(later) == 1
+    reactor.advance(4.0)
+    _case.failureResultOf(second, TimedOut)
+    _case.assertNoResult(later[0])
+    reactor.advance(6.0)
+    _case.failureResultOf(later[0], TimedOut)
