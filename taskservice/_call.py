@@ -14,7 +14,9 @@ Lifecycle (L{CallState})::
 
 Every end goes through L{Call.complete}: it records the L{Outcome} and its
 time, tells the pool (which counts it and tells every observer), and only
-then fires the caller's L{Deferred}. A call whose caller has its outcome
+then tells the caller: its L{CallSink} (the lean lane a connection's
+session uses: no L{Deferred} on the way) or the L{Deferred} made for it on
+first use of L{Call.deferred}. A call whose caller has its outcome
 while a worker still holds it (a deadline or cancel of a coroutine or
 pipelined call, or a plain call whose worker was killed and has not yet
 exited) is ABANDONED: whatever the worker answers later is dropped, and the
@@ -32,6 +34,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from taskservice import _json
 from taskservice._task import TaskSpec
 from taskservice.errors import TaskServiceError, outcomeOf
 
@@ -74,6 +77,29 @@ class Outcome(NamedTuple):
         if isinstance(error, CancelledError):
             return cls("cancelled", None, error)
         return cls("internal_error", None, error)
+
+
+class RawOutcome(Outcome):
+    """
+    A result as the worker sent it: C{value} is decoded from its JSON
+    (C{raw}) only when read, which the lean lane never does: it writes
+    the bytes into the reply as they are.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, raw: bytes) -> RawOutcome:
+        return cls("ok", raw)
+
+    @property
+    def raw(self) -> bytes:
+        raw: bytes = tuple.__getitem__(self, 1)
+        return raw
+
+    @property
+    def value(self) -> Any:
+        return _json.loads(self.raw)
 
 
 class CallObserver(Protocol):
@@ -122,6 +148,24 @@ class CallListener(Protocol):
         """
 
 
+class CallSink(Protocol):
+    """
+    Who hears a call's end without a L{Deferred}: the lean lane of a
+    connection's session (L{taskservice._session}).
+    """
+
+    def callDone(self, call: Call) -> None:
+        """
+        C{call} has its outcome (C{call.outcome}; for a result the worker
+        sent, C{call.resultBytes} holds its JSON too).
+        """
+
+    def callProgress(self, call: Call, update: dict[str, Any]) -> None:
+        """
+        The task reported progress.
+        """
+
+
 class Call:
     """
     One call, from submission to its single outcome.
@@ -140,14 +184,22 @@ class Call:
     @ivar endedAt: when it got its outcome.
     @ivar outcome: its L{Outcome}, once it has one.
     @ivar worker: the worker holding it, while one does.
+    @ivar deadline: when it times out (reactor time), once dispatched.
+    @ivar sink: the L{CallSink} told of its end, or L{None} (then the
+        L{Deferred} is).
+    @ivar tag: the sink's note about the call (a request id).
+    @ivar resultBytes: the result's JSON as the worker sent it, for a
+        result that came from a worker (else L{None}).
     """
 
     __slots__ = (
+        "_canceller",
         "_clock",
+        "_deferred",
         "_ended",
         "args",
         "cid",
-        "deferred",
+        "deadline",
         "endedAt",
         "job",
         "kwargs",
@@ -155,9 +207,12 @@ class Call:
         "outcome",
         "owner",
         "queuedAt",
+        "resultBytes",
+        "sink",
         "spec",
         "startedAt",
         "state",
+        "tag",
         "task",
         "timeout",
         "timer",
@@ -178,6 +233,8 @@ class Call:
         owner: object = None,
         job: Mapping[str, Any] | None = None,
         canceller: Callable[[Call], object] | None = None,
+        sink: CallSink | None = None,
+        tag: Any = None,
     ) -> None:
         self._clock = clock
         self._ended = ended
@@ -191,14 +248,12 @@ class Call:
         self.owner = owner
         self.job = job
         self.state = CallState.QUEUED
-        if canceller is None:
-            self.deferred: Deferred[Any] = Deferred()
-        else:
-
-            def cancel(d: Deferred[Any]) -> None:
-                canceller(self)
-
-            self.deferred = Deferred(cancel)
+        self._canceller = canceller
+        self._deferred: Deferred[Any] | None = None
+        self.sink = sink
+        self.tag = tag
+        self.resultBytes: bytes | None = None
+        self.deadline = 0.0
         self.worker: Any = None
         self.timer: IDelayedCall | None = None
         self.queuedAt: float | None = clock.seconds()
@@ -208,6 +263,48 @@ class Call:
 
     def __repr__(self) -> str:
         return f"<Call {self.cid} {self.task!r} {self.state.value}>"
+
+    @property
+    def deferred(self) -> Deferred[Any]:
+        """
+        The caller's L{Deferred}, made on first use (a call on the lean
+        lane has none): it fires with the outcome; cancelling it cancels
+        the call.
+        """
+        deferred = self._deferred
+        if deferred is None:
+            canceller = self._canceller
+            if canceller is None:
+                deferred = Deferred()
+            else:
+
+                def cancel(d: Deferred[Any]) -> None:
+                    canceller(self)
+
+                deferred = Deferred(cancel)
+            self._deferred = deferred
+            outcome = self.outcome
+            if outcome is not None:
+                _fire(deferred, outcome)
+        return deferred
+
+    def owns(self, deferred: Deferred[Any]) -> bool:
+        """
+        Whether C{deferred} is this call's L{deferred}.
+        """
+        return self._deferred is deferred
+
+    def cancel(self, onlyIfQueued: bool = False) -> None:
+        """
+        Cancel the call, as cancelling its L{deferred} does (with
+        C{onlyIfQueued}, only if it has not started).
+        """
+        if onlyIfQueued and self.state is not CallState.QUEUED:
+            return
+        if self._deferred is not None:
+            self._deferred.cancel()
+        elif self._canceller is not None and self.outcome is None:
+            self._canceller(self)
 
     @property
     def queuedSeconds(self) -> float | None:
@@ -255,12 +352,12 @@ class Call:
         self.endedAt = self._clock.seconds()
         self.state = CallState.DONE if self.worker is None else CallState.ABANDONED
         self._ended(self)
-        deferred = self.deferred
-        if not deferred.called:
-            if outcome.error is None:
-                deferred.callback(outcome.value)
-            else:
-                deferred.errback(Failure(outcome.error))
+        sink = self.sink
+        if sink is not None:
+            sink.callDone(self)
+        deferred = self._deferred
+        if deferred is not None and not deferred.called:
+            _fire(deferred, outcome)
         return True
 
     @property
@@ -279,3 +376,10 @@ class Call:
         if self.state is CallState.ABANDONED:
             self.stopTimer()
             self.state = CallState.DONE
+
+
+def _fire(deferred: Deferred[Any], outcome: Outcome) -> None:
+    if outcome.error is None:
+        deferred.callback(outcome.value)
+    else:
+        deferred.errback(Failure(outcome.error))

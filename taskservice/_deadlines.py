@@ -1,7 +1,13 @@
 """
 Deadlines and cancellation of calls.
 
-A call's deadline starts when it is sent to a worker. At the deadline, or
+A call's deadline starts when it is sent to a worker. One timer per pool
+watches them all, not one per call: it is set for the earliest deadline of
+the calls running (set again only when a call with an earlier one is
+dispatched), and when it fires it sweeps the running calls, times out
+those whose deadline has come (in deadline order, then dispatch order)
+and is set for the earliest deadline left, if any. A call that ends
+meanwhile costs the timer nothing. At the deadline, or
 when the caller cancels, the caller gets its outcome at once
 (L{taskservice.errors.TimedOut}, C{CancelledError}) and the call is
 stopped in its worker: a plain call's worker is killed; a coroutine call,
@@ -12,7 +18,7 @@ period. A queued call that is cancelled simply leaves the queue.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import CancelledError
@@ -31,6 +37,7 @@ class Deadlines:
 
     @param kill: kills a worker to stop a call, with the cause to count.
     @param unqueue: takes a queued call out of the queue.
+    @param running: the calls that workers hold, in dispatch order.
     """
 
     def __init__(
@@ -38,17 +45,83 @@ class Deadlines:
         reactor: Any,
         kill: Callable[[WorkerProcess, str], object],
         unqueue: Callable[[Call], object],
+        running: Callable[[], Iterable[Call]],
     ) -> None:
         self.reactor = reactor
         self._kill = kill
         self._unqueue = unqueue
+        self._running = running
+        self._timer: Any = None
+        self._timerAt = 0.0
+        self._armed = 0
+
+    def arm(self, call: Call) -> None:
+        """
+        C{call} was just sent to its worker: its deadline starts.
+        """
+        deadline = call.deadline = call.startedAt + call.timeout  # type: ignore[operator]
+        self._armed += 1
+        if self._timer is None or deadline < self._timerAt:
+            self._setTimer(deadline)
+
+    def released(self, call: Call) -> None:
+        """
+        C{call}'s worker no longer holds it; with no call left running, the
+        timer goes too.
+        """
+        if call.deadline:
+            call.deadline = 0.0
+            self._armed -= 1
+            if not self._armed:
+                self.stop()
+
+    def _setTimer(self, at: float) -> None:
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._timerAt = at
+        self._timer = self.reactor.callLater(
+            max(0.0, at - self.reactor.seconds()), self._sweep
+        )
+
+    def stop(self) -> None:
+        """
+        Forget the timer (the pool has stopped).
+        """
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _sweep(self) -> None:
+        """
+        The timer fired: time out the running calls whose deadline has come
+        and set it for the next deadline.
+        """
+        self._timer = None
+        # (The timer's own time: the clock may read a hair before it.)
+        now = max(self.reactor.seconds(), self._timerAt)
+        due: list[Call] = []
+        nextAt: float | None = None
+        for call in self._running():
+            if not call.deadline or call.outcome is not None:
+                continue
+            if call.deadline <= now:
+                due.append(call)
+            elif nextAt is None or call.deadline < nextAt:
+                nextAt = call.deadline
+        due.sort(key=lambda c: c.deadline)
+        for call in due:
+            if call.outcome is None:
+                self.timedOut(call)
+        if nextAt is not None and (self._timer is None or nextAt < self._timerAt):
+            # (A call dispatched meanwhile, by an outcome told above, may
+            # have set the timer already, for a later deadline.)
+            self._setTimer(nextAt)
 
     def timedOut(self, call: Call) -> None:
         """
-        C{call}'s deadline passed (its timer, set when the call was sent to
-        its worker, fired).
+        C{call}'s deadline passed.
         """
-        call.timer = None
         worker = call.worker
         poolLog.warn(
             "task {task} (call {cid}) passed its {timeout}s deadline"

@@ -75,6 +75,26 @@ _fastEncoder = msgspec.json.Encoder()
 _fastDecoder = msgspec.json.Decoder()
 _arrayDecoder = msgspec.json.Decoder(list[msgspec.Raw])
 
+
+class _ResultFrame(msgspec.Struct):
+    op: str
+    cid: int
+    result: msgspec.Raw
+
+
+_resultDecoder = msgspec.json.Decoder(_ResultFrame)
+
+
+class _Request(msgspec.Struct):
+    jsonrpc: str
+    method: str
+    id: int | float | str | msgspec.UnsetType | None = msgspec.UNSET
+    params: list[Any] | dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    timeout: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+_requestDecoder = msgspec.json.Decoder(_Request)
+
 _FAST_DEPTH = 200
 """
 How deep msgspec may nest: deeper values and documents go to C{json}, whose
@@ -153,6 +173,20 @@ def dumps(value: Any) -> bytes:
         raise ValueError("nested too deeply to encode") from None
 
 
+def dumpsDecoded(value: Any) -> bytes:
+    """
+    Encode C{value}, made only of what L{loads} returns (and tuples), for
+    a peer that decodes it with L{loads}: msgspec, with no check first.
+    Its bytes may differ from L{dumps}'s (C{1e16} for C{1e+16}), never
+    the value they decode to; what msgspec refuses (lone surrogates,
+    integers beyond its range) goes to L{dumps}.
+    """
+    try:
+        return _fastEncoder.encode(value)
+    except (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError):
+        return dumps(value)
+
+
 def loads(data: bytes) -> Any:
     """
     Decode one JSON document from UTF-8 bytes, raising L{DecodeError}.
@@ -196,3 +230,48 @@ def splitArray(data: bytes) -> list[msgspec.Raw] | None:
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError):
         return None
     return elements
+
+
+def resultFrame(payload: bytes) -> tuple[int, bytes] | None:
+    """
+    The call id and the result, still JSON, of a worker's C{result} frame
+    (C{{"op": "result", "cid": N, "result": ...}}), found without decoding
+    the result; L{None} for any other frame, or one the quick scan cannot
+    read (then decode it whole with L{loads}).
+    """
+    if not payload.startswith(b'{"op":"result"'):
+        return None
+    try:
+        found = _resultDecoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError):
+        return None
+    if found.op != "result" or type(found.cid) is not int:
+        return None
+    return found.cid, bytes(found.result)
+
+
+NO_ID: Any = msgspec.UNSET
+"""The id L{plainRequest} gives a request that has none (a notification)."""
+
+
+def plainRequest(data: bytes) -> tuple[str, Any, Any] | None:
+    """
+    The method, id (L{NO_ID} if none) and params (L{NO_ID} if none) of a
+    JSON-RPC 2.0 request line in its common form: an object with
+    C{"jsonrpc": "2.0"} first, a string method, an id that is a string, a
+    number or null, params that are an array or an object, and no
+    C{"timeout"}. L{None} for anything else, which L{loads} then decodes
+    whole (and the caller checks): the values, when found, are those
+    L{loads} gives.
+    """
+    if not data.startswith(b'{"jsonrpc":"2.0"') or (
+        len(data) > _FAST_DEPTH and data.count(b"[") + data.count(b"{") > _FAST_DEPTH
+    ):
+        return None
+    try:
+        found = _requestDecoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError):
+        return None
+    if found.jsonrpc != "2.0" or found.timeout is not msgspec.UNSET:
+        return None
+    return found.method, found.id, found.params

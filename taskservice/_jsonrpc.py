@@ -80,6 +80,26 @@ def parseLine(
     """
     if data.endswith(b"\r"):
         data = data[:-1]
+    plain = _json.plainRequest(data)
+    if plain is not None:
+        # The common case, decoded into just what a Request holds.
+        method, requestId, params = plain
+        notification = requestId is _json.NO_ID
+        if type(params) is list:
+            return Request(
+                method,
+                tuple(params),
+                {},
+                None if notification else requestId,
+                notification,
+            )
+        return Request(
+            method,
+            (),
+            {} if params is _json.NO_ID else params,
+            None if notification else requestId,
+            notification,
+        )
     first = data[:1]
     if first == b"[" or (first != b"{" and data.lstrip()[:1] == b"["):
         batch = _parseBatch(data, maxBatch)
@@ -236,6 +256,19 @@ def leadingId(prefix: bytes) -> Id:
 
 def resultObject(requestId: Id, result: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": requestId, "result": result}
+
+
+def resultLine(requestId: Id, result: bytes) -> bytes:
+    """
+    The encoded response to C{requestId} with C{result}, a value's JSON
+    (as a worker wrote it): what C{_json.dumps(resultObject(...))} makes
+    of the value, without decoding it.
+    """
+    if type(requestId) is int:
+        encodedId = str(requestId).encode()
+    else:
+        encodedId = _json.dumps(requestId)
+    return b'{"jsonrpc":"2.0","id":' + encodedId + b',"result":' + result + b"}"
 
 
 def errorObject(requestId: Id, error: TaskServiceError) -> dict[str, Any]:

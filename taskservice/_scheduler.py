@@ -7,11 +7,11 @@ L{Scheduler.callEnded}).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 
+from taskservice._admission import Admission
 from taskservice._call import (
     FAILED,
     Call,
@@ -19,19 +19,17 @@ from taskservice._call import (
     CallObserver,
     CallState,
     Outcome,
-    ProgressCallback,
+    RawOutcome,
     poolLog,
 )
 from taskservice._deadlines import Deadlines
 from taskservice._placement import Placement
 from taskservice._queue import CallQueue
-from taskservice._supervisor import PoolState, Supervisor
+from taskservice._supervisor import Supervisor
 from taskservice._task import Registry
 from taskservice._workerproc import WorkerProcess, WorkerState
 from taskservice.errors import (
     InvalidParams,
-    InvalidRequest,
-    MethodNotFound,
     Overloaded,
     TaskFailed,
     TaskServiceError,
@@ -39,10 +37,9 @@ from taskservice.errors import (
     Unavailable,
     WorkerLost,
 )
-from taskservice.wire import CallOptions
 
 
-class Scheduler:
+class Scheduler(Admission):
     """
     Places queued calls on workers and delivers their outcomes.
 
@@ -84,7 +81,10 @@ class Scheduler:
         self._drainWaiters: list[Deferred[None]] = []
         # Set by the pool once the supervisor exists (it needs us first).
         self.supervisor: Supervisor = None  # type: ignore[assignment]
-        self.deadlines = Deadlines(reactor, self._kill, self.unqueue)
+        self.deadlines = Deadlines(reactor, self._kill, self.unqueue, self._running)
+
+    def _running(self) -> list[Call]:
+        return [c for w in self.supervisor.workers for c in w.calls.values()]
 
     def _kill(self, worker: WorkerProcess, cause: str) -> None:
         self.supervisor.kill(worker, cause)
@@ -109,87 +109,9 @@ class Scheduler:
         for listener in self.listeners:
             listener.callEnded(call)
 
-    # -- admission -------------------------------------------------------------
-
-    def accept(
-        self,
-        name: str,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        options: CallOptions,
-        onProgress: ProgressCallback | None,
-        owner: object,
-        job: Mapping[str, Any] | None,
-    ) -> Call:
-        if self.supervisor.state is not PoolState.RUNNING:
-            raise Unavailable("the pool is not running")
-        spec = self.registry.get(name)
-        if spec is None:
-            raise MethodNotFound("method not found", name)
-        try:
-            spec.checkArguments(args, kwargs)
-        except TypeError as e:
-            raise InvalidParams("invalid params", str(e)) from None
-        timeout = options.timeout
-        if timeout is None:
-            timeout = spec.timeout if spec.timeout is not None else self.defaultTimeout
-        elif not 0 < timeout <= self.maxTimeout:
-            raise InvalidRequest(
-                "invalid request",
-                f"timeout must be more than 0 and at most {self.maxTimeout:g} seconds",
-            )
-        call = Call(
-            self.reactor,
-            self.callEnded,
-            self._nextCallID,
-            spec.name,
-            spec,
-            args,
-            kwargs,
-            timeout,
-            onProgress,
-            owner,
-            job,
-            self.deadlines.cancel,
-        )
-        self._nextCallID += 1
-        return call
-
-    def refuse(
-        self,
-        name: str,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        options: CallOptions,
-        owner: object,
-        job: Mapping[str, Any] | None,
-        error: Exception,
-    ) -> Deferred[Any]:
-        """
-        End a call refused at submission; its task is named only if C{name}
-        is registered (never a name taken from the network).
-        """
-        known = isinstance(name, str) and name in self.registry
-        call = Call(
-            self.reactor,
-            self.callEnded,
-            0,
-            name if known else "",
-            self.registry[name] if known else None,
-            args,
-            kwargs,
-            options.timeout or 0.0,
-            None,
-            owner,
-            job,
-        )
-        call.queuedAt = None
-        call.complete(Outcome.failure(error))
-        return call.deferred
-
     # -- the queue -------------------------------------------------------------
 
-    def enqueue(self, call: Call) -> Deferred[Any]:
+    def enqueue(self, call: Call) -> None:
         """
         Queue an accepted call (placing it at once if it can be); refuse it
         as overloaded if it would have to wait in a full queue.
@@ -201,7 +123,7 @@ class Scheduler:
             worker = self.placement.workerFor(call, supervisor.workers, supervisor.idle)
             if worker is not None:
                 self._run(worker, call)
-                return call.deferred
+                return
         queue.push(call)
         if queue.peek() is call:
             # It is next (first, or before the others in a queue that is not
@@ -221,7 +143,6 @@ class Scheduler:
                     )
                 )
             )
-        return call.deferred
 
     def unqueue(self, call: Call) -> None:
         self.queue.remove(call)
@@ -242,17 +163,6 @@ class Scheduler:
             call.complete(
                 Outcome.failure(Unavailable("the pool stopped before this call ran"))
             )
-
-    def retryAfter(self) -> float:
-        """
-        A hint for callers refused as overloaded: roughly how long the queue
-        ahead of them takes to drain, from the calls completed so far.
-        """
-        uptime = self.reactor.seconds() - (self.startedAt or 0.0)
-        rate = self.completed / uptime if uptime > 0 and self.completed else 0.0
-        if not rate:
-            return 1.0
-        return round(min(60.0, max(0.1, len(self.queue) / rate)), 1)
 
     # -- dispatch --------------------------------------------------------------
 
@@ -284,7 +194,9 @@ class Scheduler:
         if call.job is not None:
             message["job"] = call.job
         try:
-            worker.send(message)
+            # (A call of the lean lane holds only what was decoded from its
+            # request line: encoded without the check dumps makes.)
+            worker.send(message, decoded=call.sink is not None)
         except (TypeError, ValueError) as e:
             worker.take(call.cid, answered=False)
             self.supervisor.recycler.afterCall(worker)
@@ -293,12 +205,36 @@ class Scheduler:
             )
             return
         call.started(worker)
-        call.timer = self.reactor.callLater(call.timeout, self.deadlines.timedOut, call)
+        self.deadlines.arm(call)
 
     # -- what workers say (SupervisorClient) -----------------------------------
 
     def workerReady(self, worker: WorkerProcess) -> None:
         self.dispatch()
+
+    def callResult(self, worker: WorkerProcess, cid: int, raw: bytes) -> None:
+        """
+        A worker's C{result} frame, its result still JSON (C{raw}): the
+        common case, kept apart from L{callMessage}.
+        """
+        if worker.state is WorkerState.DEAD:
+            return
+        blocking = worker.blocking
+        call = worker.take(cid)
+        if call is None:
+            return
+        if blocking:
+            self.placement.measure(worker, call, self.reactor.seconds())
+        call.release()
+        self.deadlines.released(call)
+        self.supervisor.recycler.afterCall(worker)
+        if call.outcome is None:
+            call.resultBytes = raw
+            call.complete(RawOutcome.of(raw))
+        if len(self.queue):
+            self.dispatch()
+        if self._drainWaiters:
+            self.checkDrained()
 
     def callMessage(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         op = message.get("op")
@@ -314,6 +250,7 @@ class Scheduler:
             if blocking:
                 self.placement.measure(worker, call, self.reactor.seconds())
             call.release()
+            self.deadlines.released(call)
             self.supervisor.recycler.afterCall(worker)
             if call.outcome is None:
                 if op == "result":
@@ -325,12 +262,11 @@ class Scheduler:
                 self.checkDrained()
         elif op == "progress":
             call = worker.calls.get(message.get("cid", -1))
-            if (
-                call is not None
-                and call.onProgress is not None
-                and call.outcome is None
-            ):
-                call.onProgress(message["update"])
+            if call is not None and call.outcome is None:
+                if call.onProgress is not None:
+                    call.onProgress(message["update"])
+                elif call.sink is not None:
+                    call.sink.callProgress(call, message["update"])
 
     def _taskError(self, message: dict[str, Any]) -> TaskServiceError:
         error = message.get("error", {})
@@ -345,6 +281,7 @@ class Scheduler:
     ) -> None:
         for call in calls:
             call.release()
+            self.deadlines.released(call)
             if call.outcome is not None:
                 continue
             poolLog.warn(

@@ -24,42 +24,40 @@ them); a browser past its cap is answered -32003 at once.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from taskservice import _json, _jsonrpc
+from taskservice import _jsonrpc
 from taskservice._jsonrpc import Batch, Invalid, Request
 from taskservice._sessionhost import (
     HOLD_LIMIT,
     RETRY_AFTER,
     Access,
+    Lane,
     Progress,
     Response,
     SessionConfig,
     SessionHost,
 )
+from taskservice._sessionroutes import (
+    NO_JOB_CALLS,
+    NO_SEED_REPLIES,
+    NOTHING_WAITS,
+    Routes,
+    weight,
+)
 from taskservice.errors import (
-    Cancelled,
-    ErrorCode,
-    InternalError,
-    InvalidParams,
     InvalidRequest,
     MethodNotFound,
-    Overloaded,
     TaskServiceError,
-    TooLarge,
-    Unauthorised,
-    toWireError,
 )
 from taskservice.wire import (
     AUTH,
     CANCEL,
     JOB_METHODS,
-    ONLY_IF_QUEUED,
     PRE_AUTH_MAX_LINE,
     PROGRESS,
     STATS,
@@ -75,14 +73,21 @@ __all__ = [
     "SessionHost",
 ]
 
+if TYPE_CHECKING:
+    from taskservice._call import Call
+
 _log = Logger()
+
+_ON_LANE: dict[str, Any] = {}
+"""What L{Session._dispatch} returns for a call on the lean lane (and what
+stands for the call in C{_inFlight} while it starts)."""
 
 _WITHOUT_AUTH = frozenset({STATS, *JOB_METHODS})
 """The C{$/} methods a session routes, besides C{$/cancelRequest}."""
 _WITH_AUTH = _WITHOUT_AUTH | {AUTH}
 
 
-class Session:
+class Session(Routes):
     """
     One peer's JSON-RPC session (see the module's docstring).
 
@@ -114,10 +119,14 @@ class Session:
             self.access = Access.NEEDS_AUTH
             self.maxLineLength = min(config.maxLineLength, PRE_AUTH_MAX_LINE)
         self._dialect = config.dialect
-        self._inFlight: dict[Any, Deferred[Any]] = {}
-        self._jobCalls: set[Deferred[Any]] = set()
-        self._waiting: deque[tuple[Request | Batch | Invalid, int]] = deque()
-        self._seedReplies: deque[list[bytes | None]] = deque()
+        # The lean lane (a host that starts calls itself, with no Deferred).
+        self._lane: Lane | None = getattr(host, "startCall", None)
+        self._inFlight: dict[Any, Any] = {}
+        # (The queues below are made when first needed: shared, empty and
+        # never changed until then.)
+        self._jobCalls = NO_JOB_CALLS
+        self._waiting = NOTHING_WAITS
+        self._seedReplies = NO_SEED_REPLIES
 
     # -- input ---------------------------------------------------------------
 
@@ -152,7 +161,7 @@ class Session:
                 self._batch(message)
             else:
                 self.replyError(message.id, message.error)
-        elif self._waiting or self.outstanding + _weight(message) > self._maxInFlight:
+        elif self._waiting or self.outstanding + weight(message) > self._maxInFlight:
             self._wait(message, len(data))
         else:
             self._start(message)
@@ -161,30 +170,13 @@ class Session:
         """
         Keep C{message} waiting for room (the waiting rule), in order.
         """
+        if self._waiting is NOTHING_WAITS:
+            self._waiting = deque()
         self._waiting.append((message, size))
         self.waitingBytes += size
         if not self._held and self.waitingBytes > HOLD_LIMIT:
             self._held = True
             self.host.holdInput(True)
-
-    def messageTooLong(self, prefix: bytes) -> None:
-        """
-        A message longer than L{maxLineLength} was dropped; C{prefix} is
-        its start (its id, when it leads, is echoed).
-        """
-        if self.access is Access.REFUSED:
-            return
-        if self.access is not Access.OPEN:
-            self._refuse(None, "authenticate first: send $/auth with the token")
-            return
-        limit = self.maxLineLength
-        requestId = _jsonrpc.leadingId(prefix)
-        if requestId in self._inFlight:
-            requestId = None
-        self.replyError(
-            requestId,
-            TooLarge(f"line longer than {limit} bytes discarded", {"limit": limit}),
-        )
 
     def inputEnded(self) -> None:
         """
@@ -199,19 +191,12 @@ class Session:
         its calls still running (their results will be discarded).
         """
         self._lost = True
-        self._waiting.clear()
+        if self._waiting:
+            self._waiting.clear()
         self.waitingBytes = 0
         calls = list(self._inFlight.values())
         self._inFlight.clear()
         return calls
-
-    def replyError(self, requestId: Any, error: TaskServiceError) -> None:
-        """
-        Answer C{error}, found by the session or its transport (a binary
-        websocket message, say), with C{requestId}.
-        """
-        self.host.error(error, refused=True, answered=True)
-        self._write(_jsonrpc.errorObject(requestId, error))
 
     # -- the waiting rule ------------------------------------------------------
 
@@ -223,7 +208,7 @@ class Session:
             # The common case, with as little per call as can be.
             self.outstanding += 1
             response = self._dispatch(message, reply=True)
-            if not isinstance(response, Deferred):
+            if response is not _ON_LANE and not isinstance(response, Deferred):
                 self._reply(response, release=True)
         elif isinstance(message, Batch):
             self.outstanding += len(message.items)
@@ -236,6 +221,14 @@ class Session:
                 error = message.error
                 self.host.error(error, refused=True, answered=True)
                 answered = self._seedReply(lambda: fail(error))
+            elif self._lane is not None and not message.method.startswith("$/"):
+                # The lean lane: callDone fills the reply's place.
+                slot: list[bytes | None] = [None]
+                if self._seedReplies is NO_SEED_REPLIES:
+                    self._seedReplies = deque()
+                self._seedReplies.append(slot)
+                self._lane(message, self, slot)
+                return
             else:
                 request = message
                 answered = self._seedReply(lambda: self._call(request))
@@ -247,9 +240,7 @@ class Session:
         """
         self.outstanding -= 1
         waiting = self._waiting
-        while (
-            waiting and self.outstanding + _weight(waiting[0][0]) <= self._maxInFlight
-        ):
+        while waiting and self.outstanding + weight(waiting[0][0]) <= self._maxInFlight:
             message, size = waiting.popleft()
             self.waitingBytes -= size
             self._start(message)
@@ -258,13 +249,6 @@ class Session:
             self.host.holdInput(False)
         if self._inputEnded:
             self._closeIfDone()
-
-    def _seedAnswered(self, result: object) -> None:
-        self._release()
-
-    def _batchAnswered(self, result: object) -> None:
-        self._pendingBatches -= 1
-        self._closeIfDone()
 
     def _closeIfDone(self) -> None:
         if (
@@ -319,6 +303,14 @@ class Session:
             self.outstanding += 1
         if method.startswith("$/"):
             d = self._call(request)
+        elif reply and not request.notification and self._lane is not None:
+            # The lean lane: the call tells callDone of its end.
+            inFlight = self._inFlight
+            inFlight[requestId] = _ON_LANE
+            call = self._lane(request, self, requestId)
+            if inFlight.get(requestId) is _ON_LANE:
+                inFlight[requestId] = call
+            return _ON_LANE
         elif request.notification:
             d = self.host.call(request, None)
         else:
@@ -330,18 +322,37 @@ class Session:
         self._inFlight[requestId] = d
         return d.addBoth(self._finished, requestId, reply)
 
-    def _overloaded(self, request: Request) -> Response:
-        limit = self._maxInFlight
-        if request.notification:
-            _log.info(
-                "notification {method} dropped: the peer has {limit} calls in flight",
-                method=request.method,
-                limit=limit,
-            )
-        return self._own(
-            request,
-            Overloaded("overloaded", {"retryAfter": RETRY_AFTER, "limit": limit}),
-        )
+    def callDone(self, call: Call) -> None:
+        """
+        A call of the lean lane ended (L{CallSink}): answer it, splicing in
+        the result's JSON as the worker sent it.
+        """
+        requestId = call.tag
+        if type(requestId) is list:
+            self._seedDone(call, requestId)
+            return
+        if self._inFlight.pop(requestId, None) is not None:
+            outcome = call.outcome
+            assert outcome is not None
+            raw = call.resultBytes
+            if outcome.error is not None:
+                error = self._wireError(Failure(outcome.error))
+                self.host.error(error, refused=False, answered=True)
+                self._write(_jsonrpc.errorObject(requestId, error))
+            elif raw is not None and not self._lost:
+                self.host.send(_jsonrpc.resultLine(requestId, raw))
+            else:
+                self._write(_jsonrpc.resultObject(requestId, outcome.value))
+        self._release()
+
+    def callProgress(self, call: Call, update: Any) -> None:
+        """
+        A call of the lean lane reported progress (L{CallSink}); a FAQ
+        dialect call's is not told.
+        """
+        if type(call.tag) is list:
+            return
+        self._write(_jsonrpc.notificationObject(PROGRESS, {**update, "id": call.tag}))
 
     def _finished(self, outcome: Any, requestId: Any, reply: bool) -> Response:
         response: Response
@@ -361,67 +372,6 @@ class Session:
         self._release()
         return response
 
-    def _notificationDone(self, result: object) -> Response:
-        self._release()
-        return None
-
-    def _notificationFailed(self, failure: Failure, method: str) -> None:
-        error = self._wireError(failure)
-        self.host.error(error, refused=False, answered=False)
-        _log.info(
-            "notification {method} failed: {code} {message}",
-            method=method,
-            code=int(error.code),
-            message=error.message,
-        )
-
-    def _own(self, request: Request, error: TaskServiceError) -> Response:
-        """
-        An error the session found in C{request}: its response (L{None} for
-        a notification, which is only logged).
-        """
-        if request.notification:
-            self.host.error(error, refused=True, answered=False)
-            if error.code != ErrorCode.OVERLOADED:
-                _log.info(
-                    "notification {method} failed: {code} {message}",
-                    method=request.method,
-                    code=int(error.code),
-                    message=error.message,
-                )
-            return None
-        self.host.error(error, refused=True, answered=True)
-        return _jsonrpc.errorObject(request.id, error)
-
-    def _batch(self, batch: Batch) -> Deferred[None]:
-        """
-        Run a batch's requests and write the one reply. (Under the waiting
-        rule, all of them were counted; each is released as it ends.)
-        """
-        counted = not self._refuseOverflow
-        replies: list[Deferred[Response]] = []
-        for item in batch.items:
-            if isinstance(item, Invalid):
-                self.host.error(item.error, refused=True, answered=True)
-                response: Deferred[Response] | Response = _jsonrpc.errorObject(
-                    item.id, item.error
-                )
-            else:
-                response = self._dispatch(item, reply=False)
-            if isinstance(response, Deferred):
-                replies.append(response)
-            else:
-                if counted:
-                    self._release()
-                replies.append(succeed(response))
-
-        def write(responses: list[Response]) -> None:
-            answered = [r for r in responses if r is not None]
-            if answered:
-                self._write(answered)
-
-        return gatherResults(replies).addCallback(write)
-
     def _reply(
         self, response: Deferred[Response] | Response, release: bool = False
     ) -> None:
@@ -429,234 +379,11 @@ class Session:
         Write an immediate C{response} (a Deferred one writes itself);
         C{release} the count it was started under.
         """
-        if isinstance(response, Deferred):
+        if response is _ON_LANE or isinstance(response, Deferred):
             return
         if response is not None:
             self._write(response)
         if release:
             self._release()
 
-    # -- the Workerman FAQ dialect -------------------------------------------------
-
-    def _seedReply(self, start: Callable[[], Deferred[Any]]) -> Deferred[None]:
-        """
-        Answer with the bare result (or C{{"error": ...}}), in the order the
-        lines came.
-        """
-        # The reply's place is taken before the call starts: starting it may
-        # finish other calls (and start the next dialect line) at once.
-        slot: list[bytes | None] = [None]
-        self._seedReplies.append(slot)
-        outcome = start()
-
-        def done(outcome: Any) -> None:
-            if isinstance(outcome, Failure):
-                body: Any = {"error": self._wireError(outcome).toWire()}
-            else:
-                body = outcome
-            slot[0] = self._encode(body)
-            while self._seedReplies and self._seedReplies[0][0] is not None:
-                ready = self._seedReplies.popleft()[0]
-                assert ready is not None
-                self._send(ready)
-
-        return outcome.addBoth(done)
-
-    # -- routing -------------------------------------------------------------------
-
-    def _call(self, request: Request) -> Deferred[Any]:
-        method = request.method
-        onProgress = None
-        if not request.notification and not request.seed:
-            onProgress = self._progressTo(request.id)
-        if not method.startswith("$/"):
-            return self.host.call(request, onProgress)
-        try:
-            if method == STATS:
-                return self.host.stats()
-            if method in JOB_METHODS:
-                if request.seed:
-                    raise InvalidRequest(
-                        "invalid request",
-                        "job methods are JSON-RPC only (no FAQ dialect)",
-                    )
-                return self._jobMethod(request, onProgress)
-            if method == CANCEL:
-                self._cancel(request)
-                return succeed(None)
-            if method == AUTH and self.config.answersAuth:
-                # Already open: a token check that changes nothing.
-                token = self.config.token
-                if token is None or token.matches(_authToken(request)):
-                    return succeed(True)
-                raise Unauthorised("unauthorised", "wrong or missing token")
-            raise MethodNotFound("method not found", method)
-        except TaskServiceError as e:
-            self.host.error(e, refused=True, answered=False)
-            return fail(e)
-
-    def _jobMethod(
-        self, request: Request, onProgress: Progress | None
-    ) -> Deferred[Any]:
-        d = self.host.jobMethod(request, onProgress)
-        self._jobCalls.add(d)
-        return d.addBoth(self._jobCallEnded, d)
-
-    def _jobCallEnded(self, outcome: Any, d: Deferred[Any]) -> Any:
-        self._jobCalls.discard(d)
-        return outcome
-
-    def _progressTo(self, requestId: Any) -> Progress:
-        """
-        Write a task's progress updates as C{$/progress} of C{requestId}.
-        """
-
-        def report(update: Any) -> None:
-            self._write(
-                _jsonrpc.notificationObject(PROGRESS, {**update, "id": requestId})
-            )
-
-        return report
-
-    def _cancel(self, request: Request) -> None:
-        """
-        C{$/cancelRequest}: C{{"id": X}} cancels call X whether it waits or
-        runs; with C{"onlyIfQueued": true}, a running call is left to finish
-        (what a client that is going away wants).
-        """
-        target = request.kwargs.get("id") if request.kwargs else None
-        if target is None and request.args:
-            target = request.args[0]
-        onlyIfQueued = bool(request.kwargs.get(ONLY_IF_QUEUED, False))
-        if target is None or not _jsonrpc.validId(target):
-            raise InvalidParams(
-                "invalid params",
-                '$/cancelRequest needs {"id": ...} naming a request id',
-            )
-        d = self._inFlight.get(target)
-        if d is not None:
-            # (A job method given up on is cancelled whatever the flag: an
-            # attach detaches, and the job is left as it is.)
-            self.host.cancel(d, onlyIfQueued and d not in self._jobCalls)
-            return
-        if not self._cancelLane:
-            # A cancel that waited its turn (in a batch): everything still
-            # waiting arrived after it.
-            return
-        for entry in self._waiting:
-            waiting = entry[0]
-            if (
-                isinstance(waiting, Request)
-                and not waiting.notification
-                and not waiting.seed
-                and waiting.id == target
-            ):
-                self._waiting.remove(entry)
-                self.waitingBytes -= entry[1]
-                self._write(_jsonrpc.errorObject(waiting.id, Cancelled()))
-                self._closeIfDone()
-                return
-
-    # -- authentication --------------------------------------------------------------
-
-    def _authenticate(self, data: bytes) -> None:
-        """
-        A message before the session has authenticated: only C{$/auth} with
-        the right token (alone, not in a batch) opens it; anything else
-        refuses it.
-        """
-        if self.access is Access.REFUSED:
-            return
-        message = _jsonrpc.parseLine(data, self._maxBatch)
-        if isinstance(message, Request) and message.method == AUTH:
-            assert self.config.token is not None
-            if self.config.token.matches(_authToken(message)):
-                self.access = Access.OPEN
-                self.maxLineLength = self.config.maxLineLength
-                if message.seed:
-                    self._send(self._encode(True))
-                elif not message.notification:
-                    self._write(_jsonrpc.resultObject(message.id, True))
-                return
-            self._refuse(message, "wrong or missing token")
-        else:
-            self._refuse(message, "authenticate first: send $/auth with the token")
-
-    def _refuse(self, message: Request | Invalid | Batch | None, why: str) -> None:
-        """
-        Answer -32005 (in the dialect of C{message}, with its id if it had
-        one) and close the connection once the reply is written.
-        """
-        self.access = Access.REFUSED
-        error = Unauthorised("unauthorised", why)
-        self.host.error(error, refused=True, answered=True)
-        if isinstance(message, Request) and message.seed:
-            self._send(self._encode({"error": error.toWire()}))
-        else:
-            requestId = (
-                message.id
-                if isinstance(message, Request | Invalid)
-                and not (isinstance(message, Request) and message.notification)
-                else None
-            )
-            self._write(_jsonrpc.errorObject(requestId, error))
-        self.host.refuseConnection(why)
-
     # -- output ------------------------------------------------------------------------
-
-    def _wireError(self, failure: Failure) -> TaskServiceError:
-        assert failure.value is not None
-        error = toWireError(failure.value)
-        if isinstance(error, InternalError) and error is not failure.value:
-            _log.failure("unexpected error handling a call", failure)
-        return error
-
-    def _encode(self, message: Any) -> bytes:
-        try:
-            return _json.dumps(message)
-        except (TypeError, ValueError):
-            _log.failure("could not encode a response")
-            requestId = message.get("id") if isinstance(message, dict) else None
-            return _json.dumps(
-                _jsonrpc.errorObject(
-                    requestId if _encodable(requestId) else None,
-                    InternalError(
-                        "internal error", "the response could not be encoded"
-                    ),
-                )
-            )
-
-    def _write(self, message: Any) -> None:
-        try:
-            data = _json.dumps(message)
-        except (TypeError, ValueError):
-            data = self._encode(message)
-        if not self._lost:
-            self.host.send(data)
-
-    def _send(self, data: bytes) -> None:
-        if not self._lost:
-            self.host.send(data)
-
-
-def _weight(message: Request | Batch | Invalid) -> int:
-    """
-    How many of C{maxInFlight} C{message} takes: one per request of a
-    batch, else one.
-    """
-    return len(message.items) if isinstance(message, Batch) else 1
-
-
-def _authToken(request: Request) -> object:
-    """
-    The token a C{$/auth} request carries: C{{"token": "..."}}.
-    """
-    return request.kwargs.get("token") if request.kwargs else None
-
-
-def _encodable(value: Any) -> bool:
-    try:
-        _json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True

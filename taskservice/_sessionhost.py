@@ -17,6 +17,7 @@ from taskservice.wire import DEFAULT_MAX_BATCH, DEFAULT_MAX_LINE
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
+    from taskservice._call import Call, CallSink
     from taskservice._jsonrpc import Request
     from taskservice.errors import TaskServiceError
 
@@ -30,6 +31,11 @@ L{SessionConfig.refuseOverflow}."""
 
 Response = dict[str, Any] | None
 Progress = Callable[[Any], None]
+Lane = Callable[["Request", "CallSink", Any], "Call"]
+"""A host's C{startCall(request, sink, tag)}, when it has one (the task
+server): the lean lane, on which the session starts a task call with no
+L{Deferred} and hears of its end as its L{CallSink}. (A host without it,
+the gateway's, runs every call through L{SessionHost.call}.)"""
 
 
 class SessionHost(Protocol):

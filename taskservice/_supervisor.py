@@ -26,13 +26,13 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from enum import Enum
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 
-from taskservice._call import Call, poolLog
+from taskservice._call import poolLog
+from taskservice._poolstate import ALLOWED, PoolState, SupervisorClient
 from taskservice._recycling import Recycler
 from taskservice._workerproc import (
     CHILD_FDS,
@@ -45,44 +45,6 @@ _RESTART_BACKOFF_BASE = 0.1
 _RESTART_BACKOFF_MAX = 10.0
 CRASH_WINDOW = 10.0
 STOP_GRACE = 5.0
-
-
-class PoolState(Enum):
-    STOPPED = "stopped"
-    RUNNING = "running"
-    DRAINING = "draining"
-    CLOSING = "closing"
-
-
-_ALLOWED = {
-    PoolState.STOPPED: {PoolState.RUNNING, PoolState.DRAINING},
-    PoolState.RUNNING: {PoolState.DRAINING},
-    PoolState.DRAINING: {PoolState.CLOSING},
-    PoolState.CLOSING: {PoolState.STOPPED, PoolState.RUNNING},
-}
-
-
-class SupervisorClient(Protocol):
-    """
-    What the supervisor tells the part of the pool that runs calls.
-    """
-
-    def workerReady(self, worker: WorkerProcess) -> None:
-        """
-        C{worker} takes calls now.
-        """
-
-    def callMessage(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
-        """
-        C{worker} sent a frame about a call (progress, result, error).
-        """
-
-    def workerLost(
-        self, worker: WorkerProcess, calls: list[Call], how: dict[str, int]
-    ) -> None:
-        """
-        C{worker} exited holding C{calls}; its replacement is under way.
-        """
 
 
 def backoff(failures: int) -> float:
@@ -134,7 +96,7 @@ class Supervisor:
     # -- the pool's lifecycle ------------------------------------------------
 
     def setState(self, new: PoolState) -> None:
-        if new not in _ALLOWED[self.state]:
+        if new not in ALLOWED[self.state]:
             raise RuntimeError(f"pool: {self.state} -> {new}")
         self.state = new
 
@@ -300,6 +262,9 @@ class Supervisor:
                 idle.remove(worker)
         elif new is WorkerState.IDLE:
             idle.append(worker)
+
+    def workerResult(self, worker: WorkerProcess, cid: int, result: bytes) -> None:
+        self.client.callResult(worker, cid, result)
 
     def workerMessage(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         op = message.get("op")

@@ -76,6 +76,12 @@ class WorkerOwner(Protocol):
         C{worker} sent a frame.
         """
 
+    def workerResult(self, worker: WorkerProcess, cid: int, result: bytes) -> None:
+        """
+        C{worker} answered call C{cid} with C{result} (its JSON): the
+        common frame, passed on still encoded.
+        """
+
     def workerStateChanged(
         self, worker: WorkerProcess, old: WorkerState, new: WorkerState
     ) -> None:
@@ -193,9 +199,13 @@ class WorkerProcess(ProcessProtocol):
         # Tasks that read stdin get end-of-file rather than hang.
         self.transport.closeStdin()
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any], decoded: bool = False) -> None:
+        """
+        Send a frame (C{decoded}: C{message} holds only values decoded from
+        JSON; see L{_json.dumpsDecoded}).
+        """
         assert self.transport is not None
-        data = frame(_json.dumps(message))
+        data = frame(_json.dumpsDecoded(message) if decoded else _json.dumps(message))
         if self._commands is not None:
             # The frames of one reactor pass go to the worker in one write.
             _coalesce.write(self._commands, data)
@@ -227,8 +237,13 @@ class WorkerProcess(ProcessProtocol):
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == RESULTS_FD:
+            owner = self.owner
             for payload in self._frames.feed(data):
-                self.owner.workerMessage(self, _json.loads(payload))
+                found = _json.resultFrame(payload)
+                if found is None:
+                    owner.workerMessage(self, _json.loads(payload))
+                else:
+                    owner.workerResult(self, *found)
             return
         lines = (self._partial.get(childFD, b"") + data).split(b"\n")
         rest = lines.pop()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -38,6 +37,7 @@ from taskservice._call import (
     Call,
     CallListener,
     CallObserver,
+    CallSink,
     CallState,
     Outcome,
     ProgressCallback,
@@ -54,11 +54,13 @@ from taskservice._defaults import (
     EXAMPLE_TASKS,
 )
 from taskservice._placement import SHORT_CALL, Placement
+from taskservice._poolstate import PoolState
+from taskservice._poolview import PoolView
 from taskservice._queue import CallQueue, FifoQueue
 from taskservice._recentcalls import RecentCalls
 from taskservice._recycling import residentMemory
 from taskservice._scheduler import Scheduler
-from taskservice._supervisor import STOP_GRACE, PoolState, Supervisor
+from taskservice._supervisor import STOP_GRACE, Supervisor
 from taskservice._task import Registry, specOf
 from taskservice._workerproc import (
     WorkerProcess,
@@ -83,6 +85,7 @@ __all__ = [
     "Call",
     "CallListener",
     "CallObserver",
+    "CallSink",
     "CallState",
     "Outcome",
     "PoolState",
@@ -93,7 +96,7 @@ __all__ = [
 ]
 
 
-class ProcessPool(Service):
+class ProcessPool(PoolView, Service):
     """
     Run registered tasks in worker processes.
 
@@ -254,6 +257,7 @@ class ProcessPool(Service):
             def stopped(result: object) -> None:
                 if killer.active():
                     killer.cancel()
+                self._scheduler.deadlines.stop()
                 supervisor.stopped()
 
             return DeferredList(ended).addBoth(stopped)
@@ -302,8 +306,38 @@ class ProcessPool(Service):
         try:
             call = scheduler.accept(name, args, kwargs, options, onProgress, owner, job)
         except Exception as e:
-            return scheduler.refuse(name, args, kwargs, options, owner, job, e)
-        return scheduler.enqueue(call)
+            return scheduler.refuse(name, args, kwargs, options, owner, job, e).deferred
+        scheduler.enqueue(call)
+        return call.deferred
+
+    def start(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        options: CallOptions,
+        sink: CallSink,
+        tag: Any = None,
+        owner: object = None,
+    ) -> Call:
+        """
+        L{submit} on the lean lane: no L{Deferred}; C{sink} is told of the
+        call's end (and its progress), which may happen before this
+        returns (a call refused at once). Returns the L{Call}
+        (C{call.cancel()} cancels it as cancelling L{submit}'s Deferred
+        does).
+        """
+        scheduler = self._scheduler
+        try:
+            call = scheduler.accept(
+                name, args, kwargs, options, None, owner, None, sink, tag
+            )
+        except Exception as e:
+            return scheduler.refuse(
+                name, args, kwargs, options, owner, None, e, sink, tag
+            )
+        scheduler.enqueue(call)
+        return call
 
     def deferToProcess(
         self, task: Callable[..., Any] | str, *args: Any, **kwargs: Any
@@ -344,113 +378,7 @@ class ProcessPool(Service):
         call is left alone. Returns whether it was cancelled.
         """
         for call in self._scheduler.queue:
-            if call.deferred is deferred:
+            if call.owns(deferred):
                 deferred.cancel()
                 return True
         return False
-
-    def isShort(self, name: str) -> bool:
-        """
-        Whether calls of task C{name} have been measured to be short.
-        """
-        return self._placement.isShort(name)
-
-    # -- observation -------------------------------------------------------
-
-    @property
-    def observer(self) -> CallObserver | None:
-        return self._scheduler.observer
-
-    @observer.setter
-    def observer(self, observer: CallObserver | None) -> None:
-        self._scheduler.observer = observer
-
-    def addCallListener(self, listener: CallListener) -> None:
-        """
-        Tell C{listener} of the end of every call from now on (see
-        L{CallListener}).
-        """
-        self._scheduler.listeners.append(listener)
-
-    def removeCallListener(self, listener: CallListener) -> None:
-        self._scheduler.listeners.remove(listener)
-
-    @property
-    def completed(self) -> int:
-        """
-        Calls that returned a result.
-        """
-        return self._scheduler.completed
-
-    @property
-    def failed(self) -> int:
-        """
-        Calls that ended in a task error, a too-large result, a deadline or
-        a lost worker.
-        """
-        return self._scheduler.failed
-
-    @property
-    def workerExits(self) -> Counter[str]:
-        """
-        Workers replaced so far, and failed spawns, by cause.
-        """
-        return self._supervisor.workerExits
-
-    @property
-    def restarts(self) -> int:
-        """
-        Workers replaced so far (crashed, killed, or recycled), and failed
-        spawns: the sum of L{workerExits}.
-        """
-        return sum(self._supervisor.workerExits.values())
-
-    @property
-    def workers(self) -> frozenset[WorkerProcess]:
-        return frozenset(self._supervisor.workers)
-
-    def stats(self) -> dict[str, Any]:
-        """
-        Counters for C{$/stats}.
-        """
-        supervisor = self._supervisor
-        uptime = 0.0
-        startedAt = self._scheduler.startedAt
-        if startedAt is not None:
-            uptime = self.reactor.seconds() - startedAt
-        return {
-            "workers": supervisor.workerStats(),
-            "running": sum(len(w.calls) for w in supervisor.workers),
-            "queued": len(self._scheduler.queue),
-            "maxQueue": self.maxQueue,
-            "completed": self.completed,
-            "failed": self.failed,
-            "restarts": self.restarts,
-            "restartsByCause": dict(self.workerExits),
-            "uptime": round(uptime, 3),
-            "tasks": sorted(self.registry),
-            "idempotentTasks": sorted(
-                name for name, spec in self.registry.items() if spec.idempotent
-            ),
-            "workerList": self.workerList(),
-            "latency": self.recentCalls.latency(self.reactor.seconds()),
-            "recentFailures": self.recentCalls.failures(),
-        }
-
-    def workerList(self) -> list[dict[str, Any]]:
-        """
-        Each live worker, by id: C{id}, C{pid}, C{state}, C{rss} (resident
-        memory in bytes, L{None} if unknown), C{served} (calls it answered)
-        and C{holding} (calls it holds now, running or in its pipe).
-        """
-        return [
-            {
-                "id": worker.workerID,
-                "pid": worker.pid,
-                "state": worker.state.value,
-                "rss": None if worker.pid is None else self._memoryOf(worker.pid),
-                "served": worker.completed,
-                "holding": len(worker.calls),
-            }
-            for worker in sorted(self._supervisor.workers, key=lambda w: w.workerID)
-        ]

@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from taskservice import _coalesce
 from taskservice._auth import Token
+from taskservice._call import Call, CallSink
 from taskservice._defaults import DEFAULT_MAX_IN_FLIGHT
 from taskservice._jobrequest import callJobMethod
 from taskservice._jsonrpc import Request
@@ -214,6 +215,20 @@ class TaskServerProtocol(LineProtocol):
             options=request.options,
             onProgress=onProgress,
             owner=self,
+        )
+
+    def startCall(self, request: Request, sink: CallSink, tag: Any) -> Call:
+        """
+        The lean lane (see L{taskservice._sessionhost.Lane}).
+        """
+        return self.pool.start(
+            request.method,
+            request.args,
+            request.kwargs,
+            request.options,
+            sink,
+            tag,
+            self,
         )
 
     def stats(self) -> Deferred[Any]:

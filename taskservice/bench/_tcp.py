@@ -209,6 +209,13 @@ def _report(
             "inline Twisted, 1 process:",
             inline,
         ),
+        (
+            "2b against one Twisted process answering inline, a connection per call",
+            "2b",
+            ours,
+            "inline Twisted, 1 process:",
+            inline,
+        ),
     ):
         o, f = contender[name], baseline[name]
         rows.append(
@@ -263,6 +270,18 @@ def _report(
         f" {c.p99 * 1e3:.3f} ms ({met(c.p99 <= 0.30e-3)}). Reference (issue 6,"
         " same machine, not this run): Workerman's FAQ pattern 14,852 calls/s"
         " with a connection per call."
+    )
+    i2a, i2b, f2b, f2c = inline["2a"], inline["2b"], faq["2b"], faq["2c"]
+    ours2b = ours["2b"].rate.median
+    notes.append(
+        "2 targets (issue 15, same run): 2a >= 0.9x one Twisted process inline:"
+        f" {a.rate.median / i2a.rate.median:.2f}x"
+        f" ({met(a.rate.median >= 0.9 * i2a.rate.median)}); 2b >= 1.0x one"
+        f" Twisted process inline with a connection per call:"
+        f" {ours2b / i2b.rate.median:.2f}x ({met(ours2b >= i2b.rate.median)}),"
+        f" >= 0.8x the FAQ-style server: {ours2b / f2b.rate.median:.2f}x"
+        f" ({met(ours2b >= 0.8 * f2b.rate.median)}); 2c p50 <= 1.4x the"
+        f" FAQ-style p50: {c.p50 / f2c.p50:.2f}x ({met(c.p50 <= 1.4 * f2c.p50)})."
     )
     notes.extend(errorNotes("", ours, "FAQ-style", faq))
 
