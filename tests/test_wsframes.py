@@ -76,8 +76,8 @@ def opened(lean: bool, limit: int = LIMIT) -> tuple[Recorder, StringTransport]:
     """
     reactor = MemoryReactorClock()
     factory = GatewayFactory(reactor, _Upstream(), maxMessageSize=limit)
-    factory.protocol = Recorder  # type: ignore[assignment]
-    protocol = factory.buildProtocol(PEER)
+    factory.protocol = Recorder
+    protocol: Any = factory.buildProtocol(PEER)
     assert isinstance(protocol, Recorder)
     transport = _Transport(peerAddress=PEER, hostAddress=HOST)
     protocol.makeConnection(transport)
