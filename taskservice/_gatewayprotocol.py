@@ -12,10 +12,11 @@ from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
-from taskservice import _coalesce
+from taskservice import _coalesce, _wsframes
 from taskservice._jsonrpc import Request
 from taskservice._session import RETRY_AFTER, Progress, Session, SessionConfig
 from taskservice.errors import (
+    Cancelled,
     ErrorCode,
     InvalidParams,
     InvalidRequest,
@@ -35,6 +36,10 @@ class GatewayProtocol(WebSocketServerProtocol):
     """
 
     factory: GatewayFactory
+    _lean = False
+    """Whether frames go through L{taskservice._wsframes} (decided on open)."""
+    _abandoned: set[Deferred[Any]] | None = None
+    """Calls of the pool still running when the browser went, counted then."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,7 +67,10 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's own dataReceived formats a debug message per read.
-        self._dataReceived(data)
+        if self._lean:
+            _wsframes.receive(self, data)
+        else:
+            self._dataReceived(data)
 
     def sendData(
         self, data: bytes, sync: bool = False, chopsize: int | None = None
@@ -96,16 +104,30 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._open = True
+        self._lean = _wsframes.compatible(self)
         self.factory._opened(self)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if not self._open:
             return
         self._open = False
-        for d in self.session.connectionLost():
-            self.factory.counters["abandoned"] += 1
-            self.factory.client.abandon(d)
-        self.factory._closed(self)
+        factory = self.factory
+        calls = self.session.connectionLost()
+        factory.counters["abandoned"] += len(calls)
+        lane = factory.lane
+        if lane is None:
+            for d in calls:
+                factory.client.abandon(d)
+        elif calls:
+            # Running calls finish unheard; to the gateway they end now, as
+            # a client's abandoned calls do.
+            running = lane.abandonAll(self, calls)
+            if running:
+                self._abandoned = set(running)
+                factory.inFlight -= len(running)
+                for _ in running:
+                    factory._callEnded(Cancelled())
+        factory._closed(self)
 
     @property
     def inFlight(self) -> int:
@@ -131,9 +153,24 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def send(self, data: bytes) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendMessage(data)
+            if self._lean:
+                _wsframes.send(self, data)
+            else:
+                self.sendMessage(data)
 
     def call(self, request: Request, onProgress: Progress | None) -> Deferred[Any]:
+        lane = self.factory.lane
+        if lane is not None:
+            # (A notification's call is nobody's: it keeps running if the
+            # browser goes.)
+            owner = None if request.notification else self
+            return self._upstream(lane.submitRequest(request, onProgress, owner))
+        return self._forward(request, onProgress)
+
+    def _forward(self, request: Request, onProgress: Progress | None) -> Deferred[Any]:
+        """
+        A call through the upstream client's C{request}.
+        """
         params = request.kwargs or (list(request.args) if request.args else None)
         try:
             d = self.factory.client.request(
@@ -150,7 +187,7 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def jobMethod(self, request: Request, onProgress: Progress | None) -> Deferred[Any]:
         # Forwarded: the task server behind answers them.
-        return self.call(request, onProgress)
+        return self._forward(request, onProgress)
 
     def cancel(self, call: Deferred[Any], onlyIfQueued: bool) -> None:
         self.factory.counters["cancelled"] += 1
@@ -180,9 +217,14 @@ class GatewayProtocol(WebSocketServerProtocol):
         factory = self.factory
         factory.counters["calls"] += 1
         factory.inFlight += 1
-        return d.addBoth(self._upstreamEnded)
+        return d.addBoth(self._upstreamEnded, d)
 
-    def _upstreamEnded(self, outcome: Any) -> Any:
+    def _upstreamEnded(self, outcome: Any, d: Deferred[Any]) -> Any:
+        abandoned = self._abandoned
+        if abandoned is not None and d in abandoned:
+            # Counted when the browser went.
+            abandoned.discard(d)
+            return outcome
         factory = self.factory
         factory.inFlight -= 1
         if isinstance(outcome, Failure):

@@ -30,6 +30,7 @@ from taskservice.wire import (
 )
 
 if TYPE_CHECKING:
+    from taskservice._jsonrpc import Request
     from taskservice.server import TaskServerFactory
 
 ProgressCallback = Callable[[dict[str, Any]], object]
@@ -101,6 +102,39 @@ class PoolCaller(Service):
         self._upstream[result] = upstream
         upstream.addBoth(self._answered, result)
         return result
+
+    def submitRequest(
+        self,
+        request: Request,
+        onProgress: ProgressCallback | None,
+        owner: object,
+    ) -> Deferred[Any]:
+        """
+        The gateway's lane for a task call (never a C{$/} method): the
+        pool's own Deferred, with no second one in front of it. Cancelling
+        it cancels the call; L{abandonAll} gives up on C{owner}'s.
+        """
+        return self.pool.submit(
+            request.method,
+            request.args,
+            request.kwargs,
+            options=request.options,
+            onProgress=onProgress,
+            owner=owner,
+        )
+
+    def abandonAll(self, owner: object, calls: Sequence[Deferred[Any]]) -> list[Any]:
+        """
+        Give up on C{calls}, from L{submitRequest} for C{owner} or from
+        L{request}: queued ones are dropped (their Deferreds fail with
+        C{CancelledError}), running ones finish unheard. Returns those
+        still running (their Deferreds fire when they end).
+        """
+        for d in calls:
+            if d in self._upstream:
+                self.abandon(d)
+        self.pool.dropQueued(owner)
+        return [d for d in calls if not d.called]
 
     def _jobCallEnded(self, outcome: Any, upstream: Deferred[Any]) -> Any:
         self._jobCalls.discard(upstream)

@@ -38,6 +38,7 @@ from twisted.web.server import Site
 
 from taskservice._gatewayprotocol import RETRY_AFTER, GatewayProtocol
 from taskservice._origins import parseOrigin, sameOrigin
+from taskservice._poolcaller import PoolCaller
 from taskservice._web import FilesResource, StatsResource, defaultWebRoot, loadFiles
 from taskservice.errors import (
     InternalError,
@@ -149,6 +150,9 @@ class GatewayFactory(WebSocketServerFactory):
         super().__init__(server="taskservice", reactor=reactor)
         self._batched_timer = _ReactorTimer(reactor)
         self.client = client
+        # The task server's pool in this process: called with no client
+        # in between (see PoolCaller.submitRequest).
+        self.lane = client if isinstance(client, PoolCaller) else None
         self.maxMessageSize = maxMessageSize
         self.maxBrowserCalls = maxBrowserCalls
         self.maxBatch = maxBatch
