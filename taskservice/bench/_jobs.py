@@ -627,7 +627,8 @@ def _report(
         " its own polling interval. The jobs-wait mode sends one $/submit with"
         ' "wait": true a job instead: its first $/progress (naming the job, once'
         " committed) times the submit, its reply (the job's result, K) ends the"
-        " job; the three job series run on the same server. Rates are medians of the runs (min-max),"
+        " job, on the same server as the submit + attach series. Rates are"
+        " medians of the runs (min-max),"
         " latencies the medians of the runs' p50/p99. The journal is SQLite WAL"
         " with synchronous=FULL, in a temporary directory on the same disk as the"
         f" checkout; {sizes.jobs:,} jobs and {sizes.calls:,} calls a run. The"
