@@ -34,7 +34,7 @@ MAX_LIST = 1000
 DEFAULT_LIST = 50
 
 _SUBMIT_FIELDS = frozenset(
-    ("method", "params", "key", "delay", "at", "retries", "backoff", "timeout")
+    ("method", "params", "key", "delay", "at", "retries", "backoff", "timeout", "wait")
 )
 
 
@@ -48,6 +48,8 @@ class JobRequest:
         task's C{@task(retries=)}).
     @ivar at: when to run it (epoch seconds), if C{"at"} was given; else
         C{delay} seconds after it is recorded.
+    @ivar wait: C{"wait": true}: the caller waits for the job's end in the
+        same request (see L{callJobMethod}).
     """
 
     method: str
@@ -58,6 +60,7 @@ class JobRequest:
     timeout: float | None
     delay: float
     at: float | None
+    wait: bool = False
 
     def runAt(self, now: float) -> float:
         return self.at if self.at is not None else now + self.delay
@@ -121,6 +124,9 @@ def parseSubmit(params: object, registry: Registry, maxTimeout: float) -> JobReq
         if "delay" in params:
             raise _invalid('give "delay" or "at", not both')
         at = _instant(at)
+    wait = params.get("wait", False)
+    if not isinstance(wait, bool):
+        raise _invalid('"wait" must be true or false')
     return JobRequest(
         method=method,
         paramsJSON=columnText(taskParams),
@@ -130,6 +136,7 @@ def parseSubmit(params: object, registry: Registry, maxTimeout: float) -> JobReq
         timeout=timeout,
         delay=delay,
         at=at,
+        wait=wait,
     )
 
 
@@ -214,7 +221,10 @@ def callJobMethod(
     call of the job service.
     """
     if method == SUBMIT:
-        return jobs.submit(parseSubmit(params, pool.registry, pool.maxTimeout))
+        request = parseSubmit(params, pool.registry, pool.maxTimeout)
+        if not request.wait:
+            return jobs.submit(request)
+        return jobs.submit(request).addCallback(_waitFor, jobs, owner, onProgress)
     if method == JOBS:
         return jobs.jobs(*parseListing(params))
     jobId = parseJobId(params, method)
@@ -223,9 +233,38 @@ def callJobMethod(
     if method == CANCEL_JOB:
         return jobs.cancel(jobId)
     assert method == ATTACH
+    return jobs.attach(jobId, _jobProgress(jobId, onProgress), owner)
+
+
+def _waitFor(
+    submitted: dict[str, Any],
+    jobs: JobService,
+    owner: object,
+    onProgress: Callable[[Any], object] | None,
+) -> Deferred[Any]:
+    """
+    C{$/submit} with C{"wait": true}, once the job is committed: its id and
+    state reach the caller first, as the request's first C{$/progress}
+    (C{{"job", "state"}}, and C{"existing"} for a key already held); then
+    the request waits as C{$/attach} does, and its reply is the job's result
+    or error. Giving up on the request (C{$/cancelRequest}, a lost
+    connection) detaches and leaves the job running, as for C{$/attach}.
+    """
+    jobId = submitted["job"]
+    if onProgress is not None:
+        onProgress(submitted)
+    return jobs.attach(jobId, _jobProgress(jobId, onProgress), owner)
+
+
+def _jobProgress(
+    jobId: str, onProgress: Callable[[Any], object] | None
+) -> Callable[[Any], None]:
+    """
+    A job's progress updates to C{onProgress}, each naming the job.
+    """
 
     def progress(update: Any) -> None:
         if onProgress is not None:
             onProgress({**update, "job": jobId})
 
-    return jobs.attach(jobId, progress, owner)
+    return progress

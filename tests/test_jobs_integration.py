@@ -602,3 +602,49 @@ def test_unknownJobIds(tmp_path: Path) -> None:
             assert reply["error"]["data"] == {"job": "no-such-job"}, reply
             assert rpc.result("echo", [method]) == method
         assert rpc.result("$/jobs") == []
+
+
+def test_submitAndWait(tmp_path: Path) -> None:
+    """
+    C{$/submit} with C{"wait": true} on a real server: the job's id comes
+    first (a C{$/progress} of the request, once it is committed), the reply
+    is the job's result. A connection lost mid-wait leaves the job running:
+    it ends succeeded, and another connection attaches to its result.
+    """
+    port = freePort()
+    with jobServer(tmp_path, tmp_path / "jobs.sqlite3", port, "--workers", "1") as (
+        server,
+        rpc,
+    ):
+        reply = rpc.request(
+            "$/submit", {"method": "echo", "params": [42], "wait": True}
+        )
+        assert reply["result"] == 42, reply
+        [told] = rpc.notifications
+        assert told["method"] == "$/progress", told
+        assert told["params"]["id"] == reply["id"], told
+        jobId = told["params"]["job"]
+        assert told["params"]["state"] in ("queued", "running"), told
+        assert rpc.job(jobId)["state"] == "succeeded"
+
+        other = Rpc(server.connect(port))
+        request = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "$/submit",
+            "params": {
+                "method": "once",
+                "params": [str(tmp_path), "lost"],
+                "wait": True,
+            },
+        }
+        other.connection.sendall(json.dumps(request).encode() + b"\n")
+        first = json.loads(other.reader.readline())
+        assert first["method"] == "$/progress", first
+        lost = first["params"]["job"]
+        runsOf(tmp_path, "lost", 1)
+        other.close()
+        (tmp_path / "release").touch()
+        done = rpc.until(lost, *FINAL)
+        assert done["state"] == "succeeded", done
+        assert rpc.result("$/attach", {"job": lost}) == 1

@@ -243,6 +243,7 @@ def met(condition: bool) -> str:
 class _Throughput:
     calls: Series
     disk: Series
+    wait: Series
     memory: Series
     sequentialDisk: Series
     sequentialMemory: Series
@@ -284,7 +285,14 @@ def throughput(binary: Path, runs: int, sizes: Sizes, directory: Path) -> _Throu
     }
     series = {
         key: Series()
-        for key in ("calls", "disk", "memory", "sequentialDisk", "sequentialMemory")
+        for key in (
+            "calls",
+            "disk",
+            "wait",
+            "memory",
+            "sequentialDisk",
+            "sequentialMemory",
+        )
     }
     try:
         for name, process in servers.items():
@@ -292,12 +300,13 @@ def throughput(binary: Path, runs: int, sizes: Sizes, directory: Path) -> _Throu
         runsOf: list[tuple[str, str, int, int, str]] = [
             ("calls", "persistent", sizes.calls, CONNECTIONS, "disk"),
             ("disk", "jobs", sizes.jobs, CONNECTIONS, "disk"),
+            ("wait", "jobs-wait", sizes.jobs, CONNECTIONS, "disk"),
             ("memory", "jobs", sizes.jobs, CONNECTIONS, "memory"),
             ("sequentialDisk", "jobs-sequential", sizes.sequential, 1, "disk"),
             ("sequentialMemory", "jobs-sequential", sizes.sequential, 1, "memory"),
         ]
         for name, process in servers.items():  # warm up
-            for mode in ("persistent", "jobs"):
+            for mode in ("persistent", "jobs", "jobs-wait"):
                 measure(binary, process.pid, mode, ports[name], 2_000, 10, TIMEOUT)
         for run in range(runs):
             for key, mode, total, connections, server in runsOf[
@@ -509,6 +518,18 @@ def _report(
             f"{disk.median / calls.median:.2f}x",
         ]
     )
+    wait = t.wait.rate
+    rows.append(
+        [
+            f'jobs: the same jobs, one request each ($/submit with "wait": true),'
+            f" {CONNECTIONS} connections",
+            f"{wait.show('jobs/s')}; end to end {t.wait.latency()};"
+            f" parent {_perJob(t.wait) * 1e6:.0f} us a job",
+            f"$/submit then $/attach {disk.show('jobs/s')};"
+            f" parent {_perJob(t.disk) * 1e6:.0f} us a job",
+            f"{wait.median / disk.median:.2f}x",
+        ]
+    )
     rows.append(
         [
             "jobs: the same jobs, journal in memory (--jobs-db :memory:)",
@@ -533,6 +554,16 @@ def _report(
             _submitLatency(t.sequentialDisk),
             f"journal in memory {_submitLatency(t.sequentialMemory)}",
             f"{seqDisk / seqMemory:.2f}x (p50, disk/memory)",
+        ]
+    )
+    waitP50 = _submitMedian(t.wait, "submitP50")
+    rows.append(
+        [
+            f'jobs: $/submit with "wait" under the {CONNECTIONS}-connection load'
+            " (to its first $/progress, naming the job)",
+            _submitLatency(t.wait),
+            f"$/submit then $/attach {_submitLatency(t.disk)}",
+            f"{waitP50 / _submitMedian(t.disk, 'submitP50'):.2f}x (p50)",
         ]
     )
     loadDisk = _submitMedian(t.disk, "submitP50")
@@ -593,7 +624,11 @@ def _report(
         " whose reply (after the job's end is committed) must be K; completions"
         " are counted by those replies (each one checked, and timed from the"
         " submit), not by polling $/stats, which counts without checking and adds"
-        " its own polling interval. Rates are medians of the runs (min-max),"
+        " its own polling interval. The jobs-wait mode sends one $/submit with"
+        ' "wait": true a job instead: its first $/progress (naming the job, once'
+        " committed) times the submit, its reply (the job's result, K) ends the"
+        " job, on the same server as the submit + attach series. Rates are"
+        " medians of the runs (min-max),"
         " latencies the medians of the runs' p50/p99. The journal is SQLite WAL"
         " with synchronous=FULL, in a temporary directory on the same disk as the"
         f" checkout; {sizes.jobs:,} jobs and {sizes.calls:,} calls a run. The"
@@ -625,7 +660,8 @@ def _report(
         f" {rate:,.0f} ({met(rate >= 5_000)}); submit p50 <= 2 ms:"
         f" {ms(seqDisk)} one at a time ({met(seqDisk <= 2e-3)}),"
         f" {ms(loadDisk)} under the {CONNECTIONS}-connection load"
-        f" ({met(loadDisk <= 2e-3)}); restart <= 2 s: {full.median:.2f} s"
+        f' ({met(loadDisk <= 2e-3)}), {ms(waitP50)} with "wait" (one request'
+        f" a job, {wait.median:,.0f} jobs/s); restart <= 2 s: {full.median:.2f} s"
         f" ({met(full.median <= 2)}); size after purge bounded: file + WAL "
         + " then ".join(mib(sum(one.purged)) for one in rounds)
         + ", closed "
@@ -634,7 +670,11 @@ def _report(
         " Reference (issue 12, same machine, not this run): Celery with Redis"
         " 592 tasks/s."
     )
-    for name, series in (("jobs (disk)", t.disk), ("jobs (memory)", t.memory)):
+    for name, series in (
+        ("jobs (disk)", t.disk),
+        ("jobs (wait)", t.wait),
+        ("jobs (memory)", t.memory),
+    ):
         if series.errors:
             notes.append(
                 f"{name}: {series.errors} wrong or missing replies"

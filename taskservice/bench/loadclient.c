@@ -33,6 +33,11 @@
  *                  comes after the commit) is reported as submitP50 and
  *                  submitP99.
  *   jobs-sequential  jobs with one connection.
+ *   jobs-wait      jobs in one request each: the submit carries
+ *                  "wait":true; its first $/progress (naming "job" and
+ *                  "state", once committed) is the submit's reply for
+ *                  submitP50/submitP99, and the reply to id K, "result":K,
+ *                  ends the job.
  *   submit         jobs without the attach: the call is the submit alone
  *                  (its end is left to the caller to watch, in $/stats).
  *
@@ -82,10 +87,11 @@ static struct {
     const char *modeName, *host, *path, *origin;
     enum mode mode;
     int attach; /* jobs: attach to each job submitted */
+    int wait;   /* jobs-wait: submit with "wait":true, no attach */
     int port, connections;
     long long total;
     double timeout;
-} opt = {"persistent", "127.0.0.1", "/ws", NULL, LINES, 1, 0, 100, 10000, 60.0};
+} opt = {"persistent", "127.0.0.1", "/ws", NULL, LINES, 1, 0, 0, 100, 10000, 60.0};
 
 static struct sockaddr_in server;
 static int epfd;
@@ -210,8 +216,8 @@ static void queueRequest(struct conn *c)
     else if (opt.mode == JOBS)
         n = snprintf(line, sizeof line,
                      "{\"jsonrpc\":\"2.0\",\"id\":%lld,\"method\":\"$/submit\","
-                     "\"params\":{\"method\":\"echo\",\"params\":[%lld]}}\n",
-                     c->id, c->id);
+                     "\"params\":{\"method\":\"echo\",\"params\":[%lld]%s}}\n",
+                     c->id, c->id, opt.wait ? ",\"wait\":true" : "");
     else
         n = snprintf(line, sizeof line,
                      "{\"jsonrpc\":\"2.0\",\"id\":%lld,\"method\":\"echo\",\"params\":[%lld]}%s",
@@ -368,6 +374,23 @@ static int attachReplyOk(const char *p, size_t n, long long id)
 /* A job's reply arrived on c: the submit's (then attach) or the attach's. */
 static void jobReplied(struct conn *c, const char *p, size_t n)
 {
+    if (opt.wait) {
+        if (memmem(p, n, "\"$/progress\"", 12)) {
+            /* The first names the job: the submit is committed. */
+            if (!c->attaching && memmem(p, n, "\"state\"", 7)) {
+                submitLatencies[submitted++] = now() - c->started;
+                c->attaching = 1;
+            }
+            return;
+        }
+        int ok = c->attaching && rpcReplyOk(p, n, c->id);
+        if (!ok)
+            noteError("wrong waiting submit reply: ", p, n < 100 ? n : 100);
+        finishCall(c, ok);
+        if (startCall(c) < 0)
+            fail(c);
+        return;
+    }
     if (memmem(p, n, "\"$/progress\"", 12))
         return; /* a progress notification of the attach */
     if (!c->attaching) {
@@ -599,7 +622,7 @@ static void usage(const char *why)
 {
     fprintf(stderr,
             "loadclient: %s\nusage: loadclient --mode persistent|sequential|faq|"
-            "ws-persistent|ws-sequential|jobs|jobs-sequential|submit --port PORT [--host IPV4] [--connections N]"
+            "ws-persistent|ws-sequential|jobs|jobs-sequential|jobs-wait|submit --port PORT [--host IPV4] [--connections N]"
             " [--total CALLS] [--path PATH] [--origin URL] [--timeout SECONDS]\n",
             why);
     exit(2);
@@ -634,6 +657,10 @@ static void parseOptions(int argc, char **argv)
         opt.mode = WS;
     else if (!strcmp(m, "jobs") || !strcmp(m, "jobs-sequential"))
         opt.mode = JOBS;
+    else if (!strcmp(m, "jobs-wait")) {
+        opt.mode = JOBS;
+        opt.wait = 1;
+    }
     else if (!strcmp(m, "submit")) {
         opt.mode = JOBS;
         opt.attach = 0;
