@@ -12,7 +12,9 @@ from fd 3 and answers each with a C{result} or C{error} frame (and
 C{progress} frames on the way). The main thread reads fd 3 itself, between
 calls (no hand-over from thread to thread on the way to a call). A thread
 waits for fd 3's hang-up only: the parent is gone or wants us gone, and the
-process exits at once, even in the middle of a task.
+process exits at once, even in the middle of a task. The pipes and the
+payloads of the answers are L{taskservice._workerwire}; this module runs
+the calls.
 
 Plain tasks run one at a time in the main thread. When the modules define
 coroutine tasks (C{async def}), the main thread runs an asyncio event loop
@@ -30,17 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import sys
-import threading
-import traceback
 from collections import deque
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
-from taskservice import _json
 from taskservice._defaults import DEFAULT_MAX_RESULT
-from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
+from taskservice._frames import COMMANDS_FD, RESULTS_FD
 from taskservice._task import (
     Registry,
     TaskSpec,
@@ -48,109 +46,27 @@ from taskservice._task import (
     _progressHook,
     jobContextFrom,
 )
+from taskservice._workerwire import (
+    _Channel,
+    _Commands,
+    _watchForHangUp,
+    cancelledMessage,
+    describeError,
+    resultPayload,
+    unknownTaskMessage,
+)
+
+__all__ = [
+    "EXIT_BAD_TASKS",
+    "Worker",
+    "cancelledMessage",
+    "describeError",
+    "main",
+    "resultPayload",
+    "unknownTaskMessage",
+]
 
 EXIT_BAD_TASKS = 3
-
-
-class _Channel:
-    """
-    Writes frames to the parent; safe to use from any thread.
-    """
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()
-        self.autoflush = True
-
-    def send(self, message: dict[str, Any], flush: bool = False) -> None:
-        self.sendEncoded(_json.dumps(message), flush)
-
-    def sendEncoded(self, payload: bytes, flush: bool = False) -> None:
-        """
-        Write a frame; it leaves at once with C{flush} or C{autoflush}, else
-        with the next L{flush} (answers to a batch of calls leave together).
-        """
-        data = frame(payload)
-        with self._lock:
-            self._stream.write(data)
-            if flush or self.autoflush:
-                self._stream.flush()
-
-    def flush(self) -> None:
-        with self._lock:
-            self._stream.flush()
-
-
-def _exitOnHangUp(fd: int) -> None:
-    """
-    Wait for the hang-up of the command pipe C{fd}, and end the process then.
-
-    The parent closed the pipe (to stop us) or died: leave at once, even if
-    a task is running, so that workers never outlive their service. A poll
-    for no events at all wakes on hang-up (or error) alone, never on the
-    commands that the main thread reads from the same pipe (as Linux, where
-    the service runs, reports a pipe's hang-up: POLLHUP is always reported).
-    """
-    poller = select.poll()
-    poller.register(fd, 0)
-    while True:
-        if poller.poll():
-            os._exit(0)
-
-
-def _watchForHangUp(fd: int) -> None:
-    threading.Thread(target=_exitOnHangUp, args=(fd,), daemon=True).start()
-
-
-class _Commands:
-    """
-    The command pipe, read by the main thread: whole messages, each one
-    first seen by L{Worker.received}.
-    """
-
-    def __init__(self, fd: int, worker: Worker) -> None:
-        self._fd = fd
-        self._worker = worker
-        self._decoder = FrameDecoder()
-
-    def read(self) -> list[dict[str, Any]]:
-        """
-        Wait for what comes next (which may be less than a whole message);
-        end the process at end of file.
-        """
-        try:
-            data = os.read(self._fd, 1 << 16)
-        except OSError:
-            data = b""
-        if not data:
-            os._exit(0)
-        received = self._worker.received
-        return [received(_json.loads(p)) for p in self._decoder.feed(data)]
-
-    def waiting(self) -> list[dict[str, Any]]:
-        """
-        Every message sent so far, without waiting for more: all the pipe
-        holds (more than one read takes, behind a large frame), and the rest
-        of a frame begun (the parent writes whole frames: it is on its way).
-        """
-        messages: list[dict[str, Any]] = []
-        while self._decoder.buffered or select.select([self._fd], [], [], 0)[0]:
-            messages += self.read()
-        return messages
-
-
-def describeError(error: BaseException, includeTraceback: bool) -> dict[str, Any]:
-    """
-    An exception as the C{error} of an error frame: type, message and,
-    when asked, the traceback.
-    """
-    description: dict[str, Any] = {
-        "type": type(error).__qualname__,
-        "message": str(error),
-    }
-    if includeTraceback:
-        description["traceback"] = "".join(traceback.format_exception(error))
-    return description
 
 
 class Worker:
@@ -293,68 +209,6 @@ class Worker:
                 "error": describeError(error, bool(message.get("tb"))),
             }
         )
-
-
-def unknownTaskMessage(cid: int) -> dict[str, Any]:
-    """
-    The frame answering call C{cid} of a task this worker does not have.
-    """
-    return {
-        "op": "error",
-        "cid": cid,
-        "error": {"type": "LookupError", "message": "no such task here"},
-    }
-
-
-def resultPayload(cid: int, result: Any, maxResult: int) -> bytes:
-    """
-    The frame payload answering call C{cid} with C{result}: a C{result}
-    frame, or an C{error} frame if the result is not JSON or its JSON is
-    longer than C{maxResult} bytes (C{"code": "too_large"}).
-    """
-    try:
-        payload = _json.dumps({"op": "result", "cid": cid, "result": result})
-    except (TypeError, ValueError) as e:
-        return _json.dumps(
-            {
-                "op": "error",
-                "cid": cid,
-                "error": {
-                    "type": type(e).__qualname__,
-                    "message": f"the task's result cannot be sent as JSON: {e}",
-                },
-            }
-        )
-    if len(payload) > maxResult:
-        # The limit is on the result's JSON, not on our frame around it.
-        envelope = len(_json.dumps({"op": "result", "cid": cid, "result": 0})) - 1
-        size = len(payload) - envelope
-        if size > maxResult:
-            return _json.dumps(
-                {
-                    "op": "error",
-                    "cid": cid,
-                    "code": "too_large",
-                    "error": {
-                        "type": "TooLarge",
-                        "message": f"the result is {size} bytes of JSON,"
-                        f" over the limit of {maxResult}",
-                    },
-                }
-            )
-    return payload
-
-
-def cancelledMessage(cid: int) -> dict[str, Any]:
-    """
-    The frame confirming that call C{cid} was cancelled (or skipped).
-    """
-    return {
-        "op": "error",
-        "cid": cid,
-        "code": "cancelled",
-        "error": {"type": "CancelledError", "message": "cancelled"},
-    }
 
 
 async def _awaited(awaitable: Any) -> Any:
