@@ -70,7 +70,7 @@ from taskservice._journal import (
     columnText,
     recordFromRow,
 )
-from taskservice._pgbatch import Merger
+from taskservice._pgbatch import ItemError, Merger
 from taskservice._pgops import Busy, End, Operations
 from taskservice._pgschema import COLUMNS, JCOLUMNS, migrate
 from taskservice._pgwire import (
@@ -78,6 +78,7 @@ from taskservice._pgwire import (
     NOTIFY_LIMIT,
     Connection,
     JournalEvents,
+    Later,
     Listener,
     describe,
     importPsycopg,
@@ -85,6 +86,7 @@ from taskservice._pgwire import (
     notifyEnd,
     oneLine,
     serverChannel,
+    settled,
 )
 
 __all__ = ["DEFAULT_SERVER_TIMEOUT", "PostgreSQLJournal", "describe", "isPostgreSQL"]
@@ -157,11 +159,13 @@ class PostgreSQLJournal:
         self.queued = 0
         """Operations queued to the writer so far."""
         ops = self._ops = Operations(self.serverId, self._othersNeeded)
-        self._submits = Merger(self, ops.submitAll, ops.submitOne, self.name)
-        self._ends = Merger(self, ops.endAll, ops.endOne, self.name)
-        self._gets = Merger(self, ops.getAll, ops.getOne, self.name)
+        self._submits: Merger[tuple[NewJob, bool], tuple[JobRecord, bool]] = Merger(
+            self, ops.submitAll, self.name
+        )
+        self._ends: Merger[End, bool] = Merger(self, ops.endAll, self.name)
+        self._gets: Merger[str, JobRecord | None] = Merger(self, ops.getAll, self.name)
         self._watches: Merger[str, JobRecord | Busy | None] = Merger(
-            self, ops.watchAll, ops.watchOne, self.name
+            self, ops.watchAll, self.name
         )
 
     def enqueue(self, operation: Callable[[Any, Batch], T]) -> Deferred[T]:
@@ -598,10 +602,11 @@ class PostgreSQLJournal:
         helping, self._helping = self._helping, False
         grace = self.serverTimeout / 5
 
-        def claim(db: Connection, batch: Batch) -> tuple[Claimed, bool]:
-            # One round trip: the claim, and the next time a job waiting
-            # (other than those claimed) is due, from the same snapshot.
-            rows = db.execute(
+        def claim(db: Connection, batch: Batch) -> Later[tuple[Claimed, bool]]:
+            # One statement: the claim, and the next time a job waiting
+            # (other than those claimed) is due, from the same snapshot; sent
+            # with the commit (its result is needed only after it).
+            claiming = db.send(
                 "WITH due AS (SELECT seq, state FROM taskservice_jobs"
                 " WHERE state IN ('queued', 'scheduled') AND run_at <= %s"
                 " AND (%s OR origin = %s OR origin IS NULL OR run_at <= %s)"
@@ -615,7 +620,10 @@ class PostgreSQLJournal:
                 + ", (SELECT min(run_at) FROM taskservice_jobs WHERE state IN"
                 " ('queued', 'scheduled') AND seq NOT IN (SELECT seq FROM due))",
                 (now, helping, serverId, now - grace, limit, now, serverId),
-            ).fetchall()
+            )
+            return db.later(lambda: claimed(claiming.fetchall(), batch))
+
+        def claimed(rows: list[Any], batch: Batch) -> tuple[Claimed, bool]:
             [nextRunAt] = [row[18] for row in rows if row[0] is None]
             rows = [row for row in rows if row[0] is not None]
             rows.sort(key=lambda row: (row[9], row[16]))
@@ -632,7 +640,7 @@ class PostgreSQLJournal:
 
         self._flushProgress()
         self._claiming += 1
-        return self.enqueue(claim).addBoth(self._claimed, helping)
+        return self.enqueue(claim).addCallback(settled).addBoth(self._claimed, helping)
 
     def _claimed(self, outcome: Any, helping: bool) -> Any:
         self._claiming -= 1
@@ -814,9 +822,9 @@ class PostgreSQLJournal:
         the same tick at once: the second one's upsert waits for the
         first's row, then finds its tick recorded, and writes nothing.
         """
-        submitOne = self._ops.submitOne
+        submitAll = self._ops.submitAll
 
-        def record(db: Connection, batch: Batch) -> JobRecord | None:
+        def record(db: Connection, batch: Batch) -> Later[JobRecord] | None:
             ours = db.execute(
                 "INSERT INTO taskservice_schedules (name, last_tick, job)"
                 " VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE SET"
@@ -827,10 +835,17 @@ class PostgreSQLJournal:
             ).fetchone()
             if ours is None:
                 return None
-            recorded, _ = submitOne(db, batch, (job, False))
+            submitted = submitAll(db, batch, [(job, False)])
+            return db.later(lambda: recordedJob(submitted))
+
+        def recordedJob(submitted: Later[list[Any]]) -> JobRecord:
+            (outcome,) = submitted.get()
+            if isinstance(outcome, ItemError):
+                raise outcome.error
+            recorded: JobRecord = outcome[0]
             return recorded
 
-        return self.enqueue(record)
+        return self.enqueue(record).addCallback(settled)
 
     def watch(self, jobId: str) -> Deferred[JobRecord | None]:
         """
