@@ -188,13 +188,19 @@ class Operations:
 
     def getAll(
         self, db: Connection, batch: Batch, jobIds: Sequence[str]
-    ) -> list[JobRecord | None]:
-        rows = db.execute(
+    ) -> Later[list[JobRecord | ItemError | None]]:
+        # Read in the transaction (it sees the writes queued before it),
+        # the result taken after the commit.
+        reading = db.send(
             f"SELECT {COLUMNS} FROM taskservice_jobs WHERE id = ANY(%s)",
             (list(jobIds),),
-        ).fetchall()
-        found = {row[0]: recordFromRow(row) for row in rows}
-        return [found.get(jobId) for jobId in jobIds]
+        )
+
+        def results() -> list[JobRecord | ItemError | None]:
+            found = {row[0]: recordFromRow(row) for row in reading.fetchall()}
+            return [found.get(jobId) for jobId in jobIds]
+
+        return db.later(results)
 
     def watchAll(
         self, db: Connection, batch: Batch, jobIds: Sequence[str]

@@ -179,6 +179,8 @@ class Connection:
         self._notes: list[tuple[str, str]] = []
         self._wakeAt: float | None = None
         self._later: list[Later[Any]] = []
+        self.roundTrips = 0
+        """Round trips to the server so far (each a pipeline sync)."""
 
     def _begin(self) -> None:
         if self._pipeline is None:
@@ -236,6 +238,7 @@ class Connection:
         self._resolve()
 
     def _sync(self) -> None:
+        self.roundTrips += 1
         try:
             self._pipeline.sync()
         except BaseException:
