@@ -12,10 +12,17 @@ An item joins the group queued last only while nothing else was queued to
 the writer after it, so every operation still runs after every operation
 queued before it (a read sees every write asked for before it).
 
-If the merged statement fails, its transaction is rolled back (the writer
-then runs each operation again alone) and the group's items are done again
-one by one, each in a savepoint of its own, so only the item at fault fails
-(a bad item loses nothing else). The happy path costs no savepoint.
+A kind's statement may be sent without waiting for its result (its
+results a L{taskservice._pgwire.Later}, known after the commit): the
+writer's pipeline then carries the group's statements and its commit in
+one round trip.
+
+If the merged statement fails (at once, or when the pipeline reaches the
+server), its transaction is rolled back (the writer then runs each
+operation again alone) and the group's items are done again one by one,
+each in a savepoint of its own and run there and then, so only the item
+at fault fails (a bad item loses nothing else). The happy path costs no
+savepoint.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from taskservice._journal import Batch, JournalError
+from taskservice._pgwire import Later, settled
 
 I = TypeVar("I")  # noqa: E741
 R = TypeVar("R")
@@ -46,20 +54,22 @@ class Writer(Protocol):
 class Merger(Generic[I, R]):
     """
     Queue items; do each group of them with C{together(db, batch, items)}
-    (one result per item, in order), or, if that raises, with C{alone(db,
-    batch, item)} for each, in a savepoint.
+    (one result per item, in order, or an L{ItemError} for an item that
+    failed alone; or a L{Later} of them), or, if that transaction fails,
+    with C{together(db, batch, [item])} for each, in a savepoint.
     """
 
     def __init__(
         self,
         writer: Writer,
-        together: Callable[[Any, Batch, Sequence[I]], Sequence[R]],
-        alone: Callable[[Any, Batch, I], R],
+        together: Callable[
+            [Any, Batch, Sequence[I]],
+            Sequence[R | ItemError] | Later[list[R | ItemError]],
+        ],
         name: str,
     ) -> None:
         self._writer = writer
         self._together = together
-        self._alone = alone
         self._name = name
         self._lock = threading.Lock()
         self._open: _Group[I, R] | None = None
@@ -86,33 +96,32 @@ class Merger(Generic[I, R]):
             if self._open is group:
                 self._open = None
 
-    def _run(
-        self, db: Any, batch: Batch, items: list[I], group: _Group[I, R]
-    ) -> list[Any]:
+    def _run(self, db: Any, batch: Batch, items: list[I], group: _Group[I, R]) -> Any:
         if len(items) <= 1 or not group.failed:
-            try:
-                return list(self._together(db, batch, items))
-            except Exception:
-                group.failed = True
-                raise
+            return self._together(db, batch, items)
         results: list[Any] = []
         for item in items:
             db.execute("SAVEPOINT one")
             alone = Batch()
             try:
-                results.append(self._alone(db, alone, item))
+                out = self._together(db, alone, [item])
+                # Run it here and now: its error is its own.
+                db.settle()
+                (result,) = settled(out)
             except Exception as e:
                 db.execute("ROLLBACK TO SAVEPOINT one")
-                results.append(_Error(e))
+                results.append(ItemError(e))
             else:
                 db.execute("RELEASE SAVEPOINT one")
+                results.append(result)
                 batch.transitions.extend(alone.transitions)
         return results
 
-    def _done(self, outcome: tuple[list[tuple[I, Deferred[R]]], list[Any]]) -> None:
+    def _done(self, outcome: tuple[list[tuple[I, Deferred[R]]], Any]) -> None:
         items, results = outcome
+        results = settled(results)
         for (_, d), result in zip(items, results, strict=True):
-            if isinstance(result, _Error):
+            if isinstance(result, ItemError):
                 error = result.error
                 d.errback(
                     Failure(
@@ -140,16 +149,21 @@ class _Group(Generic[I, R]):
     def __init__(self, merger: Merger[I, R]) -> None:
         self.merger = merger
         self.items: list[tuple[I, Deferred[R]]] = []
+        self.ran = False
         self.failed = False
 
     def __call__(
         self, db: Any, batch: Batch
-    ) -> tuple[list[tuple[I, Deferred[R]]], list[Any]]:
+    ) -> tuple[list[tuple[I, Deferred[R]]], Any]:
         self.merger._started(self)
+        # Run again: the writer rolled back the transaction it ran in (its
+        # statement failed, or perhaps another's: each item alone finds out).
+        self.failed = self.ran
+        self.ran = True
         return self.items, self.merger._run(db, batch, [i for i, _ in self.items], self)
 
 
-class _Error:
+class ItemError:
     """
     An item's own error, as a result (so the others' results stand).
     """

@@ -14,12 +14,14 @@ from taskservice._journal import (
     SCHEDULED,
     Batch,
     JobRecord,
+    JournalError,
     NewJob,
     columnText,
     recordFromRow,
 )
+from taskservice._pgbatch import ItemError
 from taskservice._pgschema import COLUMNS, JCOLUMNS
-from taskservice._pgwire import Connection, notifyEnd
+from taskservice._pgwire import NOTIFY_LIMIT, Connection, Later
 
 
 class Busy:
@@ -48,7 +50,7 @@ class End(NamedTuple):
 class Operations:
     """
     The merged operations (L{taskservice._pgbatch}): each kind done for many
-    items in one statement (C{...All}), or for one (C{...One}).
+    items in one statement.
     """
 
     def __init__(self, serverId: str, othersNeeded: Callable[[], bool]) -> None:
@@ -59,77 +61,102 @@ class Operations:
 
     def submitAll(
         self, db: Connection, batch: Batch, items: Sequence[tuple[NewJob, bool]]
-    ) -> list[tuple[JobRecord, bool]]:
+    ) -> Later[list[tuple[JobRecord, bool] | ItemError]]:
         jobs = [job for job, _ in items]
         states = [
             RUNNING if running else QUEUED if job.runAt <= job.createdAt else SCHEDULED
             for job, running in items
         ]
-        inserted = {
-            row[0]
-            for row in db.execute(
-                "INSERT INTO taskservice_jobs (id, method, params, key, state,"
-                " attempts, max_attempts, backoff, timeout, run_at, created_at,"
-                " started_at, server, origin)"
-                " SELECT *, %s FROM unnest(%s::text[], %s::text[], %s::text[],"
-                " %s::text[], %s::text[], %s::int[], %s::int[], %s::float8[],"
-                " %s::float8[], %s::float8[], %s::float8[], %s::float8[],"
-                " %s::text[])"
-                " ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING RETURNING id",
-                (
-                    self.serverId,
-                    [j.id for j in jobs],
-                    [j.method for j in jobs],
-                    [j.params for j in jobs],
-                    [j.key for j in jobs],
-                    states,
-                    [1 if running else 0 for _, running in items],
-                    [j.maxAttempts for j in jobs],
-                    [j.backoff for j in jobs],
-                    [j.timeout for j in jobs],
-                    [j.runAt for j in jobs],
-                    [j.createdAt for j in jobs],
-                    [j.createdAt if running else None for j, running in items],
-                    [self.serverId if running else None for _, running in items],
-                ),
-            ).fetchall()
-        }
-        existing: dict[str, JobRecord] = {}
-        taken = [j.key for j in jobs if j.id not in inserted]
-        if taken:
-            for row in db.execute(
-                f"SELECT {COLUMNS} FROM taskservice_jobs WHERE key = ANY(%s)",
-                (taken,),
-            ).fetchall():
-                existing[row[3]] = recordFromRow(row)
-        out: list[tuple[JobRecord, bool]] = []
+        inserting = db.send(
+            "INSERT INTO taskservice_jobs (id, method, params, key, state,"
+            " attempts, max_attempts, backoff, timeout, run_at, created_at,"
+            " started_at, server, origin)"
+            " SELECT *, %s FROM unnest(%s::text[], %s::text[], %s::text[],"
+            " %s::text[], %s::text[], %s::int[], %s::int[], %s::float8[],"
+            " %s::float8[], %s::float8[], %s::float8[], %s::float8[],"
+            " %s::text[])"
+            " ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING RETURNING id",
+            (
+                self.serverId,
+                [j.id for j in jobs],
+                [j.method for j in jobs],
+                [j.params for j in jobs],
+                [j.key for j in jobs],
+                states,
+                [1 if running else 0 for _, running in items],
+                [j.maxAttempts for j in jobs],
+                [j.backoff for j in jobs],
+                [j.timeout for j in jobs],
+                [j.runAt for j in jobs],
+                [j.createdAt for j in jobs],
+                [j.createdAt if running else None for j, running in items],
+                [self.serverId if running else None for _, running in items],
+            ),
+        )
+        keys = [j.key for j in jobs if j.key is not None]
+        # The jobs holding these keys, as they are once the INSERT is done
+        # (a key taken by another server's job committed meanwhile too): in
+        # the same round trip, unused unless a key was taken.
+        holders = (
+            db.send(
+                f"SELECT {COLUMNS} FROM taskservice_jobs WHERE key = ANY(%s)", (keys,)
+            )
+            if keys
+            else None
+        )
         for job, state in zip(jobs, states, strict=True):
-            if job.id in inserted:
-                batch.moved(None, state)
-                if state == SCHEDULED or (state == QUEUED and self.othersNeeded()):
-                    db.wake(job.runAt)
-                out.append((newRecord(job, state), True))
-            else:
-                assert job.key is not None
-                out.append((existing[job.key], False))
-        return out
+            # Decided before the results (a key taken: a wake for nothing).
+            if state == SCHEDULED or (state == QUEUED and self.othersNeeded()):
+                db.wake(job.runAt)
 
-    def submitOne(
-        self, db: Connection, batch: Batch, item: tuple[NewJob, bool]
-    ) -> tuple[JobRecord, bool]:
-        return self.submitAll(db, batch, [item])[0]
+        def results() -> list[tuple[JobRecord, bool] | ItemError]:
+            inserted = {row[0] for row in inserting.fetchall()}
+            existing: dict[str, JobRecord] = {}
+            if holders is not None and len(inserted) < len(jobs):
+                for row in holders.fetchall():
+                    if row[0] not in inserted:
+                        existing[row[3]] = recordFromRow(row)
+            out: list[tuple[JobRecord, bool] | ItemError] = []
+            for job, state in zip(jobs, states, strict=True):
+                if job.id in inserted:
+                    batch.moved(None, state)
+                    out.append((newRecord(job, state), True))
+                elif job.key is not None and job.key in existing:
+                    out.append((existing[job.key], False))
+                else:
+                    out.append(
+                        ItemError(
+                            JournalError(
+                                f"job {job.id} was not recorded: its key"
+                                f" {job.key!r} is taken by a job that is gone"
+                            )
+                        )
+                    )
+            return out
+
+        return db.later(results)
 
     # -- ends --------------------------------------------------------------
 
-    def endAll(self, db: Connection, batch: Batch, ends: Sequence[End]) -> list[bool]:
-        rows = db.execute(
-            "UPDATE taskservice_jobs j SET state = u.state, finished_at = u.f,"
-            " expires_at = u.e, result = u.r, error = u.err,"
+    def endAll(
+        self, db: Connection, batch: Batch, ends: Sequence[End]
+    ) -> Later[list[bool | ItemError]]:
+        # The watchers of each job ended (servers following it from
+        # elsewhere) are notified by the statement itself, so that nothing
+        # waits for its result before the commit.
+        ending = db.send(
+            "WITH ended AS (UPDATE taskservice_jobs j SET state = u.state,"
+            " finished_at = u.f, expires_at = u.e, result = u.r, error = u.err,"
             " progress = coalesce(u.p, j.progress), server = NULL"
             " FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[],"
             " %s::text[], %s::text[], %s::text[]) AS u(id, state, f, e, r, err, p)"
             " WHERE j.id = u.id AND j.state = 'running' AND j.server = %s"
-            " RETURNING j.id, j.watchers",
+            " RETURNING j.id, j.watchers, u.p)"
+            " SELECT id, (SELECT count(pg_notify('taskservice_s_' || w,"
+            " '{\"end\":' || to_json(id)::text || CASE WHEN p IS NOT NULL AND"
+            " octet_length(p) + octet_length(id) + 20 <= %s"
+            " THEN ',\"update\":' || p ELSE '' END || '}'))"
+            " FROM unnest(watchers) AS w WHERE w <> %s) FROM ended",
             (
                 [e.jobId for e in ends],
                 [e.state for e in ends],
@@ -139,38 +166,41 @@ class Operations:
                 [e.error for e in ends],
                 [None if e.progress is None else columnText(e.progress) for e in ends],
                 self.serverId,
+                NOTIFY_LIMIT,
+                self.serverId,
             ),
-        ).fetchall()
-        watchers = dict(rows)
-        done = []
-        for end in ends:
-            if end.jobId in watchers:
-                notifyEnd(
-                    db, end.jobId, watchers.pop(end.jobId), end.progress, self.serverId
-                )
-                batch.moved(RUNNING, end.state)
-                done.append(True)
-            else:
-                done.append(False)
-        return done
+        )
 
-    def endOne(self, db: Connection, batch: Batch, end: End) -> bool:
-        return self.endAll(db, batch, [end])[0]
+        def results() -> list[bool | ItemError]:
+            done = {row[0] for row in ending.fetchall()}
+            out: list[bool | ItemError] = []
+            for end in ends:
+                if end.jobId in done:
+                    batch.moved(RUNNING, end.state)
+                    out.append(True)
+                else:
+                    out.append(False)
+            return out
+
+        return db.later(results)
 
     # -- reads -------------------------------------------------------------
 
     def getAll(
         self, db: Connection, batch: Batch, jobIds: Sequence[str]
-    ) -> list[JobRecord | None]:
-        rows = db.execute(
+    ) -> Later[list[JobRecord | ItemError | None]]:
+        # Read in the transaction (it sees the writes queued before it),
+        # the result taken after the commit.
+        reading = db.send(
             f"SELECT {COLUMNS} FROM taskservice_jobs WHERE id = ANY(%s)",
             (list(jobIds),),
-        ).fetchall()
-        found = {row[0]: recordFromRow(row) for row in rows}
-        return [found.get(jobId) for jobId in jobIds]
+        )
 
-    def getOne(self, db: Connection, batch: Batch, jobId: str) -> JobRecord | None:
-        return self.getAll(db, batch, [jobId])[0]
+        def results() -> list[JobRecord | ItemError | None]:
+            found = {row[0]: recordFromRow(row) for row in reading.fetchall()}
+            return [found.get(jobId) for jobId in jobIds]
+
+        return db.later(results)
 
     def watchAll(
         self, db: Connection, batch: Batch, jobIds: Sequence[str]
@@ -196,11 +226,6 @@ class Operations:
             ).fetchall():
                 found[jobId] = BUSY
         return [found.get(jobId) for jobId in jobIds]
-
-    def watchOne(
-        self, db: Connection, batch: Batch, jobId: str
-    ) -> JobRecord | Busy | None:
-        return self.watchAll(db, batch, [jobId])[0]
 
 
 def newRecord(job: NewJob, state: str) -> JobRecord:

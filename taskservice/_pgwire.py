@@ -12,9 +12,10 @@ C{{"progress": job, "update": {...}}} or C{{"cancel": job}}).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.python.failure import Failure
@@ -26,6 +27,10 @@ JOBS_CHANNEL = "taskservice_jobs"
 """Notified (payload: the earliest run time and the origin) when jobs are due."""
 NOTIFY_LIMIT = 7000
 """Bytes of a notification's payload we send (PostgreSQL's limit: 8000)."""
+_IDLE = 0
+"""psycopg.pq.TransactionStatus.IDLE (psycopg is imported only when used)."""
+
+T = TypeVar("T")
 
 
 def serverChannel(serverId: str) -> str:
@@ -108,25 +113,148 @@ def importPsycopg() -> Any:
     return psycopg
 
 
+class Later(Generic[T]):
+    """
+    The result of statements sent in the writer's pipeline, known once the
+    transaction committed (L{Connection.commit}), or at once outside a
+    pipeline's happy path (L{Connection.settle}): C{compute()} reads the
+    statements' cursors then. If it raises, the error is this result's
+    alone (the transaction stands).
+    """
+
+    __slots__ = ("_compute", "error", "value")
+
+    def __init__(self, compute: Callable[[], T]) -> None:
+        self._compute = compute
+        self.value: T | None = None
+        self.error: Exception | None = None
+
+    def resolve(self) -> None:
+        try:
+            self.value = self._compute()
+        except Exception as e:
+            self.error = e
+
+    def get(self) -> T:
+        """
+        The value, or raise its error.
+        """
+        if self.error is not None:
+            raise self.error
+        return cast(T, self.value)
+
+
+def settled(value: Any) -> Any:
+    """
+    C{value}, or the value of the L{Later} it is (after the commit).
+    """
+    return value.get() if isinstance(value, Later) else value
+
+
 class Connection:
     """
-    The writer's connection: reconnects when the last one broke (the next
-    operation after a lost connection works again), and sends the
-    notifications its operations queued in one statement just before the
-    commit (so they go out with it, or not at all).
+    The writer's connection, in pipeline mode: the statements of a
+    transaction are queued, C{BEGIN} with the first and the notifications
+    with C{COMMIT}, and go to the server together when a result is needed.
+
+     - L{execute}: a statement whose result is needed now (one round trip,
+       carrying whatever was queued before it);
+     - L{send} and L{later}: a statement whose result is needed only after
+       the commit (no round trip of its own): the happy path of a group of
+       submits, ends and a claim is one round trip, its commit's;
+     - L{commit}: the notifications the transaction queued, C{COMMIT}, one
+       round trip; then each L{Later} is computed.
+
+    It reconnects when the last connection broke (the next operation after
+    a lost connection works again).
     """
 
     def __init__(self, connect: Callable[[], Any], serverId: str) -> None:
         self._connect = connect
         self._serverId = serverId
         self.raw: Any = connect()
+        self._pipeline: Any = None
+        self._pipelineContext: Any = None
+        self._open = False
         self._notes: list[tuple[str, str]] = []
         self._wakeAt: float | None = None
+        self._later: list[Later[Any]] = []
+        self.roundTrips = 0
+        """Round trips to the server so far (each a pipeline sync)."""
 
-    def execute(self, query: str, params: Any = None) -> Any:
+    def _begin(self) -> None:
+        if self._pipeline is None:
+            if self.raw.closed or self.raw.broken:
+                self._dropPipeline()
+                self.raw.close()
+                self.raw = self._connect()
+            # Transactions are begun here, in the pipeline (psycopg's own
+            # BEGIN would cost a round trip of its own).
+            self.raw.autocommit = True
+            # Entered for the connection's life (left by closing it; the
+            # context is kept: collecting it would leave the pipeline).
+            self._pipelineContext = self.raw.pipeline()
+            self._pipeline = self._pipelineContext.__enter__()
+        if not self._open:
+            self._open = True
+            self.raw.execute("BEGIN")
+
+    def send(self, query: Any, params: Any = None) -> Any:
+        """
+        Queue a statement; its cursor has its result after the next round
+        trip (L{execute}, L{settle}, L{commit}).
+        """
+        self._begin()
+        try:
+            return self.raw.execute(query, params)
+        except BaseException:
+            self._lost()
+            raise
+
+    def execute(self, query: Any, params: Any = None) -> Any:
+        """
+        Run a statement now (with whatever was queued before it): its
+        cursor, with its result.
+        """
+        cursor = self.send(query, params)
+        self._sync()
+        return cursor
+
+    def later(self, compute: Callable[[], T]) -> Later[T]:
+        """
+        C{compute()} after the commit (see L{Later}).
+        """
+        result = Later(compute)
+        self._later.append(result)
+        return result
+
+    def settle(self) -> None:
+        """
+        Run what is queued now, and compute the L{Later}s: an error of a
+        statement is raised here (the one-by-one path of L{Merger}).
+        """
+        if self._pipeline is not None:
+            self._sync()
+        self._resolve()
+
+    def _sync(self) -> None:
+        self.roundTrips += 1
+        try:
+            self._pipeline.sync()
+        except BaseException:
+            self._lost()
+            raise
+
+    def _lost(self) -> None:
         if self.raw.closed or self.raw.broken:
-            self.raw = self._connect()
-        return self.raw.execute(query, params)
+            # Made again by the next statement.
+            self._pipeline = None
+            self._open = False
+
+    def _resolve(self) -> None:
+        later, self._later = self._later, []
+        for result in later:
+            result.resolve()
 
     def notify(self, channel: str, payload: str) -> None:
         self._notes.append((channel, payload))
@@ -144,27 +272,52 @@ class Connection:
         if self._wakeAt is not None:
             notes.append((JOBS_CHANNEL, f"{self._wakeAt!r} {self._serverId}"))
             self._wakeAt = None
+        if not self._open:
+            self._resolve()
+            return
         if notes:
-            # The notifications and the commit in one round trip.
-            from psycopg import sql
-
-            self.raw.execute(
-                sql.SQL(
-                    "SELECT pg_notify(c, p) FROM unnest({}::text[], {}::text[])"
-                    " AS n(c, p); COMMIT"
-                ).format(
-                    sql.Literal([c for c, _ in notes]),
-                    sql.Literal([p for _, p in notes]),
-                )
+            self.send(
+                "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS n(c, p)",
+                ([c for c, _ in notes], [p for _, p in notes]),
             )
-        self.raw.commit()
+        self.send("COMMIT")
+        self._sync()
+        self._open = False
+        self._resolve()
 
     def rollback(self) -> None:
         self._notes = []
         self._wakeAt = None
-        self.raw.rollback()
+        self._later = []
+        if not self._open:
+            return
+        self._open = False
+        pipeline = self._pipeline
+        if pipeline is None:
+            return
+        try:
+            with contextlib.suppress(Exception):
+                # Out of the pipeline's aborted state, if a statement failed.
+                pipeline.sync()
+            if self.raw.info.transaction_status != _IDLE:
+                self.raw.execute("ROLLBACK")
+                pipeline.sync()
+        except BaseException:
+            self._lost()
+            raise
+
+    def _dropPipeline(self) -> None:
+        context, self._pipelineContext = self._pipelineContext, None
+        self._pipeline = None
+        if context is not None:
+            with contextlib.suppress(Exception):
+                context.__exit__(None, None, None)
 
     def close(self) -> None:
+        if not (self.raw.closed or self.raw.broken):
+            with contextlib.suppress(Exception):
+                self.rollback()
+        self._dropPipeline()
         self.raw.close()
 
 

@@ -1,17 +1,20 @@
 """
 Unit tests of the durable jobs' logic on faults, without processes or real
 time: a L{JobService} over a L{ProcessPool} of fake workers
-(L{FakeProcessReactor}) and an L{SQLiteJournal} on a real file, run inline
-(C{threaded=False}), so every journal write is done when the call returns.
+(L{FakeProcessReactor}) and a journal run inline (C{threaded=False}), so
+every journal write is done when the call returns. The backend-neutral
+tests run on both journals (the C{store} fixture): an L{SQLiteJournal} on a
+real file, and a L{PostgreSQLJournal} on a new database of the session's
+throwaway cluster.
 
 A "crash" of the parent is the journal closed with jobs running in it, and
-a new service on a new fake reactor started on the same file.
+a new service on a new fake reactor started on the same file or database.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
 from taskservice._jobrequest import JobRequest, parseSubmit
-from taskservice._journal import JobRecord, JournalError, NewJob
+from taskservice._journal import IJournal, JobRecord, JournalError, NewJob
 from taskservice._sqlitejournal import APPLICATION_ID, SCHEMA_VERSION, SQLiteJournal
 from taskservice.errors import (
     JobNotFound,
@@ -41,29 +44,94 @@ def failure(d: Deferred[Any], *types: type[BaseException]) -> BaseException:
     return _case.failureResultOf(d, *types).value
 
 
+class Store:
+    """
+    Where the journal of the servers of a test lives: an SQLite file, or a
+    PostgreSQL database.
+
+    On PostgreSQL a new server recovers the jobs a dead one left running
+    at its first heartbeat after being alive for the server timeout (the
+    same restart rule, later), and takes the jobs left waiting by another
+    server after a fifth of it: L{recoveryDelay} is the time a new server
+    lets pass before the test goes on (none for SQLite, which recovers at
+    start). Each server started on a store starts its clock L{RESTART_GAP}
+    seconds after the one before (a restart comes after the crash).
+    """
+
+    def __init__(self, kind: str, where: str) -> None:
+        self.kind = kind
+        self.where = where
+        self.epoch = EPOCH - RESTART_GAP
+        self.opened: list[Any] = []
+        self.recoveryDelay = 0.0 if kind == "sqlite" else SERVER_TIMEOUT * 1.2
+
+    def nextEpoch(self) -> float:
+        self.epoch += RESTART_GAP
+        return self.epoch
+
+    def journal(self, reactor: Any) -> IJournal:
+        journal: Any
+        if self.kind == "sqlite":
+            journal = SQLiteJournal(reactor, self.where, threaded=False)
+        else:
+            from taskservice._pgjournal import PostgreSQLJournal
+
+            journal = PostgreSQLJournal(
+                reactor, self.where, threaded=False, serverTimeout=SERVER_TIMEOUT
+            )
+        self.opened.append(journal)
+        return journal
+
+    def closeAll(self) -> None:
+        """
+        Close the journals a test left open (its last server's).
+        """
+        for journal in self.opened:
+            journal.close()
+
+
+SERVER_TIMEOUT = 10.0
+EPOCH = 1_000_000.0
+"""A realistic epoch, as the real reactor's."""
+RESTART_GAP = 20.0
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
+)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """
+    Each backend-neutral test runs on both journals.
+    """
+    if request.param == "sqlite":
+        store = Store("sqlite", str(tmp_path / "jobs.sqlite3"))
+    else:
+        store = Store("postgresql", request.getfixturevalue("pgDSN"))
+    yield store
+    store.closeAll()
+
+
 class Server:
     """
     One "process" of a task server: a fake reactor, a pool of two fake
-    workers, and a job service on the journal at C{path}.
+    workers, and a job service on the journal in C{store}.
     """
 
-    def __init__(
-        self, path: Path, journal: SQLiteJournal | None = None, size: int = 2
-    ) -> None:
+    def __init__(self, store: Store | None, journal: Any = None, size: int = 2) -> None:
         self.reactor = FakeProcessReactor()
-        # Start at a realistic epoch, as the real reactor does.
-        self.reactor.advance(1_000_000.0)
+        self.reactor.advance(EPOCH if store is None else store.nextEpoch())
         self.pool = ProcessPool(
             self.reactor, ["tests.jobtasks"], size=size, defaultTimeout=600.0
         )
         self.pool.startService()
         self.reactor.readyAll()
         if journal is None:
-            journal = SQLiteJournal(self.reactor, str(path), threaded=False)
+            assert store is not None
+            journal = store.journal(self.reactor)
         self.journal = journal
         self.jobs = JobService(self.reactor, self.pool, journal, jitter=lambda: 0.5)
         self.jobs.startService()
-        self.settle()
+        self.settle(0.0 if store is None else store.recoveryDelay)
 
     def settle(self, seconds: float = 0.0) -> None:
         """
@@ -117,14 +185,14 @@ class Server:
         result(self.journal.close())
 
 
-def test_workerLostRetriedWithBackoffThenFailed(tmp_path: Path) -> None:
+def test_workerLostRetriedWithBackoffThenFailed(store: Store) -> None:
     """
     A job whose worker dies is scheduled again after backoff * 2**(n-1)
     (times 0.5 + jitter, here 1), not earlier, as the next attempt, until
     its attempts are spent: then it is failed with -32002 worker lost, and
     runs no more.
     """
-    server = Server(tmp_path / "jobs.sqlite3")
+    server = Server(store)
     jobId = server.submit("killsWorker", ["/nowhere", "x"], retries=2, backoff=10.0)
     for attempt, wait in ((1, 10.0), (2, 20.0)):
         worker, call = server.runningOn(jobId)
@@ -155,13 +223,13 @@ def test_workerLostRetriedWithBackoffThenFailed(tmp_path: Path) -> None:
     assert server.running() == []
 
 
-def test_taskRetryPolicyIsTheDefault(tmp_path: Path) -> None:
+def test_taskRetryPolicyIsTheDefault(store: Store) -> None:
     """
     A submit without retries/backoff takes its task's @task(retries=,
     backoff=): alwaysKillsWorker's jobs have 3 attempts, the first retry
     0.2 s after the loss.
     """
-    server = Server(tmp_path / "jobs.sqlite3")
+    server = Server(store)
     jobId = server.submit("alwaysKillsWorker", ["/nowhere", "x"])
     assert server.job(jobId)["maxAttempts"] == 3
     worker, _ = server.runningOn(jobId)
@@ -171,16 +239,16 @@ def test_taskRetryPolicyIsTheDefault(tmp_path: Path) -> None:
     assert server.job(jobId)["runAt"] == pytest.approx(lostAt + 0.2)
 
 
-def test_restartRecoversRunningJobs(tmp_path: Path) -> None:
+def test_restartRecoversRunningJobs(store: Store) -> None:
     """
-    After a crash, on the same file: queued and scheduled jobs wait as they
+    After a crash, on the same file or database: queued and scheduled jobs wait as they
     were; a running job of an idempotent task runs again as attempt 2; one
     of a resumable task too, with its last progress in the job context; a
     running job of a non-idempotent task (even one with no retries left)
     is interrupted, -32008 saying its task is not safe to run again, and
     is not run.
     """
-    path = tmp_path / "jobs.sqlite3"
+    path = store
     first = Server(path, size=3)
     first.jobs.maxRunning = 3
     again = first.submit("again", ["/nowhere", "a"])
@@ -211,13 +279,13 @@ def test_restartRecoversRunningJobs(tmp_path: Path) -> None:
     assert second.job(scheduled)["runAt"] == runAt
 
 
-def test_jobThatKeepsTakingItsServerDownStops(tmp_path: Path) -> None:
+def test_jobThatKeepsTakingItsServerDownStops(store: Store) -> None:
     """
     An idempotent job running each time its server dies runs again at
     each restart only up to its attempts + RESTART_ALLOWANCE: then it is
     interrupted, saying it has run as many times as it may.
     """
-    path = tmp_path / "jobs.sqlite3"
+    path = store
     server = Server(path)
     jobId = server.submit("again", ["/nowhere", "a"])
     for attempt in range(1, 1 + 1 + RESTART_ALLOWANCE):
@@ -231,13 +299,13 @@ def test_jobThatKeepsTakingItsServerDownStops(tmp_path: Path) -> None:
     assert server.running() == []
 
 
-def test_stopRecordsWhatEndsAndLeavesTheRest(tmp_path: Path) -> None:
+def test_stopRecordsWhatEndsAndLeavesTheRest(store: Store) -> None:
     """
     Stopping: a job that ends during the pool's drain is recorded; one the
     pool's shutdown timeout cuts short (its worker killed) stays running in
     the journal, for the next start to recover; no job starts meanwhile.
     """
-    path = tmp_path / "jobs.sqlite3"
+    path = store
     server = Server(path)
     ends = server.submit("once", ["/nowhere", "e"])
     cut = server.submit("again", ["/nowhere", "c"])
@@ -279,11 +347,13 @@ class _FullJournal(SQLiteJournal):
 def test_journalUnavailable(tmp_path: Path) -> None:
     """
     A submit the journal cannot record fails with -32009 giving the reason,
-    which $/stats shows until a submit is recorded again.
+    which $/stats shows until a submit is recorded again. (SQLite only: the
+    failing journal is an SQLite one made to fail; the service's handling
+    is the same for either.)
     """
     reactor = FakeProcessReactor()
     journal = _FullJournal(reactor, str(tmp_path / "jobs.sqlite3"), threaded=False)
-    server = Server(tmp_path / "unused", journal)
+    server = Server(None, journal)
     journal.full = True
     request = server.request("quick", ["/nowhere", "x"])
     error = failure(server.jobs.submit(request), JournalUnavailable)
@@ -297,12 +367,12 @@ def test_journalUnavailable(tmp_path: Path) -> None:
     assert server.jobs.stats()["journal"] == "ok"
 
 
-def test_unknownJobIds(tmp_path: Path) -> None:
+def test_unknownJobIds(store: Store) -> None:
     """
     $/job, $/attach and $/cancelJob of an unknown id fail with -32007
     naming it.
     """
-    server = Server(tmp_path / "jobs.sqlite3")
+    server = Server(store)
     for d in (
         server.jobs.job("nope"),
         server.jobs.attach("nope"),
@@ -329,7 +399,8 @@ def test_filesThatAreNotOurJournalAreRefused(tmp_path: Path) -> None:
     """
     Opening a journal on a file that is not SQLite, an SQLite database of
     another application, or a journal of a newer schema raises
-    JournalError naming the file, and changes nothing on disk.
+    JournalError naming the file, and changes nothing on disk. (SQLite's
+    files; PostgreSQL's databases not ours: test_pgjournal.)
     """
     text = tmp_path / "text" / "notes.txt"
     text.parent.mkdir()

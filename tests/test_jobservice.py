@@ -1,7 +1,11 @@
 """
 Unit tests of the job service's logic: a pool on the in-memory
-FakeProcessReactor (no processes, no real time) and an SQLite journal run
-inline on a real file.
+FakeProcessReactor (no processes, no real time) and a journal run inline:
+the tests using the C{rig} fixture run on both journals (an SQLite file,
+and a new database of the session's throwaway PostgreSQL cluster, see
+L{tests.test_jobs.Store}); those using an SQLite journal made to hold,
+fail or count its operations stay on SQLite (the service's handling is
+the same for either).
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from taskservice.errors import JobNotFound, TaskFailed
 from taskservice.jobs import JobService
 from taskservice.pool import ProcessPool
 from taskservice.testing import FakeProcessReactor
+from tests.test_jobs import SERVER_TIMEOUT, Store, store
+
+__all__ = ["store"]  # the fixture, shared with tests.test_jobs
 
 _case = SynchronousTestCase()
 result = _case.successResultOf
@@ -36,7 +43,12 @@ class Rig:
     SQLite journal, with a deterministic jitter.
     """
 
-    def __init__(self, tmp_path: Path, journal: SQLiteJournal | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        journal: SQLiteJournal | None = None,
+        store: Store | None = None,
+    ) -> None:
         self.reactor = FakeProcessReactor()
         self.reactor.advance(1_000_000)
         self.pool = ProcessPool(
@@ -44,9 +56,15 @@ class Rig:
         )
         self.pool.startService()
         self.reactor.readyAll()
-        self.journal = journal or SQLiteJournal(
-            self.reactor, str(tmp_path / "jobs.sqlite3"), threaded=False
-        )
+        self.journal: Any = journal
+        if journal is None:
+            self.journal = (
+                SQLiteJournal(
+                    self.reactor, str(tmp_path / "jobs.sqlite3"), threaded=False
+                )
+                if store is None
+                else store.journal(self.reactor)
+            )
         self.jobs = JobService(
             self.reactor, self.pool, self.journal, jitter=lambda: 0.5
         )
@@ -70,8 +88,8 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Rig:
-    return Rig(tmp_path)
+def rig(tmp_path: Path, store: Store) -> Rig:
+    return Rig(tmp_path, store=store)
 
 
 def test_submitRunAttach(rig: Rig) -> None:
@@ -199,6 +217,8 @@ def test_jobMetricsAndStats(rig: Rig) -> None:
     factory = TaskServerFactory(rig.pool, jobs=rig.jobs)
     result(rig.submit(method="add", params=[1, 2]))
     rig.turn()
+    # A heartbeat's time: the PostgreSQL journal reads its size with each.
+    rig.reactor.advance(SERVER_TIMEOUT)
     text = generate_latest(makeRegistry(server=factory, processMetrics=False)).decode()
     assert 'taskservice_jobs{state="succeeded"} 1.0' in text
     assert 'taskservice_jobs{state="queued"} 0.0' in text
@@ -306,13 +326,12 @@ def test_submitWithAFreeSlotIsRecordedRunning(tmp_path: Path) -> None:
     assert rig.state(submitted["job"])["state"] == "succeeded"
 
 
-def test_submitWaitsBehindJobsDue(tmp_path: Path) -> None:
+def test_submitWaitsBehindJobsDue(rig: Rig) -> None:
     """
     With every slot taken, a submit is recorded queued; and while jobs wait
     in the journal, a new submit waits behind them (oldest first) even once
     a slot is free.
     """
-    rig = Rig(tmp_path)
     rig.jobs.maxRunning = 1
     rig.turn()
     first = result(rig.submit(method="hang", params=[30]))

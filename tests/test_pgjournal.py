@@ -573,3 +573,96 @@ async def test_aTickOfThreeServersRunsOnce(pgDSN: str) -> None:
             )
     finally:
         await gatherResults([journal.close() for journal in servers])
+
+
+@pytest_twisted.ensureDeferred
+async def test_aGroupIsOneRoundTrip(pgDSN: str) -> None:
+    """
+    Submits (run here, and waiting), a claim and a read queued in one
+    reactor pass go to the server in one round trip, the commit's: the
+    writer's connection pipelines BEGIN, the statements, the wake-up
+    notification and COMMIT, and reads their results after.
+    """
+    journal = PostgreSQLJournal(reactor, pgDSN)
+    journal.open()
+    try:
+        trips = lambda db, batch: db.roundTrips  # noqa: E731
+        before = await journal._writer.run(trips)
+        submits = [journal.submit(newJob(f"r{n}"), running=True) for n in range(20)]
+        submits += [journal.submit(newJob(f"q{n}")) for n in range(5)]
+        claimed = journal.claim(3, NOW)
+        read = journal.get("r0")
+        outcomes = await gatherResults(submits)
+        assert [new for _, new in outcomes] == [True] * 25
+        assert len((await claimed).jobs) == 3
+        job = await read
+        assert job is not None and job.state == "running"
+        assert await journal._writer.run(trips) - before == 1
+        ends = [
+            journal.finish(f"r{n}", "succeeded", NOW, NOW + 9, result="1")
+            for n in range(20)
+        ]
+        assert await gatherResults(ends) == [True] * 20
+        assert await journal._writer.run(trips) - before == 2
+        assert journal.counts()["succeeded"] == 20
+    finally:
+        await journal.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_anItemRefusedByTheServerFailsAlone(pgDSN: str) -> None:
+    """
+    An item the server refuses (a job id already taken: found only when the
+    pipelined group reaches the server, at its commit) fails alone, with a
+    JournalError; the other items of its group are recorded.
+    """
+    journal = PostgreSQLJournal(reactor, pgDSN)
+    journal.open()
+    try:
+        await journal.submit(newJob("taken"))
+        submits = [journal.submit(newJob(f"j{n}")) for n in range(10)]
+        again = journal.submit(newJob("taken"))
+        ends = [journal.finish("nope", "succeeded", NOW, NOW + 9, result="1")]
+        assert all(new for _, new in await gatherResults(submits))
+        with pytest.raises(JournalError, match=r"duplicate key|unique"):
+            await again
+        assert await gatherResults(ends) == [False]
+        assert journal.counts()["queued"] == 11
+        assert (await journal.get("j9")).state == "queued"
+    finally:
+        await journal.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_anEndTellsWatchersItsLastProgress(pgDSN: str) -> None:
+    """
+    The end of a job watched from another server reaches it with the job's
+    last progress (made by the ending statement itself, in the pipeline),
+    or without it when it would not fit in a notification; the server that
+    ended it is not told.
+    """
+    a = PostgreSQLJournal(reactor, pgDSN)
+    b = PostgreSQLJournal(reactor, pgDSN)
+    a.open()
+    b.open()
+    heardA, heardB = Events(), Events()
+    a.listen(heardA)
+    b.listen(heardB)
+    try:
+        for jobId in ("x", "big"):
+            await a.submit(newJob(jobId))
+        assert len((await a.claim(2, NOW)).jobs) == 2
+        assert (await b.watch("x")) is not None
+        assert (await a.watch("x")) is not None
+        assert (await b.watch("big")) is not None
+        await a.finish("x", "succeeded", NOW, NOW + 9, result="7", progress={"done": 2})
+        assert await heardB.wait("progressed") == ("x", {"done": 2})
+        assert await heardB.wait("ended") == "x"
+        await a.finish(
+            "big", "succeeded", NOW, NOW + 9, result="7", progress={"s": "x" * 8000}
+        )
+        assert await heardB.wait("ended") == "big"
+        assert [k for k, _ in heardB.heard].count("progressed") == 0
+        assert [k for k, _ in heardA.heard if k in ("ended", "progressed")] == []
+    finally:
+        await gatherResults([a.close(), b.close()])
