@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,19 +55,6 @@ def waitFor(what: str, check: Callable[[], T | None], deadline: float = DEADLINE
         if time.monotonic() > end:
             pytest.fail(f"timed out after {deadline}s waiting for {what}")
         time.sleep(POLL)
-
-
-def twistd(cwd: Path, *args: str, twistdOptions: Sequence[str] = ()) -> Twistd:
-    """
-    L{Twistd}, by the name the tests written before it use (a branch merged
-    later may still).
-    """
-    return Twistd(cwd, *args, twistdOptions=twistdOptions)
-
-
-def connectWhenListening(server: Twistd, port: int) -> socket.socket:
-    """L{Twistd.connect}, by the name the tests written before it use."""
-    return server.connect(port)
 
 
 def call(connection: socket.socket, reader: Any, request: bytes) -> Any:
