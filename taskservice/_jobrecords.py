@@ -7,7 +7,7 @@ both backends.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +126,46 @@ def fromColumnText(text: str | None) -> Any:
     The value of a journal column's JSON text (L{None} stays L{None}).
     """
     return None if text is None else _json.loads(text.encode())
+
+
+class ProgressBuffer:
+    """
+    The latest progress of each running job, held until the next reactor
+    pass hands them all to C{write} at once: what both journals'
+    L{IJournal.progress <taskservice._journal.IJournal.progress>} keep.
+    """
+
+    def __init__(
+        self, reactor: Any, write: Callable[[dict[str, Mapping[str, Any]]], None]
+    ) -> None:
+        self._reactor = reactor
+        self._write = write
+        self._updates: dict[str, Mapping[str, Any]] = {}
+        self._queued = False
+
+    def add(self, jobId: str, update: Mapping[str, Any]) -> None:
+        """
+        Keep C{update} as C{jobId}'s latest; write them next pass.
+        """
+        self._updates[jobId] = update
+        if not self._queued:
+            self._queued = True
+            self._reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """
+        Write what is held now (before an operation that must see it).
+        """
+        self._queued = False
+        if self._updates:
+            updates, self._updates = self._updates, {}
+            self._write(updates)
+
+    def pop(self, jobId: str) -> Mapping[str, Any] | None:
+        """
+        Take C{jobId}'s held update, if any, so its end writes it instead.
+        """
+        return self._updates.pop(jobId, None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from taskservice._defaults import DEFAULT_SERVER_TIMEOUT
+from taskservice._jobrecords import ProgressBuffer
 from taskservice._journal import (
     FINAL_STATES,
     RUNNING,
@@ -132,8 +133,7 @@ class PostgreSQLJournal(Listening, Heartbeats, SingleOperations):
         self.channel = serverChannel(self.serverId)
         self._counts: Counter[str] = Counter(dict.fromkeys(STATES, 0))
         self._size = 0
-        self._progress: dict[str, Mapping[str, Any]] = {}
-        self._progressQueued = False
+        self._progress = ProgressBuffer(reactor, self._writeProgress)
         self._events: JournalEvents | None = None
         self._listener: Listener | None = None
         self._reconnect: IDelayedCall | None = None
@@ -267,7 +267,7 @@ class PostgreSQLJournal(Listening, Heartbeats, SingleOperations):
         if listener is not None:
             self.reactor.removeReader(listener)
             listener.close()
-        self._flushProgress()
+        self._progress.flush()
         serverId = self.serverId
 
         def leave(db: Connection, batch: Batch) -> None:
@@ -355,7 +355,7 @@ class PostgreSQLJournal(Listening, Heartbeats, SingleOperations):
                 nextRunAt = again if helping else max(nextRunAt + grace, again)
             return Claimed([recordFromRow(row[:16]) for row in rows], nextRunAt), left
 
-        self._flushProgress()
+        self._progress.flush()
         self._claiming += 1
         return self.enqueue(claim).addCallback(settled).addBoth(self._claimed, helping)
 
@@ -388,7 +388,7 @@ class PostgreSQLJournal(Listening, Heartbeats, SingleOperations):
         progress: Mapping[str, Any] | None = None,
     ) -> Deferred[bool]:
         assert state in FINAL_STATES
-        pending = self._progress.pop(jobId, None)
+        pending = self._progress.pop(jobId)
         if progress is None:
             progress = pending
         end = End(

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from taskservice._jobrecords import ProgressBuffer
 from taskservice._journal import (
     CANCELLED,
     PENDING_STATES,
@@ -53,24 +54,16 @@ class SingleOperations:
     serverTimeout: float
     channel: str
     log: Logger
-    _progress: dict[str, Mapping[str, Any]]
-    _progressQueued: bool
+    _progress: ProgressBuffer
     _ops: Operations
 
     def enqueue(self, operation: Callable[[Any, Batch], T]) -> Deferred[T]:
         raise NotImplementedError
 
     def progress(self, jobId: str, update: Mapping[str, Any]) -> None:
-        self._progress[jobId] = update
-        if not self._progressQueued:
-            self._progressQueued = True
-            self.reactor.callLater(0, self._flushProgress)
+        self._progress.add(jobId, update)
 
-    def _flushProgress(self) -> None:
-        self._progressQueued = False
-        if not self._progress:
-            return
-        updates, self._progress = self._progress, {}
+    def _writeProgress(self, updates: dict[str, Mapping[str, Any]]) -> None:
         texts = {jobId: columnText(u) for jobId, u in updates.items()}
         serverId = self.serverId
 

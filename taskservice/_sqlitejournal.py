@@ -27,6 +27,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from taskservice._jobrecords import ProgressBuffer
 from taskservice._journal import (
     CANCELLED,
     FINAL_STATES,
@@ -85,8 +86,7 @@ class SQLiteJournal:
         self.path = path
         self.synchronous = synchronous
         self._counts: Counter[str] = Counter(dict.fromkeys(STATES, 0))
-        self._progress: dict[str, Mapping[str, Any]] = {}
-        self._progressQueued = False
+        self._progress = ProgressBuffer(reactor, self._writeProgress)
         self._writer = GroupCommitWriter(
             reactor,
             self._connect,
@@ -115,7 +115,7 @@ class SQLiteJournal:
         self._connect().close()
 
     def close(self) -> Deferred[None]:
-        self._flushProgress()
+        self._progress.flush()
         return self._writer.stop()
 
     # -- bookkeeping -------------------------------------------------------
@@ -202,21 +202,13 @@ class SQLiteJournal:
             ).fetchone()[0]
             return Claimed(jobs, nextRunAt)
 
-        self._flushProgress()
+        self._progress.flush()
         return self._writer.run(claim)
 
     def progress(self, jobId: str, update: Mapping[str, Any]) -> None:
-        self._progress[jobId] = update
-        if not self._progressQueued:
-            self._progressQueued = True
-            self.reactor.callLater(0, self._flushProgress)
+        self._progress.add(jobId, update)
 
-    def _flushProgress(self) -> None:
-        self._progressQueued = False
-        if not self._progress:
-            return
-        updates, self._progress = self._progress, {}
-
+    def _writeProgress(self, updates: dict[str, Mapping[str, Any]]) -> None:
         def write(db: sqlite3.Connection, batch: Batch) -> None:
             db.executemany(
                 "UPDATE jobs SET progress = ? WHERE id = ? AND state = 'running'",
@@ -237,7 +229,7 @@ class SQLiteJournal:
         progress: Mapping[str, Any] | None = None,
     ) -> Deferred[bool]:
         assert state in FINAL_STATES
-        pending = self._progress.pop(jobId, None)
+        pending = self._progress.pop(jobId)
         if progress is None:
             progress = pending
         errorText = None if error is None else columnText(error)
