@@ -213,3 +213,63 @@ def test_mib() -> None:
 
     assert mib(36 * 1024) == "36 KiB"
     assert mib(21.4 * 2**20) == "21.4 MiB"
+
+
+def test_reportWords() -> None:
+    """
+    The words the reports' cells and notes share, spelled once in
+    C{_stats}: latencies in ms (with the maximum if asked), ratios with an
+    optional qualifier, and a target met or missed (the memory scenario's
+    verdict shouts a miss).
+    """
+    from taskservice.bench._stats import latency, met, ratio, verdict
+
+    samples = [0.001, 0.002, 0.003, 0.0125]
+    assert latency(samples) == "p50 3.000 ms, p99 12.500 ms"
+    assert latency(samples, withMax=True) == "p50 3.000 ms, p99 12.500 ms, max 12.5 ms"
+    assert ratio(3, 2) == "1.50x"
+    assert ratio(1, 3, "p50") == "0.33x (p50)"
+    assert (met(True), met(False)) == ("met", "missed")
+    assert (verdict(True), verdict(False)) == ("met", "MISSED")
+
+
+# What each split bench module defined before it was split (issue 11); the
+# tests, _pgjobs and readers import these from where they always were.
+KEPT_NAMES = {
+    "taskservice.bench._jobs": (
+        "CONNECTIONS SIZES TIMEOUT TTL Rows SizeRound Sizes askStats buildJournal"
+        " fileSizes fsyncSamples jobsScenario journalSize met mib ms restart"
+        " throughput whenJobs whenServing"
+    ),
+    "taskservice.bench._memory": (
+        "CALLS GROWTH_TARGET HOST IDLE_RUNS MIB PARENT_TARGET QUICK_CALLS"
+        " QUICK_START_SAMPLES SETTLE START_SAMPLES START_TARGET WARM_UP WINDOW"
+        " WORKERS WORKER_TARGET Import Rows bareAutobahn barePython callMany"
+        " childrenOf growth idleMemory idleRows importNote interpreterStart"
+        " kilobytes memoryScenario memoryUnderLoad mib mpPool mpStart"
+        " parseImportTime percentChange poolStart residentBytes startTimes"
+        " twistdTaskservice uniqueBytes verdict whenWorkersReady workerImports"
+    ),
+    "taskservice.bench.__main__": (
+        "POOL_SIZE WINDOW Rows deadlineToError executorThroughput failureScenario"
+        " killToError latency main mpSequential mpThroughput payloadScenario"
+        " poolThroughput ratio recyclingScenario run sequential sequentialScenario"
+        " throughputScenario websocketScenario"
+    ),
+}
+
+
+@pytest.mark.parametrize("module", sorted(KEPT_NAMES))
+def test_splitBenchModulesKeepTheirNames(module: str) -> None:
+    """
+    The bench modules split into parts still offer every public name they
+    defined, each listed in their C{__all__}, and C{__all__} names nothing
+    that is missing.
+    """
+    import importlib
+
+    imported = importlib.import_module(module)
+    kept = KEPT_NAMES[module].split()
+    assert [name for name in kept if not hasattr(imported, name)] == []
+    assert set(kept) <= set(imported.__all__)
+    assert [name for name in imported.__all__ if not hasattr(imported, name)] == []

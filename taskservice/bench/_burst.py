@@ -23,13 +23,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from taskservice.bench._stats import Summary
+from taskservice.bench._baselines import MP_CONTEXT
+from taskservice.bench._stats import Rows, Summary
 from taskservice.examples import sleep as _sleep
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
-
-Rows = list[list[str]]
 
 BURST = 1_000
 QUICK_BURST = 200
@@ -45,10 +44,6 @@ BLOCKING_TARGET = 1.05
 ASYNC_TARGET = 0.3
 WORKERMAN_FAQ = 12.6
 """Seconds the Workerman FAQ's pool took for the blocking burst here."""
-
-# Baseline workers are started by a fork server, not forked from this
-# process: forked children would inherit Twisted's signal handlers.
-_CONTEXT = "forkserver"
 
 
 def idealSeconds(calls: int, seconds: float, atOnce: int) -> float:
@@ -118,7 +113,7 @@ async def blockingBurst(
     )
     client = TaskClient(reactor, f"tcp:127.0.0.1:{port.getHost().port}")
     client.startService()
-    mpPool = multiprocessing.get_context(_CONTEXT).Pool(BLOCKING_WORKERS)
+    mpPool = multiprocessing.get_context(MP_CONTEXT).Pool(BLOCKING_WORKERS)
     ours: list[float] = []
     tcp: list[float] = []
     mp: list[float] = []

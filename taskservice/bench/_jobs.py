@@ -17,238 +17,70 @@ in-memory call path of the same server in the same run.
  - size: the journal's bytes holding 100,000 finished jobs, and after they
    are purged, twice over (bounded means the second round ends where the
    first did).
+
+This module is the scenario and its report; the tools it runs on (sizes,
+C{$/stats} polling, the journal built in SQLite, C{fsync} samples, file
+sizes, units) are L{taskservice.bench._jobtools}, the measured parts
+L{taskservice.bench._jobruns}. Their names are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
-
-from taskservice._journal import SUCCEEDED, NewJob
-from taskservice._sqlitejournal import SQLiteJournal
-from taskservice.bench._faqserver import BACKLOG
-from taskservice.bench._loadclient import (
-    NO_COMPILER,
-    Measurement,
-    Series,
-    build,
-    measure,
+from taskservice.bench._jobruns import (
+    Restart,
+    SizeRound,
+    Throughput,
+    journalSize,
+    restart,
+    throughput,
 )
-from taskservice.bench._stats import Summary, percentile
-from taskservice.bench._websocket import HOST, startTwistd, stop
-from taskservice.testing import freePort
+from taskservice.bench._jobtools import (
+    CONNECTIONS,
+    SIZES,
+    TIMEOUT,
+    TTL,
+    Sizes,
+    askStats,
+    buildJournal,
+    fileSizes,
+    fsyncSamples,
+    mib,
+    ms,
+    whenJobs,
+    whenServing,
+)
+from taskservice.bench._loadclient import NO_COMPILER, Measurement, Series, build
+from taskservice.bench._stats import Rows, Summary, met, percentile
 
-CONNECTIONS = 100
-TIMEOUT = 120
-TTL = 86400.0
-
-Rows = list[list[str]]
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """
-    How much each part does per run.
-    """
-
-    jobs: int
-    calls: int
-    sequential: int
-    finished: int
-    queued: int
-    purged: int
-
-
-SIZES = {
-    False: Sizes(20_000, 60_000, 1_000, 100_000, 10_000, 100_000),
-    True: Sizes(2_000, 5_000, 200, 10_000, 1_000, 10_000),
-}
-
-
-# -- helpers ---------------------------------------------------------------
-
-
-def askStats(port: int, timeout: float = 5.0) -> dict[str, Any]:
-    """
-    One C{$/stats} call on a new connection to C{port}: its result.
-    """
-    with socket.create_connection((HOST, port), timeout=timeout) as connection:
-        connection.sendall(b'{"jsonrpc":"2.0","id":1,"method":"$/stats"}\n')
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = connection.recv(65536)
-            if not chunk:
-                raise ConnectionError("the server closed without answering")
-            reply += chunk
-    result: dict[str, Any] = json.loads(reply)["result"]
-    return result
-
-
-def whenServing(
-    port: int, process: subprocess.Popen[bytes], seconds: float = 60
-) -> dict[str, Any]:
-    """
-    Ask C{$/stats} every 5 ms until C{port} answers it; its result.
-    """
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"twistd taskservice exited with {process.returncode}")
-        try:
-            return askStats(port, timeout=1.0)
-        except OSError:
-            time.sleep(0.005)
-    raise RuntimeError(f"nothing answered $/stats on {port} within {seconds} s")
-
-
-def whenJobs(
-    port: int, done: Any, seconds: float = TIMEOUT, every: float = 0.01
-) -> dict[str, Any]:
-    """
-    Ask C{$/stats} every C{every} seconds until C{done(jobs)} holds for its
-    C{"jobs"} part; that part.
-    """
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        jobs: dict[str, Any] = askStats(port)["jobs"]
-        if done(jobs):
-            return jobs
-        time.sleep(every)
-    raise RuntimeError(f"the jobs on {port} did not get there within {seconds} s")
-
-
-def buildJournal(path: Path, finished: int, queued: int, now: float) -> None:
-    """
-    Write a job journal at C{path} holding C{finished} succeeded jobs (kept
-    for a day) and C{queued} jobs due now, directly in SQLite: the schema
-    and settings are the journal's own (L{SQLiteJournal} creates the file),
-    the rows one C{executemany} each.
-    """
-    connection = SQLiteJournal(None, str(path), threaded=False)._connect()
-    try:
-        insert = (
-            "INSERT INTO jobs (id, method, params, state, attempts, max_attempts,"
-            " backoff, run_at, created_at, started_at, finished_at, expires_at,"
-            " result) VALUES (?, 'echo', ?, ?, ?, 1, 1.0, ?, ?, ?, ?, ?, ?)"
-        )
-        connection.executemany(
-            insert,
-            (
-                (
-                    secrets.token_urlsafe(12),
-                    f"[{i}]",
-                    SUCCEEDED,
-                    1,
-                    now - 60,
-                    now - 60,
-                    now - 60,
-                    now - 59,
-                    now - 59 + TTL,
-                    str(i),
-                )
-                for i in range(finished)
-            ),
-        )
-        connection.executemany(
-            insert,
-            (
-                (
-                    secrets.token_urlsafe(12),
-                    f"[{i}]",
-                    "queued",
-                    0,
-                    now - 1,
-                    now - 1,
-                    None,
-                    None,
-                    None,
-                    None,
-                )
-                for i in range(queued)
-            ),
-        )
-        connection.commit()
-    finally:
-        connection.close()
-
-
-def fsyncSamples(directory: Path, count: int) -> list[float]:
-    """
-    Seconds each C{fsync} takes after a 4 KiB write to a file in
-    C{directory} (what a commit with C{synchronous=FULL} waits for, at
-    least once).
-    """
-    path = directory / "fsync-probe"
-    samples = []
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        block = b"\0" * 4096
-        for _ in range(count):
-            os.write(fd, block)
-            started = time.perf_counter()
-            os.fsync(fd)
-            samples.append(time.perf_counter() - started)
-    finally:
-        os.close(fd)
-        path.unlink()
-    return samples
-
-
-def fileSizes(path: Path) -> tuple[int, int]:
-    """
-    The bytes of the journal file and of its write-ahead log.
-    """
-    sizes = []
-    for suffix in ("", "-wal"):
-        try:
-            sizes.append(os.stat(f"{path}{suffix}").st_size)
-        except FileNotFoundError:
-            sizes.append(0)
-    return sizes[0], sizes[1]
-
-
-def mib(size: float) -> str:
-    """
-    Bytes in MiB, or in KiB under one MiB.
-    """
-    if size < 2**20:
-        return f"{size / 2**10:.0f} KiB"
-    return f"{size / 2**20:.1f} MiB"
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.3f} ms"
-
-
-def met(condition: bool) -> str:
-    return "met" if condition else "missed"
-
-
-# -- the parts -------------------------------------------------------------
-
-
-@dataclass
-class _Throughput:
-    calls: Series
-    disk: Series
-    wait: Series
-    memory: Series
-    sequentialDisk: Series
-    sequentialMemory: Series
-    fsync: list[float]
-    journalBytes: int
+__all__ = [
+    "CONNECTIONS",
+    "SIZES",
+    "TIMEOUT",
+    "TTL",
+    "Restart",
+    "Rows",
+    "SizeRound",
+    "Sizes",
+    "Throughput",
+    "askStats",
+    "buildJournal",
+    "fileSizes",
+    "fsyncSamples",
+    "jobsScenario",
+    "journalSize",
+    "met",
+    "mib",
+    "ms",
+    "restart",
+    "throughput",
+    "whenJobs",
+    "whenServing",
+]
 
 
 def _submitMedian(series: Series, which: str) -> float:
@@ -262,201 +94,6 @@ def _submitLatency(series: Series) -> str:
         f"p50 {ms(_submitMedian(series, 'submitP50'))},"
         f" p99 {ms(_submitMedian(series, 'submitP99'))}"
     )
-
-
-def throughput(binary: Path, runs: int, sizes: Sizes, directory: Path) -> _Throughput:
-    """
-    Jobs and calls on a server with its journal on disk, and jobs on one
-    with its journal in memory, interleaved (the order alternates).
-    """
-    ports = {"disk": freePort(), "memory": freePort()}
-    journals = {"disk": str(directory / "jobs.sqlite3"), "memory": ":memory:"}
-    servers = {
-        name: startTwistd(
-            directory,
-            "--no-smtp-sink",
-            "--no-websocket",
-            "--listen",
-            f"tcp:{ports[name]}:interface={HOST}:backlog={BACKLOG}",
-            "--jobs-db",
-            journals[name],
-        )
-        for name in ports
-    }
-    series = {
-        key: Series()
-        for key in (
-            "calls",
-            "disk",
-            "wait",
-            "memory",
-            "sequentialDisk",
-            "sequentialMemory",
-        )
-    }
-    try:
-        for name, process in servers.items():
-            whenServing(ports[name], process)
-        runsOf: list[tuple[str, str, int, int, str]] = [
-            ("calls", "persistent", sizes.calls, CONNECTIONS, "disk"),
-            ("disk", "jobs", sizes.jobs, CONNECTIONS, "disk"),
-            ("wait", "jobs-wait", sizes.jobs, CONNECTIONS, "disk"),
-            ("memory", "jobs", sizes.jobs, CONNECTIONS, "memory"),
-            ("sequentialDisk", "jobs-sequential", sizes.sequential, 1, "disk"),
-            ("sequentialMemory", "jobs-sequential", sizes.sequential, 1, "memory"),
-        ]
-        for name, process in servers.items():  # warm up
-            for mode in ("persistent", "jobs", "jobs-wait"):
-                measure(binary, process.pid, mode, ports[name], 2_000, 10, TIMEOUT)
-        for run in range(runs):
-            for key, mode, total, connections, server in runsOf[
-                :: 1 if run % 2 else -1
-            ]:
-                series[key].add(
-                    measure(
-                        binary,
-                        servers[server].pid,
-                        mode,
-                        ports[server],
-                        total=total,
-                        connections=connections,
-                        timeout=TIMEOUT,
-                    )
-                )
-        journalBytes = int(askStats(ports["disk"])["jobs"]["journalBytes"])
-        fsync = fsyncSamples(directory, 500)
-    finally:
-        for process in servers.values():
-            stop(process)
-    return _Throughput(**series, fsync=fsync, journalBytes=journalBytes)
-
-
-@dataclass
-class _Restart:
-    full: list[float]
-    empty: list[float]
-    drained: list[float]
-    found: dict[str, Any]
-
-
-def restart(runs: int, sizes: Sizes, directory: Path) -> _Restart:
-    """
-    Start C{twistd taskservice} on a copy of a journal of finished and
-    queued jobs, and on an empty one, interleaved: seconds until C{$/stats}
-    answers, and until the queued jobs have run.
-    """
-    template = directory / "template.sqlite3"
-    buildJournal(template, sizes.finished, sizes.queued, time.time())
-    full: list[float] = []
-    empty: list[float] = []
-    drained: list[float] = []
-    found: dict[str, Any] = {}
-    for run in range(runs):
-        for kind in ("full", "empty")[:: 1 if run % 2 else -1]:
-            path = directory / f"restart-{run}-{kind}.sqlite3"
-            if kind == "full":
-                shutil.copyfile(template, path)
-            port = freePort()
-            started = time.perf_counter()
-            process = startTwistd(
-                directory,
-                "--no-smtp-sink",
-                "--no-websocket",
-                "--listen",
-                f"tcp:{port}:interface={HOST}",
-                "--jobs-db",
-                str(path),
-            )
-            try:
-                stats = whenServing(port, process)
-                ready = time.perf_counter() - started
-                if kind == "empty":
-                    empty.append(ready)
-                    continue
-                full.append(ready)
-                found = stats["jobs"]
-                whenJobs(
-                    port,
-                    lambda jobs: jobs["succeeded"] == sizes.finished + sizes.queued,
-                )
-                drained.append(time.perf_counter() - started - ready)
-            finally:
-                stop(process)
-                for suffix in ("", "-wal", "-shm"):
-                    Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return _Restart(full, empty, drained, found)
-
-
-@dataclass(frozen=True)
-class SizeRound:
-    """
-    The journal's bytes (file, write-ahead log) in one round of
-    L{journalSize}.
-    """
-
-    held: tuple[int, int]
-    purged: tuple[int, int]
-    closed: tuple[int, int]
-
-
-async def journalSize(
-    reactor: Any, jobs: int, directory: Path, rounds: int = 2
-) -> tuple[list[SizeRound], float]:
-    """
-    Run C{jobs} jobs through a journal of our own (submit, claim, finish:
-    the server's calls, without a server) and purge them, C{rounds} times,
-    opening and closing the journal each round: its bytes while it holds
-    them, after the purge, and once closed (which checkpoints the log into
-    the file); and the seconds it all took.
-    """
-    path = directory / "size.sqlite3"
-    started = time.perf_counter()
-    measured = []
-    for number in range(rounds):
-        journal = SQLiteJournal(reactor, str(path))
-        journal.open()
-        try:
-            now = time.time()
-            submits: list[Deferred[Any]] = [
-                journal.submit(
-                    NewJob(
-                        id=f"{number}-{i}",
-                        method="echo",
-                        params=f"[{i}]",
-                        key=None,
-                        maxAttempts=1,
-                        backoff=1.0,
-                        timeout=None,
-                        runAt=now,
-                        createdAt=now,
-                    )
-                )
-                for i in range(jobs)
-            ]
-            await gatherResults(submits)
-            finishing: list[Deferred[Any]] = []
-            while True:
-                claimed = await journal.claim(10_000, now)
-                if not claimed.jobs:
-                    break
-                finishing += [
-                    journal.finish(
-                        job.id, SUCCEEDED, now, now + TTL, result=job.params[1:-1]
-                    )
-                    for job in claimed.jobs
-                ]
-            await gatherResults(finishing)
-            held = fileSizes(path)
-            purged = await journal.purge(now + TTL + 1)
-            assert purged == jobs, purged
-            afterPurge = fileSizes(path)
-        finally:
-            await journal.close()
-        measured.append(SizeRound(held, afterPurge, fileSizes(path)))
-    return measured, time.perf_counter() - started
-
-
-# -- the scenario ----------------------------------------------------------
 
 
 async def jobsScenario(
@@ -481,13 +118,6 @@ async def jobsScenario(
     _report(measured, restarted, size, sizes, rows, notes)
 
 
-def _cpu(series: Series) -> str:
-    parent = statistics.median(m.parentShare for m in series.runs)
-    tree = statistics.median(m.serverShare for m in series.runs)
-    client = statistics.median(m.result.cpuShare for m in series.runs)
-    return f"client {client:.2f}, server {tree:.2f} (parent {parent:.2f})"
-
-
 def _perJob(series: Series) -> float:
     """
     The parent's CPU seconds per job (or call), the median over the runs.
@@ -500,8 +130,8 @@ def _perJob(series: Series) -> float:
 
 
 def _report(
-    t: _Throughput,
-    r: _Restart,
+    t: Throughput,
+    r: Restart,
     size: tuple[list[SizeRound], float],
     sizes: Sizes,
     rows: Rows,
@@ -541,8 +171,8 @@ def _report(
     rows.append(
         [
             "jobs: parent CPU per job vs per call (medians); CPU in cores",
-            f"{_perJob(t.disk) * 1e6:.0f} us a job; {_cpu(t.disk)}",
-            f"{_perJob(t.calls) * 1e6:.0f} us a call; {_cpu(t.calls)}",
+            f"{_perJob(t.disk) * 1e6:.0f} us a job; {t.disk.cpu('parent')}",
+            f"{_perJob(t.calls) * 1e6:.0f} us a call; {t.calls.cpu('parent')}",
             f"{_perJob(t.disk) / _perJob(t.calls):.2f}x",
         ]
     )

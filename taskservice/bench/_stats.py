@@ -1,6 +1,8 @@
 """
 Small statistics helpers for the benchmarks: medians of interleaved runs,
-percentiles, a Markdown table, and a section of a generated page.
+percentiles, the few words the reports' cells and notes are made of
+(latencies, ratios, a target met or missed), a Markdown table, and a
+section of a generated page.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+Rows = list[list[str]]
+"""A report's rows: scenario, ours, the baseline, the ratio."""
+
 
 def percentile(samples: Sequence[float], fraction: float) -> float:
     ordered = sorted(samples)
@@ -16,6 +21,40 @@ def percentile(samples: Sequence[float], fraction: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
     return ordered[index]
+
+
+def latency(samples: list[float], withMax: bool = False) -> str:
+    """
+    C{"p50 … ms, p99 … ms"} (and the maximum) of round-trip samples.
+    """
+    text = (
+        f"p50 {percentile(samples, 0.5) * 1e3:.3f} ms,"
+        f" p99 {percentile(samples, 0.99) * 1e3:.3f} ms"
+    )
+    if withMax:
+        text += f", max {max(samples) * 1e3:.1f} ms"
+    return text
+
+
+def ratio(ours: float, theirs: float, what: str = "") -> str:
+    """
+    C{"1.23x"}, or C{"1.23x (what)"}: C{ours} over C{theirs}.
+    """
+    return f"{ours / theirs:.2f}x{f' ({what})' if what else ''}"
+
+
+def met(condition: bool) -> str:
+    """
+    A target in a note: C{"met"} or C{"missed"}.
+    """
+    return "met" if condition else "missed"
+
+
+def verdict(ok: bool) -> str:
+    """
+    A target in the memory scenario's notes: C{"met"} or C{"MISSED"}.
+    """
+    return "met" if ok else "MISSED"
 
 
 @dataclass(frozen=True)
