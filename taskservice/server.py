@@ -107,6 +107,7 @@ class TaskServerProtocol(LineProtocol):
         self._inputHeld = False
         self._connected = False
         self._producing = False
+        self._inputEnded = False
         self._closedWaiters: list[Deferred[None]] = []
 
     @property
@@ -188,6 +189,7 @@ class TaskServerProtocol(LineProtocol):
 
     def readConnectionLost(self) -> None:
         # The client's last bytes are a line, with or without their "\n".
+        self._inputEnded = True
         self.finishInput()
         self.session.inputEnded()
 
@@ -280,6 +282,10 @@ class TaskServerProtocol(LineProtocol):
         if self._producing:
             self._producing = False
             cast(IConsumer, self.transport).unregisterProducer()
+        if self._inputEnded and _coalesce.closeNow(self.transport):
+            # (The client half-closed and everything is sent: no extra
+            # reactor pass to find the socket writable, no empty send.)
+            return
         self.transport.loseConnection()
 
     def refuseConnection(self, why: str) -> None:
