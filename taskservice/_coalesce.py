@@ -63,7 +63,7 @@ def _closesAtOnce(cls: type) -> bool:
     lost = getattr(cls, "connectionLost", None)
     return (
         _hasBuffer(cls)
-        and hasattr(cls, "producer")
+        and all(hasattr(cls, name) for name in ("producer", "_aborting", "TLS"))
         and {"_writeDisconnected", "stopReading", "stopWriting", "connectionLost"}
         <= set(lose)
         and lost is tcp.Connection.connectionLost
@@ -187,8 +187,8 @@ def closeNow(transport: Any) -> bool:
         or not transport.connected
         or transport.disconnecting
         or transport._writeDisconnected
-        or getattr(transport, "_aborting", False)
-        or getattr(transport, "TLS", False)
+        or transport._aborting
+        or transport.TLS
         or transport.producer is not None
         or transport._tempDataBuffer
         or transport.offset != len(transport.dataBuffer)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableProtocol,
@@ -75,6 +76,11 @@ by the name it counts them under (L{TaskServerFactory.refused}): the error
 class's name (see docs/protocol), in snake case."""
 
 
+_CLEAN_ENDS = (ConnectionDone, ConnectionLost)
+"""Reasons a connection ends that are no TLS failure (checked first: the
+check by the name of pyOpenSSL's error class takes longer)."""
+
+
 @implementer(IHalfCloseableProtocol, IPushProducer)
 class TaskServerProtocol(LineProtocol):
     """
@@ -97,18 +103,20 @@ class TaskServerProtocol(LineProtocol):
 
     log = Logger()
 
+    # (Class defaults: a connection that makes one call sets few of them.)
+    _readingPaused = False
+    _replyBacklog = False
+    _inputHeld = False
+    _connected = False
+    _producing = False
+    _inputEnded = False
+    _closedWaiters: list[Deferred[None]] | None = None
+
     def __init__(self, factory: TaskServerFactory) -> None:
         super().__init__()
         self.factory = factory
         self.pool = factory.pool
         self.session = Session(self, factory.sessionConfig())
-        self._readingPaused = False
-        self._replyBacklog = False
-        self._inputHeld = False
-        self._connected = False
-        self._producing = False
-        self._inputEnded = False
-        self._closedWaiters: list[Deferred[None]] = []
 
     @property
     def maxLineLength(self) -> int:
@@ -153,7 +161,11 @@ class TaskServerProtocol(LineProtocol):
                 transport.resumeProducing()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        if reason is not None and reason.check("OpenSSL.SSL.Error"):
+        if (
+            reason is not None
+            and reason.type not in _CLEAN_ENDS
+            and reason.check("OpenSSL.SSL.Error")
+        ):
             # A client without an acceptable certificate, mostly.
             self.log.info(
                 "task connection from {peer} failed TLS: {error}",
@@ -172,8 +184,8 @@ class TaskServerProtocol(LineProtocol):
             self.pool.dropQueued(owner=self)
             if self.factory.jobs is not None:
                 self.factory.jobs.detachAll(owner=self)
-        waiters, self._closedWaiters = self._closedWaiters, []
-        for d in waiters:
+        waiters, self._closedWaiters = self._closedWaiters, None
+        for d in waiters or ():
             d.callback(None)
 
     def whenClosed(self) -> Deferred[None]:
@@ -182,6 +194,8 @@ class TaskServerProtocol(LineProtocol):
         """
         d: Deferred[None] = Deferred()
         if self._connected:
+            if self._closedWaiters is None:
+                self._closedWaiters = []
             self._closedWaiters.append(d)
         else:
             d.callback(None)
