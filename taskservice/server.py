@@ -76,9 +76,8 @@ by the name it counts them under (L{TaskServerFactory.refused}): the error
 class's name (see docs/protocol), in snake case."""
 
 
+# Ends that are no TLS failure (checked first: quicker than by class name).
 _CLEAN_ENDS = (ConnectionDone, ConnectionLost)
-"""Reasons a connection ends that are no TLS failure (checked first: the
-check by the name of pyOpenSSL's error class takes longer)."""
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
@@ -296,11 +295,9 @@ class TaskServerProtocol(LineProtocol):
         if self._producing:
             self._producing = False
             cast(IConsumer, self.transport).unregisterProducer()
-        if self._inputEnded and _coalesce.closeNow(self.transport):
-            # (The client half-closed and everything is sent: no extra
-            # reactor pass to find the socket writable, no empty send.)
-            return
-        self.transport.loseConnection()
+        # Half-closed by the client and all sent: closed now, not a pass later.
+        if not (self._inputEnded and _coalesce.closeNow(self.transport)):
+            self.transport.loseConnection()
 
     def refuseConnection(self, why: str) -> None:
         self.log.info(
