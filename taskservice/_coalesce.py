@@ -21,6 +21,11 @@ not public API. It is done only for the plain TCP transports and process
 pipes, only if their classes have those attributes (checked at import), and
 everything else (TLS, UNIX sockets, the test suite's in-memory transports)
 is written at once with C{transport.write}, as before.
+
+L{closeNow} closes a TCP connection whose peer has half-closed, when nothing
+waits to be sent, without the extra reactor pass (a writable event, an empty
+C{send}) that C{loseConnection} takes: it does what C{loseConnection} itself
+does for a connection already shut for writing.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.internet import abstract, process, tcp
+from twisted.internet import abstract, main, process, tcp
+from twisted.python.failure import Failure
 
 _BUFFER = ("connected", "disconnecting", "_writeDisconnected", "dataBuffer", "offset")
 
@@ -46,13 +52,34 @@ def _hasBuffer(cls: type) -> bool:
     )
 
 
+def _closesAtOnce(cls: type) -> bool:
+    """
+    Whether C{cls} closes as L{closeNow} expects: C{loseConnection} of a
+    connection shut for writing stops reading and writing and calls
+    C{connectionLost} at once, which closes the socket (orderly: its unsent
+    bytes still go, then the FIN), and the producer is an attribute.
+    """
+    lose = abstract.FileDescriptor.loseConnection.__code__.co_names
+    lost = getattr(cls, "connectionLost", None)
+    return (
+        _hasBuffer(cls)
+        and all(hasattr(cls, name) for name in ("producer", "_aborting", "TLS"))
+        and {"_writeDisconnected", "stopReading", "stopWriting", "connectionLost"}
+        <= set(lose)
+        and lost is tcp.Connection.connectionLost
+        and "_closeSocket" in lost.__code__.co_names
+    )
+
+
 class _Kinds:
     """
-    The transport classes whose writes are gathered: sockets and pipes.
+    The transport classes whose writes are gathered (sockets and pipes),
+    and those L{closeNow} closes.
     """
 
     sockets: tuple[type, ...] = ()
     pipes: tuple[type, ...] = ()
+    closing: tuple[type, ...] = ()
 
 
 _kinds = _Kinds()
@@ -65,13 +92,15 @@ def enable() -> None:
     """
     _kinds.sockets = tuple(c for c in (tcp.Server, tcp.Client) if _hasBuffer(c))
     _kinds.pipes = tuple(c for c in (process.ProcessWriter,) if _hasBuffer(c))
+    _kinds.closing = tuple(c for c in (tcp.Server,) if _closesAtOnce(c))
 
 
 def disable() -> None:
     """
-    Write everything at once with C{transport.write} (for tests).
+    Write everything at once with C{transport.write}, and close with
+    C{loseConnection} (for tests).
     """
-    _kinds.sockets = _kinds.pipes = ()
+    _kinds.sockets = _kinds.pipes = _kinds.closing = ()
 
 
 class _Pending:
@@ -134,6 +163,43 @@ def flushAll() -> None:
     chunks, _pending.chunks = _pending.chunks, {}
     for transport, data in chunks.items():
         _send(transport, b"".join(data))
+
+
+_DONE = Failure(main.CONNECTION_DONE)
+"""The reason a closed connection gives (shared, as Twisted shares its own)."""
+
+
+def closeNow(transport: Any) -> bool:
+    """
+    Close C{transport}, a TCP connection whose peer has half-closed (its
+    end of input was read), at once if nothing waits to be sent (here, or
+    in Twisted's buffer) and no producer is registered; return whether it
+    did. Else (or for another kind of transport) nothing is done: use
+    C{loseConnection}, which sends what waits first.
+
+    Loss-free: the socket is closed the orderly way (the kernel still sends
+    what it holds, then the FIN), and since the peer's end of input was
+    read, no unread byte is left whose presence would make the kernel reset
+    the connection instead. C{connectionLost} runs before this returns.
+    """
+    if (
+        type(transport) not in _kinds.closing
+        or not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnected
+        or transport._aborting
+        or transport.TLS
+        or transport.producer is not None
+        or transport._tempDataBuffer
+        or transport.offset != len(transport.dataBuffer)
+        or transport in _pending.chunks
+    ):
+        return False
+    # What loseConnection does for a connection already shut for writing.
+    transport.stopReading()
+    transport.stopWriting()
+    transport.connectionLost(_DONE)
+    return True
 
 
 def _send(transport: Any, data: bytes) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableProtocol,
@@ -75,6 +76,10 @@ by the name it counts them under (L{TaskServerFactory.refused}): the error
 class's name (see docs/protocol), in snake case."""
 
 
+# Ends that are no TLS failure (checked first: quicker than by class name).
+_CLEAN_ENDS = (ConnectionDone, ConnectionLost)
+
+
 @implementer(IHalfCloseableProtocol, IPushProducer)
 class TaskServerProtocol(LineProtocol):
     """
@@ -97,17 +102,20 @@ class TaskServerProtocol(LineProtocol):
 
     log = Logger()
 
+    # (Class defaults: a connection that makes one call sets few of them.)
+    _readingPaused = False
+    _replyBacklog = False
+    _inputHeld = False
+    _connected = False
+    _producing = False
+    _inputEnded = False
+    _closedWaiters: list[Deferred[None]] | None = None
+
     def __init__(self, factory: TaskServerFactory) -> None:
         super().__init__()
         self.factory = factory
         self.pool = factory.pool
         self.session = Session(self, factory.sessionConfig())
-        self._readingPaused = False
-        self._replyBacklog = False
-        self._inputHeld = False
-        self._connected = False
-        self._producing = False
-        self._closedWaiters: list[Deferred[None]] = []
 
     @property
     def maxLineLength(self) -> int:
@@ -152,7 +160,11 @@ class TaskServerProtocol(LineProtocol):
                 transport.resumeProducing()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        if reason is not None and reason.check("OpenSSL.SSL.Error"):
+        if (
+            reason is not None
+            and reason.type not in _CLEAN_ENDS
+            and reason.check("OpenSSL.SSL.Error")
+        ):
             # A client without an acceptable certificate, mostly.
             self.log.info(
                 "task connection from {peer} failed TLS: {error}",
@@ -171,8 +183,8 @@ class TaskServerProtocol(LineProtocol):
             self.pool.dropQueued(owner=self)
             if self.factory.jobs is not None:
                 self.factory.jobs.detachAll(owner=self)
-        waiters, self._closedWaiters = self._closedWaiters, []
-        for d in waiters:
+        waiters, self._closedWaiters = self._closedWaiters, None
+        for d in waiters or ():
             d.callback(None)
 
     def whenClosed(self) -> Deferred[None]:
@@ -181,6 +193,8 @@ class TaskServerProtocol(LineProtocol):
         """
         d: Deferred[None] = Deferred()
         if self._connected:
+            if self._closedWaiters is None:
+                self._closedWaiters = []
             self._closedWaiters.append(d)
         else:
             d.callback(None)
@@ -188,6 +202,7 @@ class TaskServerProtocol(LineProtocol):
 
     def readConnectionLost(self) -> None:
         # The client's last bytes are a line, with or without their "\n".
+        self._inputEnded = True
         self.finishInput()
         self.session.inputEnded()
 
@@ -280,7 +295,9 @@ class TaskServerProtocol(LineProtocol):
         if self._producing:
             self._producing = False
             cast(IConsumer, self.transport).unregisterProducer()
-        self.transport.loseConnection()
+        # Half-closed by the client and all sent: closed now, not a pass later.
+        if not (self._inputEnded and _coalesce.closeNow(self.transport)):
+            self.transport.loseConnection()
 
     def refuseConnection(self, why: str) -> None:
         self.log.info(
