@@ -47,6 +47,12 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
+        if not buffer and type(data) is bytes and len(data) >= 4:
+            # The common read: exactly one whole frame, nothing before it
+            # (a sequential call, or its answer): no copy into the buffer.
+            (length,) = _HEADER.unpack_from(data)
+            if length + 4 == len(data):
+                return [data[4:]]
         buffer += data
         frames = []
         start = 0

@@ -25,9 +25,37 @@ from taskservice.errors import (
 )
 
 if TYPE_CHECKING:
+    from taskservice._call import Call, CallSink
     from taskservice.gateway import GatewayFactory
 
 __all__ = ["RETRY_AFTER", "GatewayProtocol"]
+
+
+class _BrowserCall:
+    """
+    A browser's task call on the lean lane (beside the pool): the pool's
+    L{Call}, no L{Deferred}. What the session keeps in flight for it, so
+    that a C{$/cancelRequest} is counted as through L{GatewayProtocol.cancel}.
+    """
+
+    __slots__ = ("browser", "call")
+
+    def __init__(self, call: Call, browser: GatewayProtocol) -> None:
+        self.call = call
+        self.browser = browser
+
+    @property
+    def called(self) -> bool:
+        """
+        Whether the call has its outcome (as a L{Deferred}'s C{called}).
+        """
+        return self.call.outcome is not None
+
+    def cancel(self, onlyIfQueued: bool = False) -> None:
+        # (As GatewayProtocol.cancel does for a Deferred: counted, and
+        # cancelled whatever the flag.)
+        self.browser.factory.counters["cancelled"] += 1
+        self.call.cancel()
 
 
 class GatewayProtocol(WebSocketServerProtocol):
@@ -38,13 +66,15 @@ class GatewayProtocol(WebSocketServerProtocol):
     factory: GatewayFactory
     _lean = False
     """Whether frames go through L{taskservice._wsframes} (decided on open)."""
-    _abandoned: set[Deferred[Any]] | None = None
-    """Calls of the pool still running when the browser went, counted then."""
+    _abandoned: set[Any] | None = None
+    """Calls of the pool still running when the browser went, counted then
+    (their Deferreds, and the L{Call}s of the lean lane)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._session: Session | None = None
         self._open = False
+        self._sink: Any = None
 
     @property
     def session(self) -> Session:
@@ -123,7 +153,9 @@ class GatewayProtocol(WebSocketServerProtocol):
             # a client's abandoned calls do.
             running = lane.abandonAll(self, calls)
             if running:
-                self._abandoned = set(running)
+                self._abandoned = {
+                    d.call if isinstance(d, _BrowserCall) else d for d in running
+                }
                 factory.inFlight -= len(running)
                 for _ in running:
                     factory._callEnded(Cancelled())
@@ -157,6 +189,58 @@ class GatewayProtocol(WebSocketServerProtocol):
                 _wsframes.send(self, data)
             else:
                 self.sendMessage(data)
+
+    @property
+    def startCall(self) -> Any:
+        """
+        The session's lean lane (L{taskservice._sessionhost.Lane}) when the
+        gateway calls its task server's pool in this process, else L{None}
+        (every call goes through L{call}).
+        """
+        return self._startCall if self.factory.lane is not None else None
+
+    def _startCall(self, request: Request, sink: CallSink, tag: Any) -> _BrowserCall:
+        """
+        Start a browser's task call on the pool, with no L{Deferred}: its end
+        comes to L{callDone} (counted here) and goes on to C{sink}, the
+        session, which splices the worker's result JSON into the reply.
+        """
+        factory = self.factory
+        factory.counters["calls"] += 1
+        factory.inFlight += 1
+        self._sink = sink
+        pool = factory.lane.pool  # type: ignore[union-attr]
+        return _BrowserCall(
+            pool.start(
+                request.method,
+                request.args,
+                request.kwargs,
+                request.options,
+                self,
+                tag,
+                self,
+            ),
+            self,
+        )
+
+    def callDone(self, call: Call) -> None:
+        """
+        A call of the lean lane ended (L{CallSink}): counted as
+        L{_upstreamEnded} counts a Deferred's, then answered by the session.
+        """
+        abandoned = self._abandoned
+        if abandoned is not None and call in abandoned:
+            # Counted when the browser went.
+            abandoned.discard(call)
+        else:
+            factory = self.factory
+            factory.inFlight -= 1
+            error = call.outcome.error  # type: ignore[union-attr]
+            factory._callEnded(None if error is None else toWireError(error))
+        self._sink.callDone(call)
+
+    def callProgress(self, call: Call, update: dict[str, Any]) -> None:
+        self._sink.callProgress(call, update)
 
     def call(self, request: Request, onProgress: Progress | None) -> Deferred[Any]:
         lane = self.factory.lane

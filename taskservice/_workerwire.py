@@ -14,7 +14,7 @@ import os
 import select
 import threading
 import traceback
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from taskservice import _json
 from taskservice._frames import FrameDecoder, frame
@@ -25,12 +25,19 @@ if TYPE_CHECKING:
 
 class _Channel:
     """
-    Writes frames to the parent; safe to use from any thread.
+    Writes frames to the parent's results pipe, file descriptor C{fd}; safe
+    to use from any thread.
+
+    A frame that leaves at once is one C{os.write} of the bytes (no buffered
+    file in between: on a sequential call that write is the worker's whole
+    answer); frames held for a batch (C{autoflush} off) are joined and
+    written together by L{flush}, after any held before them.
     """
 
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
         self._lock = threading.Lock()
+        self._held: list[bytes] = []
         self.autoflush = True
 
     def send(self, message: dict[str, Any], flush: bool = False) -> None:
@@ -43,13 +50,33 @@ class _Channel:
         """
         data = frame(payload)
         with self._lock:
-            self._stream.write(data)
+            held = self._held
             if flush or self.autoflush:
-                self._stream.flush()
+                if held:
+                    held.append(data)
+                    data = b"".join(held)
+                    held.clear()
+                _writeAll(self._fd, data)
+            else:
+                held.append(data)
 
     def flush(self) -> None:
         with self._lock:
-            self._stream.flush()
+            held = self._held
+            if held:
+                data = b"".join(held)
+                held.clear()
+                _writeAll(self._fd, data)
+
+
+def _writeAll(fd: int, data: bytes) -> None:
+    """
+    Write all of C{data} to the blocking descriptor C{fd} (a write to a pipe
+    may take only part of it, when interrupted by a signal).
+    """
+    sent = os.write(fd, data)
+    while sent < len(data):
+        sent += os.write(fd, memoryview(data)[sent:])
 
 
 def _exitOnHangUp(fd: int) -> None:
@@ -140,9 +167,14 @@ def resultPayload(cid: int, result: Any, maxResult: int) -> bytes:
     The frame payload answering call C{cid} with C{result}: a C{result}
     frame, or an C{error} frame if the result is not JSON or its JSON is
     longer than C{maxResult} bytes (C{"code": "too_large"}).
+
+    The same bytes as encoding C{{"op": "result", "cid": cid, "result":
+    result}} whole (L{_json.dumps} writes no spaces, and a result that
+    needs ASCII escapes gets them alone): the result's JSON is made once
+    and the envelope around it is spelled here.
     """
     try:
-        payload = _json.dumps({"op": "result", "cid": cid, "result": result})
+        encoded = _json.dumps(result)
     except (TypeError, ValueError) as e:
         return _json.dumps(
             {
@@ -154,24 +186,22 @@ def resultPayload(cid: int, result: Any, maxResult: int) -> bytes:
                 },
             }
         )
-    if len(payload) > maxResult:
+    size = len(encoded)
+    if size > maxResult:
         # The limit is on the result's JSON, not on our frame around it.
-        envelope = len(_json.dumps({"op": "result", "cid": cid, "result": 0})) - 1
-        size = len(payload) - envelope
-        if size > maxResult:
-            return _json.dumps(
-                {
-                    "op": "error",
-                    "cid": cid,
-                    "code": "too_large",
-                    "error": {
-                        "type": "TooLarge",
-                        "message": f"the result is {size} bytes of JSON,"
-                        f" over the limit of {maxResult}",
-                    },
-                }
-            )
-    return payload
+        return _json.dumps(
+            {
+                "op": "error",
+                "cid": cid,
+                "code": "too_large",
+                "error": {
+                    "type": "TooLarge",
+                    "message": f"the result is {size} bytes of JSON,"
+                    f" over the limit of {maxResult}",
+                },
+            }
+        )
+    return b'{"op":"result","cid":%d,"result":%b}' % (cid, encoded)
 
 
 def cancelledMessage(cid: int) -> dict[str, Any]:

@@ -132,7 +132,9 @@ class Worker:
         if spec is None:
             return
         token = _progressHook.set(self._reporter(cid))
-        jobToken = _jobContext.set(jobContextFrom(message.get("job")))
+        # (A plain call is no job's: the context already says so.)
+        job = message.get("job")
+        jobToken = _jobContext.set(jobContextFrom(job)) if job else None
         try:
             result = spec.function(*message["args"], **message["kwargs"])
             if hasattr(result, "__await__"):
@@ -157,7 +159,8 @@ class Worker:
             self.succeed(cid, result)
         finally:
             _progressHook.reset(token)
-            _jobContext.reset(jobToken)
+            if jobToken is not None:
+                _jobContext.reset(jobToken)
 
     async def _finish(self, cid: int, awaitable: Any, message: dict[str, Any]) -> None:
         try:
@@ -369,7 +372,7 @@ def main(argv: list[str]) -> int:
             args = args[1:]
         else:
             break
-    channel = _Channel(os.fdopen(RESULTS_FD, "wb"))
+    channel = _Channel(RESULTS_FD)
     try:
         registry = Registry.fromModules(args)
     except BaseException as e:

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from txaio.testutil import replace_loop
 
+from taskservice._frames import RESULTS_FD, frame
+from taskservice._gatewayprotocol import _BrowserCall
 from taskservice._poolcaller import PoolCaller
 from taskservice.gateway import GatewayFactory, GatewaySite
 from taskservice.testing import FakeProcessReactor
@@ -154,3 +156,91 @@ def test_statsThroughTheLane() -> None:
     [reply] = browser.take()
     assert reply["result"]["gateway"]["connections"] == 1
     assert reply["result"]["taskServer"]["workers"]["size"] == 1
+
+
+class RawBrowser(Browser):
+    """
+    A browser that also keeps each message's bytes as they came.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw: list[bytes] = []
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.raw.append(payload)
+        super().onMessage(payload, isBinary)
+
+
+def test_browserCallsTakeTheLeanLane() -> None:
+    """
+    Beside the pool a browser's task call is the pool's own call with no
+    Deferred at all (the session is its sink, as on the task server), and
+    the worker's result JSON goes into the reply as the worker wrote it,
+    not decoded and encoded again.
+    """
+    h = LaneHarness()
+    browser = h.connectBrowser(RawBrowser)
+    browser.call(1, "add", 1, 2)
+    h.flush()
+    [inFlight] = h.gateway().session._inFlight.values()
+    assert isinstance(inFlight, _BrowserCall)
+    call = inFlight.call
+    [worker] = h.reactor.alive
+    [message] = worker.calls
+    worker.calls.clear()
+    worker.protocol.childDataReceived(
+        RESULTS_FD,
+        frame(b'{"op":"result","cid":%d,"result":[1, 2.50]}' % message["cid"]),
+    )
+    h.flush()
+    assert browser.raw == [b'{"jsonrpc":"2.0","id":1,"result":[1, 2.50]}']
+    assert call._deferred is None
+    assert inFlight.called
+    stats = h.factory.stats()
+    assert (stats["calls"], stats["inFlight"], stats["errors"]) == (1, 0, 0)
+    assert h.factory.callOutcomes == {"ok": 1}
+
+
+def test_leanLaneCountsErrorsAndRefusals() -> None:
+    """
+    On the lean lane a task's error and a call the pool refuses at once
+    (its queue is full, told before the pool's start returns) are counted
+    and answered as through a Deferred (the same counts as on main).
+    """
+    h = LaneHarness()
+    h.pool._scheduler.maxQueue = 1  # (the rig makes its pool with the default)
+    browser = h.browser()
+    for requestId in (1, 2, 3):
+        browser.call(requestId, "add", requestId, 0)
+    h.flush()
+    [refused] = browser.take()
+    assert (refused["id"], refused["error"]["code"]) == (3, -32003)
+    [worker] = h.reactor.alive
+    worker.raise_("ValueError", "no")
+    h.run()
+    replies = sorted(browser.take(), key=lambda m: m["id"])
+    assert replies[0]["error"]["code"] == -32000
+    assert replies[1] == {"jsonrpc": "2.0", "id": 2, "result": 2}
+    stats = h.factory.stats()
+    assert (stats["calls"], stats["inFlight"], stats["errors"]) == (3, 0, 2)
+    # ("overloaded" counts the gateway's own refusals: none here.)
+    assert stats["overloaded"] == 0
+    assert h.factory.callOutcomes == {"ok": 1, "task_error": 1, "overloaded": 1}
+
+
+def test_noLeanLaneThroughAClient() -> None:
+    """
+    A gateway in front of a task server through a client has no lean lane:
+    every call goes through the client, as before.
+    """
+    h = Harness()
+    h.browser()
+    h.flush()
+    [protocol] = list(h.factory.browsers)
+    assert protocol.startCall is None
+    assert protocol.session._lane is None
+    lane = LaneHarness()
+    lane.browser()
+    lane.flush()
+    assert lane.gateway().session._lane is not None
