@@ -339,17 +339,19 @@ class Call:
         if timer is not None and timer.active():
             timer.cancel()
 
-    def complete(self, outcome: Outcome) -> bool:
+    def complete(self, outcome: Outcome, now: float | None = None) -> bool:
         """
         End the call with C{outcome}, unless it has ended already: the pool
         counts it and tells every observer, then the caller is told.
-        Returns whether this was its end.
+        Returns whether this was its end (at C{now}, if given: the time
+        its answer was read).
         """
         if self.outcome is not None:
             return False
-        self.stopTimer()
+        if self.timer is not None:
+            self.stopTimer()
         self.outcome = outcome
-        self.endedAt = self._clock.seconds()
+        self.endedAt = self._clock.seconds() if now is None else now
         self.state = CallState.DONE if self.worker is None else CallState.ABANDONED
         self._ended(self)
         sink = self.sink

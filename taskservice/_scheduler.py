@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred, succeed
 
 from taskservice._admission import Admission
+from taskservice._callrecords import FOLD_AT, CallRecords
 from taskservice._call import (
     FAILED,
     Call,
@@ -25,6 +26,7 @@ from taskservice._call import (
 from taskservice._deadlines import Deadlines
 from taskservice._placement import Placement
 from taskservice._queue import CallQueue
+from taskservice._recentcalls import FAILURE_OUTCOMES, RecentCalls
 from taskservice._supervisor import Supervisor
 from taskservice._task import Registry
 from taskservice._workerproc import WorkerProcess, WorkerState
@@ -48,6 +50,9 @@ class Scheduler(Admission):
         deadline or a lost worker.
     @ivar observer: the pool's L{CallObserver}, or L{None}.
     @ivar listeners: the L{CallListener}s, told of every call's end.
+    @ivar records: the ended calls not yet folded into their readers (the
+        recent calls, and an observer that folds batches).
+    @ivar recentCalls: the recent calls' times and failures, for C{$/stats}.
     """
 
     def __init__(
@@ -76,7 +81,11 @@ class Scheduler(Admission):
         self.completed = 0
         self.failed = 0
         self.startedAt: float | None = None
-        self.observer: CallObserver | None = None
+        self.records = CallRecords()
+        self.recentCalls = RecentCalls()
+        self.records.readers.append(self.recentCalls)
+        self._observer: CallObserver | None = None
+        self._perCall: CallObserver | None = None
         self.listeners: list[CallListener] = []
         self._drainWaiters: list[Deferred[None]] = []
         # Set by the pool once the supervisor exists (it needs us first).
@@ -91,6 +100,23 @@ class Scheduler(Admission):
 
     # -- the end of every call ------------------------------------------------
 
+    @property
+    def observer(self) -> CallObserver | None:
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: CallObserver | None) -> None:
+        readers = self.records.readers
+        if self._observer in readers:
+            readers.remove(self._observer)  # type: ignore[arg-type]
+        self._observer = observer
+        # An observer that folds batches of calls (the pool's metrics) is
+        # told of them at once, when read; any other, call by call.
+        folds = observer is not None and hasattr(observer, "callsFinished")
+        if folds:
+            readers.append(observer)  # type: ignore[arg-type]
+        self._perCall = None if folds else observer
+
     def callEnded(self, call: Call) -> None:
         """
         C{call} got its outcome (from L{Call.complete}): count it, and tell
@@ -99,13 +125,28 @@ class Scheduler(Admission):
         outcome = call.outcome
         assert outcome is not None
         kind = outcome.kind
+        startedAt = call.startedAt
         if kind == "ok":
             self.completed += 1
         elif kind in FAILED:
             self.failed += 1
-        observer = self.observer
-        if observer is not None:
-            observer.callFinished(call.task, kind, call.queuedSeconds, call.runSeconds)
+        if startedAt is not None and kind not in FAILURE_OUTCOMES:
+            # The common end (it ran, it did not fail): one tuple, folded
+            # into the metrics and recent calls when they are read.
+            pending = self.records.pending
+            pending.append((call.task, kind, call.queuedAt, startedAt, call.endedAt))  # type: ignore[arg-type]
+            if len(pending) >= FOLD_AT:
+                self.records.fold()
+            observer = self._perCall
+            if observer is not None:
+                observer.callFinished(call.task, kind, call.queuedSeconds, call.runSeconds)
+        else:
+            # (What is pending first: every reader sees the calls in order.)
+            self.records.fold()
+            observer = self._observer
+            if observer is not None:
+                observer.callFinished(call.task, kind, call.queuedSeconds, call.runSeconds)
+            self.recentCalls.callEnded(call)
         for listener in self.listeners:
             listener.callEnded(call)
 
@@ -182,21 +223,10 @@ class Scheduler(Admission):
 
     def _run(self, worker: WorkerProcess, call: Call) -> None:
         worker.assign(call, self.placement.isShort(call.task))
-        message: dict[str, Any] = {
-            "op": "call",
-            "cid": call.cid,
-            "task": call.task,
-            "args": call.args,
-            "kwargs": call.kwargs,
-        }
-        if self.includeTracebacks:
-            message["tb"] = True
-        if call.job is not None:
-            message["job"] = call.job
         try:
             # (A call of the lean lane holds only what was decoded from its
             # request line: encoded without the check dumps makes.)
-            worker.send(message, decoded=call.sink is not None)
+            worker.sendCall(call, self.includeTracebacks, call.sink is not None)
         except (TypeError, ValueError) as e:
             worker.take(call.cid, answered=False)
             self.supervisor.recycler.afterCall(worker)
@@ -212,25 +242,41 @@ class Scheduler(Admission):
     def workerReady(self, worker: WorkerProcess) -> None:
         self.dispatch()
 
-    def callResult(self, worker: WorkerProcess, cid: int, raw: bytes) -> None:
+    def callResults(
+        self, worker: WorkerProcess, results: list[tuple[int, bytes]]
+    ) -> None:
         """
-        A worker's C{result} frame, its result still JSON (C{raw}): the
-        common case, kept apart from L{callMessage}.
+        A worker's C{result} frames of one read, in order, each result still
+        JSON: the common case, kept apart from L{callMessage}. The worker
+        lets go of all of them first (measured, released, recycled if due),
+        then each caller is told, then the queue is placed once.
         """
         if worker.state is WorkerState.DEAD:
+            # A late answer from a killed worker: its callers have had (or
+            # will get, when it exits) their one outcome.
             return
-        blocking = worker.blocking
-        call = worker.take(cid)
-        if call is None:
+        now = self.reactor.seconds()
+        take = worker.take
+        measure = self.placement.measure
+        released = self.deadlines.released
+        answered: list[tuple[Call, bytes]] = []
+        for cid, raw in results:
+            blocking = worker.blocking
+            call = take(cid)
+            if call is None:
+                continue
+            if blocking:
+                measure(worker, call, now)
+            call.release()
+            released(call)
+            answered.append((call, raw))
+        if not answered:
             return
-        if blocking:
-            self.placement.measure(worker, call, self.reactor.seconds())
-        call.release()
-        self.deadlines.released(call)
         self.supervisor.recycler.afterCall(worker)
-        if call.outcome is None:
-            call.resultBytes = raw
-            call.complete(RawOutcome.of(raw))
+        for call, raw in answered:
+            if call.outcome is None:
+                call.resultBytes = raw
+                call.complete(RawOutcome.of(raw), now)
         if len(self.queue):
             self.dispatch()
         if self._drainWaiters:

@@ -76,10 +76,12 @@ class WorkerOwner(Protocol):
         C{worker} sent a frame.
         """
 
-    def workerResult(self, worker: WorkerProcess, cid: int, result: bytes) -> None:
+    def workerResults(
+        self, worker: WorkerProcess, results: list[tuple[int, bytes]]
+    ) -> None:
         """
-        C{worker} answered call C{cid} with C{result} (its JSON): the
-        common frame, passed on still encoded.
+        C{worker} answered calls: C{(cid, result)} pairs, each result still
+        its JSON (the common frames, as many as came in a row in one read).
         """
 
     def workerStateChanged(
@@ -212,6 +214,25 @@ class WorkerProcess(ProcessProtocol):
         else:
             self.transport.writeToChild(COMMANDS_FD, data)
 
+    def sendCall(self, call: Call, tb: bool, decoded: bool) -> None:
+        """
+        Send C{call}'s frame (C{tb}: ask for tracebacks; C{decoded}: its
+        arguments hold only values decoded from JSON). Raises L{TypeError}
+        or L{ValueError} for arguments JSON cannot carry.
+        """
+        data = frame(
+            _json.callPayload(
+                call.cid, call.task, call.args, call.kwargs, tb, call.job, decoded
+            )
+        )
+        commands = self._commands
+        if commands is not None:
+            # The frames of one reactor pass go to the worker in one write.
+            _coalesce.write(commands, data)
+        else:
+            assert self.transport is not None
+            self.transport.writeToChild(COMMANDS_FD, data)
+
     def kill(self) -> None:
         """
         SIGKILL the process; it will never receive another call.
@@ -238,12 +259,20 @@ class WorkerProcess(ProcessProtocol):
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == RESULTS_FD:
             owner = self.owner
+            resultFrame = _json.resultFrame
+            results: list[tuple[int, bytes]] = []
             for payload in self._frames.feed(data):
-                found = _json.resultFrame(payload)
-                if found is None:
-                    owner.workerMessage(self, _json.loads(payload))
-                else:
-                    owner.workerResult(self, *found)
+                found = resultFrame(payload)
+                if found is not None:
+                    results.append(found)
+                    continue
+                # Any other frame in its turn, after the results before it.
+                if results:
+                    owner.workerResults(self, results)
+                    results = []
+                owner.workerMessage(self, _json.loads(payload))
+            if results:
+                owner.workerResults(self, results)
             return
         lines = (self._partial.get(childFD, b"") + data).split(b"\n")
         rest = lines.pop()
