@@ -73,24 +73,24 @@ class Admission:
                 "invalid request",
                 f"timeout must be more than 0 and at most {self.maxTimeout:g} seconds",
             )
-        call = Call(
-            self.reactor,
-            self.callEnded,
-            self._nextCallID,
+        cid = self._nextCallID
+        self._nextCallID = cid + 1
+        return Call(
+            self,
+            cid,
             spec.name,
             spec,
             args,
             kwargs,
             timeout,
-            onProgress,
-            owner,
-            job,
-            self.deadlines.cancel,
+            self.reactor.seconds(),
             sink,
             tag,
+            owner,
+            self.deadlines.cancel,
+            onProgress,
+            job,
         )
-        self._nextCallID += 1
-        return call
 
     def refuse(
         self,
@@ -110,8 +110,7 @@ class Admission:
         """
         known = isinstance(name, str) and name in self.registry
         call = Call(
-            self.reactor,
-            self.callEnded,
+            self,
             0,
             name if known else "",
             self.registry[name] if known else None,
@@ -119,13 +118,13 @@ class Admission:
             kwargs,
             options.timeout or 0.0,
             None,
-            owner,
-            job,
-            None,
             sink,
             tag,
+            owner,
+            None,
+            None,
+            job,
         )
-        call.queuedAt = None
         call.complete(Outcome.failure(error))
         return call
 

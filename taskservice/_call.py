@@ -166,6 +166,19 @@ class CallSink(Protocol):
         """
 
 
+class CallHost(Protocol):
+    """
+    Who keeps calls: its clock, and who hears each call's end first.
+    """
+
+    reactor: Any
+
+    def callEnded(self, call: Call) -> None:
+        """
+        C{call} has just got its outcome (before its caller is told).
+        """
+
+
 class Call:
     """
     One call, from submission to its single outcome.
@@ -194,9 +207,8 @@ class Call:
 
     __slots__ = (
         "_canceller",
-        "_clock",
         "_deferred",
-        "_ended",
+        "_host",
         "args",
         "cid",
         "deadline",
@@ -221,45 +233,45 @@ class Call:
 
     def __init__(
         self,
-        clock: Any,
-        ended: Callable[[Call], object],
+        host: CallHost,
         cid: int,
         task: str,
         spec: TaskSpec | None,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        timeout: float = 0.0,
-        onProgress: ProgressCallback | None = None,
-        owner: object = None,
-        job: Mapping[str, Any] | None = None,
-        canceller: Callable[[Call], object] | None = None,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        timeout: float,
+        queuedAt: float | None,
         sink: CallSink | None = None,
         tag: Any = None,
+        owner: object = None,
+        canceller: Callable[[Call], object] | None = None,
+        onProgress: ProgressCallback | None = None,
+        job: Mapping[str, Any] | None = None,
     ) -> None:
-        self._clock = clock
-        self._ended = ended
+        # (Every field set here, in one go: a call is made per request.)
+        self._host = host
         self.cid = cid
         self.task = task
         self.spec = spec
         self.args = args
-        self.kwargs = kwargs if kwargs is not None else {}
+        self.kwargs = kwargs
         self.timeout = timeout
-        self.onProgress = onProgress
-        self.owner = owner
-        self.job = job
-        self.state = CallState.QUEUED
-        self._canceller = canceller
-        self._deferred: Deferred[Any] | None = None
+        self.queuedAt = queuedAt
         self.sink = sink
         self.tag = tag
+        self.owner = owner
+        self._canceller = canceller
+        self.onProgress = onProgress
+        self.job = job
+        self.state = CallState.QUEUED
+        self._deferred: Deferred[Any] | None = None
         self.resultBytes: bytes | None = None
-        self.deadline = 0.0
         self.worker: Any = None
         self.timer: IDelayedCall | None = None
-        self.queuedAt: float | None = clock.seconds()
         self.startedAt: float | None = None
         self.endedAt: float | None = None
         self.outcome: Outcome | None = None
+        self.deadline = 0.0
 
     def __repr__(self) -> str:
         return f"<Call {self.cid} {self.task!r} {self.state.value}>"
@@ -326,13 +338,13 @@ class Call:
             return None
         return self.endedAt - self.startedAt
 
-    def started(self, worker: Any) -> None:
+    def started(self, worker: Any, now: float) -> None:
         """
-        It was sent to C{worker}.
+        It was sent to C{worker} at C{now}.
         """
         self.state = CallState.RUNNING
         self.worker = worker
-        self.startedAt = self._clock.seconds()
+        self.startedAt = now
 
     def stopTimer(self) -> None:
         timer, self.timer = self.timer, None
@@ -351,9 +363,9 @@ class Call:
         if self.timer is not None:
             self.stopTimer()
         self.outcome = outcome
-        self.endedAt = self._clock.seconds() if now is None else now
+        self.endedAt = self._host.reactor.seconds() if now is None else now
         self.state = CallState.DONE if self.worker is None else CallState.ABANDONED
-        self._ended(self)
+        self._host.callEnded(self)
         sink = self.sink
         if sink is not None:
             sink.callDone(self)

@@ -37,7 +37,8 @@ class Placement:
         self.shortCall = shortCall
         self._runTime: dict[str, float] = {}
         self._samples: dict[str, int] = {}
-        self._short: set[str] = set()
+        self.short: set[str] = set()
+        """The names of the tasks measured to be short."""
 
     def workerFor(
         self,
@@ -62,7 +63,7 @@ class Placement:
                     return worker
         if idle:
             return idle[-1]
-        if self.pipeline > 1 and call.task in self._short:
+        if self.pipeline > 1 and call.task in self.short:
             # No idle worker: a short call may wait in the pipe of a worker
             # running only short calls (never behind a long one).
             best: WorkerProcess | None = None
@@ -82,7 +83,7 @@ class Placement:
         """
         Whether calls of task C{name} have been measured to be short.
         """
-        return name in self._short
+        return name in self.short
 
     def measure(self, worker: WorkerProcess, call: Call, now: float) -> None:
         """
@@ -101,6 +102,6 @@ class Placement:
             runTime = seconds
         self._runTime[name] = runTime
         if samples + 1 >= _SHORT_SAMPLES and runTime < self.shortCall:
-            self._short.add(name)
+            self.short.add(name)
         else:
-            self._short.discard(name)
+            self.short.discard(name)

@@ -163,7 +163,7 @@ class Scheduler(Admission):
             supervisor = self.supervisor
             worker = self.placement.workerFor(call, supervisor.workers, supervisor.idle)
             if worker is not None:
-                self._run(worker, call)
+                self._run(worker, call, call.queuedAt or self.reactor.seconds())
                 return
         queue.push(call)
         if queue.peek() is call:
@@ -208,33 +208,56 @@ class Scheduler(Admission):
     # -- dispatch --------------------------------------------------------------
 
     def dispatch(self) -> None:
+        """
+        Place queued calls, in queue order, while a worker can take the
+        next one; the frames for one worker go to it in one write.
+        """
         queue = self.queue
+        if not len(queue):
+            return
         supervisor = self.supervisor
+        workers, idle = supervisor.workers, supervisor.idle
         workerFor = self.placement.workerFor
-        while True:
-            call = queue.peek()
-            if call is None:
-                return
-            worker = workerFor(call, supervisor.workers, supervisor.idle)
-            if worker is None:
-                return
-            queue.pop()
-            self._run(worker, call)
+        now = self.reactor.seconds()
+        held: list[WorkerProcess] = []
+        try:
+            while True:
+                call = queue.peek()
+                if call is None:
+                    return
+                worker = workerFor(call, workers, idle)
+                if worker is None:
+                    return
+                queue.pop()
+                if not worker.holding:
+                    held.append(worker)
+                self._run(worker, call, now, True)
+        finally:
+            for worker in held:
+                worker.sendHeld()
 
-    def _run(self, worker: WorkerProcess, call: Call) -> None:
-        worker.assign(call, self.placement.isShort(call.task))
+    def _run(
+        self, worker: WorkerProcess, call: Call, now: float, hold: bool = False
+    ) -> None:
+        """
+        Send C{call} to C{worker} (C{hold}: keep its frame with the others
+        of this dispatch, sent by C{worker.sendHeld}).
+        """
+        worker.assign(call, call.task in self.placement.short)
         try:
             # (A call of the lean lane holds only what was decoded from its
             # request line: encoded without the check dumps makes.)
-            worker.sendCall(call, self.includeTracebacks, call.sink is not None)
+            worker.sendCall(call, self.includeTracebacks, call.sink is not None, hold)
         except (TypeError, ValueError) as e:
             worker.take(call.cid, answered=False)
+            # (What this dispatch placed before it goes first.)
+            worker.sendHeld()
             self.supervisor.recycler.afterCall(worker)
             call.complete(
                 Outcome.failure(InvalidParams("invalid params", f"not JSON: {e}"))
             )
             return
-        call.started(worker)
+        call.started(worker, now)
         self.deadlines.arm(call)
 
     # -- what workers say (SupervisorClient) -----------------------------------

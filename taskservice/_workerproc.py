@@ -141,6 +141,8 @@ class WorkerProcess(ProcessProtocol):
         self._frames = FrameDecoder()
         self._partial: dict[int, bytes] = {1: b"", 2: b""}
         self._commands: Any = None
+        self.holding: list[bytes] = []
+        """Call frames held by L{sendCall}, sent by L{sendHeld}."""
 
     def __repr__(self) -> str:
         return f"<WorkerProcess {self.workerID} pid={self.pid} {self.state.value}>"
@@ -206,25 +208,40 @@ class WorkerProcess(ProcessProtocol):
         Send a frame (C{decoded}: C{message} holds only values decoded from
         JSON; see L{_json.dumpsDecoded}).
         """
-        assert self.transport is not None
-        data = frame(_json.dumpsDecoded(message) if decoded else _json.dumps(message))
-        if self._commands is not None:
-            # The frames of one reactor pass go to the worker in one write.
-            _coalesce.write(self._commands, data)
-        else:
-            self.transport.writeToChild(COMMANDS_FD, data)
+        self._write(
+            frame(_json.dumpsDecoded(message) if decoded else _json.dumps(message))
+        )
 
-    def sendCall(self, call: Call, tb: bool, decoded: bool) -> None:
+    def sendCall(
+        self, call: Call, tb: bool, decoded: bool, hold: bool = False
+    ) -> None:
         """
         Send C{call}'s frame (C{tb}: ask for tracebacks; C{decoded}: its
-        arguments hold only values decoded from JSON). Raises L{TypeError}
-        or L{ValueError} for arguments JSON cannot carry.
+        arguments hold only values decoded from JSON; C{hold}: keep it
+        with the others held until L{sendHeld}). Raises L{TypeError} or
+        L{ValueError} for arguments JSON cannot carry.
         """
         data = frame(
             _json.callPayload(
                 call.cid, call.task, call.args, call.kwargs, tb, call.job, decoded
             )
         )
+        if hold:
+            self.holding.append(data)
+        else:
+            self._write(data)
+
+    def sendHeld(self) -> None:
+        """
+        Send the frames L{sendCall} held, in one write.
+        """
+        holding = self.holding
+        if holding:
+            data = holding[0] if len(holding) == 1 else b"".join(holding)
+            holding.clear()
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
         commands = self._commands
         if commands is not None:
             # The frames of one reactor pass go to the worker in one write.
