@@ -90,7 +90,7 @@ class RawOutcome(Outcome):
 
     @classmethod
     def of(cls, raw: bytes) -> RawOutcome:
-        return cls("ok", raw)
+        return tuple.__new__(cls, ("ok", raw, None))
 
     @property
     def raw(self) -> bytes:

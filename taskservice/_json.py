@@ -278,7 +278,8 @@ def callPayload(
     """
     if decoded:
         try:
-            return _fastEncoder.encode(_CallFrame("call", cid, task, args, kwargs, tb, job))
+            frame = _CallFrame("call", cid, task, args, kwargs, tb, job)
+            return _fastEncoder.encode(frame)
         except (
             msgspec.EncodeError,
             TypeError,

@@ -85,6 +85,42 @@ class Placement:
         """
         return name in self.short
 
+    def measureAll(
+        self, worker: WorkerProcess, answered: list[tuple[Call, bytes]], now: float
+    ) -> None:
+        """
+        L{measure} each call of C{answered} (in order), all answered at
+        C{now}: the same numbers, the same task for the calls in a row
+        kept in locals.
+        """
+        name: str | None = None
+        samples = 0
+        runTime = 0.0
+        lastAnswerAt = worker.lastAnswerAt
+        for call, _ in answered:
+            if call.task != name:
+                if name is not None:
+                    self._learned(name, samples, runTime)
+                name = call.task
+                samples = self._samples.get(name, 0)
+                runTime = self._runTime.get(name, 0.0)
+            startedAt = call.startedAt or now
+            seconds = now - (startedAt if startedAt > lastAnswerAt else lastAnswerAt)
+            lastAnswerAt = now
+            runTime = runTime + _EWMA * (seconds - runTime) if samples else seconds
+            samples += 1
+        worker.lastAnswerAt = lastAnswerAt
+        if name is not None:
+            self._learned(name, samples, runTime)
+
+    def _learned(self, name: str, samples: int, runTime: float) -> None:
+        self._samples[name] = samples
+        self._runTime[name] = runTime
+        if samples >= _SHORT_SAMPLES and runTime < self.shortCall:
+            self.short.add(name)
+        else:
+            self.short.discard(name)
+
     def measure(self, worker: WorkerProcess, call: Call, now: float) -> None:
         """
         Learn how long the task's calls run: from when the call could start

@@ -191,15 +191,10 @@ class PoolMetrics:
         for task, indices in byTask.items():
             self._observeTask(
                 task,
-                *(
-                    tuple(column[i] for i in indices)
-                    for column in (
-                        calls.outcomes,
-                        calls.queuedAt,
-                        calls.startedAt,
-                        calls.endedAt,
-                    )
-                ),
+                [calls.outcomes[i] for i in indices],
+                [calls.queuedAt[i] for i in indices],
+                [calls.startedAt[i] for i in indices],
+                [calls.endedAt[i] for i in indices],
             )
 
     def _observeTask(

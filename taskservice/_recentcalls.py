@@ -80,7 +80,7 @@ class RecentCalls:
         A batch of calls that ran and did not fail (oldest first).
         """
         endedAt = calls.endedAt
-        self._timed.extend(zip(endedAt, map(sub, endedAt, calls.queuedAt)))
+        self._timed.extend(zip(endedAt, map(sub, endedAt, calls.queuedAt), strict=True))
 
     def _failure(
         self, call: Call, kind: str, error: BaseException | None

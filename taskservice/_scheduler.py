@@ -12,7 +12,6 @@ from typing import Any
 from twisted.internet.defer import CancelledError, Deferred, succeed
 
 from taskservice._admission import Admission
-from taskservice._callrecords import FOLD_AT, CallRecords
 from taskservice._call import (
     FAILED,
     Call,
@@ -23,6 +22,7 @@ from taskservice._call import (
     RawOutcome,
     poolLog,
 )
+from taskservice._callrecords import FOLD_AT, CallRecords
 from taskservice._deadlines import Deadlines
 from taskservice._placement import Placement
 from taskservice._queue import CallQueue
@@ -106,15 +106,15 @@ class Scheduler(Admission):
 
     @observer.setter
     def observer(self, observer: CallObserver | None) -> None:
-        readers = self.records.readers
+        readers: list[Any] = self.records.readers
         if self._observer in readers:
-            readers.remove(self._observer)  # type: ignore[arg-type]
+            readers.remove(self._observer)
         self._observer = observer
         # An observer that folds batches of calls (the pool's metrics) is
         # told of them at once, when read; any other, call by call.
         folds = observer is not None and hasattr(observer, "callsFinished")
         if folds:
-            readers.append(observer)  # type: ignore[arg-type]
+            readers.append(observer)
         self._perCall = None if folds else observer
 
     def callEnded(self, call: Call) -> None:
@@ -134,18 +134,24 @@ class Scheduler(Admission):
             # The common end (it ran, it did not fail): one tuple, folded
             # into the metrics and recent calls when they are read.
             pending = self.records.pending
-            pending.append((call.task, kind, call.queuedAt, startedAt, call.endedAt))  # type: ignore[arg-type]
+            pending.append(
+                (call.task, kind, call.queuedAt, startedAt, call.endedAt)  # type: ignore[arg-type]
+            )
             if len(pending) >= FOLD_AT:
                 self.records.fold()
             observer = self._perCall
             if observer is not None:
-                observer.callFinished(call.task, kind, call.queuedSeconds, call.runSeconds)
+                observer.callFinished(
+                    call.task, kind, call.queuedSeconds, call.runSeconds
+                )
         else:
             # (What is pending first: every reader sees the calls in order.)
             self.records.fold()
             observer = self._observer
             if observer is not None:
-                observer.callFinished(call.task, kind, call.queuedSeconds, call.runSeconds)
+                observer.callFinished(
+                    call.task, kind, call.queuedSeconds, call.runSeconds
+                )
             self.recentCalls.callEnded(call)
         for listener in self.listeners:
             listener.callEnded(call)
@@ -279,22 +285,13 @@ class Scheduler(Admission):
             # will get, when it exits) their one outcome.
             return
         now = self.reactor.seconds()
-        take = worker.take
-        measure = self.placement.measure
-        released = self.deadlines.released
-        answered: list[tuple[Call, bytes]] = []
-        for cid, raw in results:
-            blocking = worker.blocking
-            call = take(cid)
-            if call is None:
-                continue
-            if blocking:
-                measure(worker, call, now)
-            call.release()
-            released(call)
-            answered.append((call, raw))
+        blocking = worker.blocking
+        answered = worker.takeAnswered(results)
         if not answered:
             return
+        if blocking:
+            self.placement.measureAll(worker, answered, now)
+        self.deadlines.releasedAll(answered)
         self.supervisor.recycler.afterCall(worker)
         for call, raw in answered:
             if call.outcome is None:

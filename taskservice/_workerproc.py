@@ -18,6 +18,7 @@ A L{WorkerProcess} knows nothing of the pool: it tells its L{WorkerOwner}
 from __future__ import annotations
 
 import os
+import struct
 import sys
 from collections.abc import Mapping
 from enum import Enum
@@ -32,13 +33,22 @@ from twisted.python.failure import Failure
 
 from taskservice import _coalesce, _json
 from taskservice._defaults import DEFAULT_MAX_RESULT
-from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
+from taskservice._frames import (
+    COMMANDS_FD,
+    MAX_FRAME,
+    RESULTS_FD,
+    FrameDecoder,
+    FrameError,
+    frame,
+)
 from taskservice._task import Registry
 
 if TYPE_CHECKING:
     from taskservice._call import Call
 
 _MAX_OUTPUT_LINE = 64 * 1024
+_HEADER = struct.Struct(">I")
+"""A frame's length header (see L{taskservice._frames})."""
 CHILD_FDS: Mapping[int, str] = {
     0: "w",
     1: "r",
@@ -166,7 +176,8 @@ class WorkerProcess(ProcessProtocol):
         C{call} is being sent to this worker (C{short}: its task is measured
         to be short, so more short calls may wait behind it).
         """
-        self.setState(WorkerState.BUSY)
+        if self.state is not WorkerState.BUSY:
+            self.setState(WorkerState.BUSY)
         self.shortOnly = short and (self.shortOnly or not self.calls)
         self.calls[call.cid] = call
         self.blocking = not call.spec.isAsync  # type: ignore[union-attr]
@@ -186,6 +197,28 @@ class WorkerProcess(ProcessProtocol):
             if self.state is WorkerState.BUSY:
                 self.setState(WorkerState.IDLE)
         return call
+
+    def takeAnswered(
+        self, results: list[tuple[int, bytes]]
+    ) -> list[tuple[Call, bytes]]:
+        """
+        L{take} each call answered in C{results} (C{(cid, result)} pairs;
+        a cid it does not hold is skipped), and return them with their
+        results, in order.
+        """
+        calls = self.calls
+        pop = calls.pop
+        answered = []
+        for cid, raw in results:
+            call = pop(cid, None)
+            if call is not None:
+                answered.append((call, raw))
+        self.completed += len(answered)
+        if not calls and answered:
+            self.blocking = self.shortOnly = False
+            if self.state is WorkerState.BUSY:
+                self.setState(WorkerState.IDLE)
+        return answered
 
     def takeAll(self) -> list[Call]:
         """
@@ -212,20 +245,20 @@ class WorkerProcess(ProcessProtocol):
             frame(_json.dumpsDecoded(message) if decoded else _json.dumps(message))
         )
 
-    def sendCall(
-        self, call: Call, tb: bool, decoded: bool, hold: bool = False
-    ) -> None:
+    def sendCall(self, call: Call, tb: bool, decoded: bool, hold: bool = False) -> None:
         """
         Send C{call}'s frame (C{tb}: ask for tracebacks; C{decoded}: its
         arguments hold only values decoded from JSON; C{hold}: keep it
         with the others held until L{sendHeld}). Raises L{TypeError} or
         L{ValueError} for arguments JSON cannot carry.
         """
-        data = frame(
-            _json.callPayload(
-                call.cid, call.task, call.args, call.kwargs, tb, call.job, decoded
-            )
+        payload = _json.callPayload(
+            call.cid, call.task, call.args, call.kwargs, tb, call.job, decoded
         )
+        size = len(payload)
+        if size > MAX_FRAME:
+            raise FrameError(f"frame of {size} bytes is over {MAX_FRAME}")
+        data = _HEADER.pack(size) + payload
         if hold:
             self.holding.append(data)
         else:
