@@ -338,14 +338,6 @@ class Call:
             return None
         return self.endedAt - self.startedAt
 
-    def started(self, worker: Any, now: float) -> None:
-        """
-        It was sent to C{worker} at C{now}.
-        """
-        self.state = CallState.RUNNING
-        self.worker = worker
-        self.startedAt = now
-
     def stopTimer(self) -> None:
         timer, self.timer = self.timer, None
         if timer is not None and timer.active():

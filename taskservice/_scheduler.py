@@ -235,16 +235,27 @@ class Scheduler(Admission):
         workers, idle = supervisor.workers, supervisor.idle
         workerFor = self.placement.workerFor
         now = self.reactor.seconds()
+        fifo = self._fifo
         held: list[WorkerProcess] = []
         try:
             while True:
-                call = queue.peek()
-                if call is None:
-                    return
+                if fifo is not None:
+                    # (A FIFO queue's deque, read directly.)
+                    if not fifo:
+                        return
+                    call = fifo[0]
+                else:
+                    found = queue.peek()
+                    if found is None:
+                        return
+                    call = found
                 worker = workerFor(call, workers, idle)
                 if worker is None:
                     return
-                queue.pop()
+                if fifo is not None:
+                    fifo.popleft()
+                else:
+                    queue.pop()
                 if not worker.holding:
                     held.append(worker)
                 self._run(worker, call, now, True)
@@ -273,7 +284,9 @@ class Scheduler(Admission):
                 Outcome.failure(InvalidParams("invalid params", f"not JSON: {e}"))
             )
             return
-        call.started(worker, now)
+        call.state = CallState.RUNNING
+        call.worker = worker
+        call.startedAt = now
         self.deadlines.arm(call)
 
     # -- what workers say (SupervisorClient) -----------------------------------
