@@ -75,7 +75,7 @@ class Admission:
             )
         cid = self._nextCallID
         self._nextCallID = cid + 1
-        return Call(
+        call = Call(
             self,
             cid,
             spec.name,
@@ -87,10 +87,18 @@ class Admission:
             sink,
             tag,
             owner,
-            self.deadlines.cancel,
-            onProgress,
-            job,
         )
+        if onProgress is not None:
+            call.onProgress = onProgress
+        if job is not None:
+            call.job = job
+        return call
+
+    def cancelCall(self, call: Call) -> None:
+        """
+        The canceller of every accepted call (see L{Call.cancel}).
+        """
+        self.deadlines.cancel(call)
 
     def refuse(
         self,
@@ -121,10 +129,8 @@ class Admission:
             sink,
             tag,
             owner,
-            None,
-            None,
-            job,
         )
+        call.job = job
         call.complete(Outcome.failure(error))
         return call
 

@@ -178,6 +178,11 @@ class CallHost(Protocol):
         C{call} has just got its outcome (before its caller is told).
         """
 
+    def cancelCall(self, call: Call) -> None:
+        """
+        The caller cancels C{call} (an accepted one).
+        """
+
 
 class Call:
     """
@@ -206,7 +211,6 @@ class Call:
     """
 
     __slots__ = (
-        "_canceller",
         "_deferred",
         "_host",
         "args",
@@ -244,9 +248,6 @@ class Call:
         sink: CallSink | None = None,
         tag: Any = None,
         owner: object = None,
-        canceller: Callable[[Call], object] | None = None,
-        onProgress: ProgressCallback | None = None,
-        job: Mapping[str, Any] | None = None,
     ) -> None:
         # (Every field set here, in one go: a call is made per request.)
         self._host = host
@@ -260,9 +261,8 @@ class Call:
         self.sink = sink
         self.tag = tag
         self.owner = owner
-        self._canceller = canceller
-        self.onProgress = onProgress
-        self.job = job
+        self.onProgress: ProgressCallback | None = None
+        self.job: Mapping[str, Any] | None = None
         self.state = CallState.QUEUED
         self._deferred: Deferred[Any] | None = None
         self.resultBytes: bytes | None = None
@@ -285,13 +285,14 @@ class Call:
         """
         deferred = self._deferred
         if deferred is None:
-            canceller = self._canceller
-            if canceller is None:
+            if not self.cid:
+                # Refused at submission: nothing to cancel.
                 deferred = Deferred()
             else:
+                host = self._host
 
                 def cancel(d: Deferred[Any]) -> None:
-                    canceller(self)
+                    host.cancelCall(self)
 
                 deferred = Deferred(cancel)
             self._deferred = deferred
@@ -315,8 +316,8 @@ class Call:
             return
         if self._deferred is not None:
             self._deferred.cancel()
-        elif self._canceller is not None and self.outcome is None:
-            self._canceller(self)
+        elif self.cid and self.outcome is None:
+            self._host.cancelCall(self)
 
     @property
     def queuedSeconds(self) -> float | None:
