@@ -259,9 +259,11 @@ class WorkerProcess(ProcessProtocol):
         if size > MAX_FRAME:
             raise FrameError(f"frame of {size} bytes is over {MAX_FRAME}")
         data = _HEADER.pack(size) + payload
-        if hold:
+        if hold and self._commands is not None:
             self.holding.append(data)
         else:
+            # (Not held for a transport without a command pipe, such as an
+            # in-memory worker: what its write raises is the call's error.)
             self._write(data)
 
     def sendHeld(self) -> None:
@@ -272,7 +274,14 @@ class WorkerProcess(ProcessProtocol):
         if holding:
             data = holding[0] if len(holding) == 1 else b"".join(holding)
             holding.clear()
-            self._write(data)
+            # (Written here, not through _write: an in-memory worker decodes
+            # the frames on this stack, no deeper than they were encoded.)
+            commands = self._commands
+            if commands is not None:
+                _coalesce.write(commands, data)
+            else:
+                assert self.transport is not None
+                self.transport.writeToChild(COMMANDS_FD, data)
 
     def _write(self, data: bytes) -> None:
         commands = self._commands
