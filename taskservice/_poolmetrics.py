@@ -1,8 +1,9 @@
 """
 A pool's Prometheus metrics (L{PoolMetrics}): per task outcome counters
-and call-time histograms in plain integers, fed once per call by the pool
-(L{taskservice.pool.CallObserver}), and the pool's queue and workers read
-from its own counters on scrape.
+and call-time histograms in plain integers, fed by the pool in batches
+folded when collected (L{PoolMetrics.callsFinished}; calls that failed or
+never ran one by one, L{PoolMetrics.callFinished}), and the pool's queue
+and workers read from its own counters on scrape.
 
 Part of L{taskservice.metrics}, which re-exports the public names.
 """
