@@ -73,24 +73,32 @@ class Admission:
                 "invalid request",
                 f"timeout must be more than 0 and at most {self.maxTimeout:g} seconds",
             )
+        cid = self._nextCallID
+        self._nextCallID = cid + 1
         call = Call(
-            self.reactor,
-            self.callEnded,
-            self._nextCallID,
+            self,
+            cid,
             spec.name,
             spec,
             args,
             kwargs,
             timeout,
-            onProgress,
-            owner,
-            job,
-            self.deadlines.cancel,
+            self.reactor.seconds(),
             sink,
             tag,
+            owner,
         )
-        self._nextCallID += 1
+        if onProgress is not None:
+            call.onProgress = onProgress
+        if job is not None:
+            call.job = job
         return call
+
+    def cancelCall(self, call: Call) -> None:
+        """
+        The canceller of every accepted call (see L{Call.cancel}).
+        """
+        self.deadlines.cancel(call)
 
     def refuse(
         self,
@@ -110,8 +118,7 @@ class Admission:
         """
         known = isinstance(name, str) and name in self.registry
         call = Call(
-            self.reactor,
-            self.callEnded,
+            self,
             0,
             name if known else "",
             self.registry[name] if known else None,
@@ -119,13 +126,11 @@ class Admission:
             kwargs,
             options.timeout or 0.0,
             None,
-            owner,
-            job,
-            None,
             sink,
             tag,
+            owner,
         )
-        call.queuedAt = None
+        call.job = job
         call.complete(Outcome.failure(error))
         return call
 

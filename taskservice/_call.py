@@ -90,7 +90,7 @@ class RawOutcome(Outcome):
 
     @classmethod
     def of(cls, raw: bytes) -> RawOutcome:
-        return cls("ok", raw)
+        return tuple.__new__(cls, ("ok", raw, None))
 
     @property
     def raw(self) -> bytes:
@@ -166,6 +166,24 @@ class CallSink(Protocol):
         """
 
 
+class CallHost(Protocol):
+    """
+    Who keeps calls: its clock, and who hears each call's end first.
+    """
+
+    reactor: Any
+
+    def callEnded(self, call: Call) -> None:
+        """
+        C{call} has just got its outcome (before its caller is told).
+        """
+
+    def cancelCall(self, call: Call) -> None:
+        """
+        The caller cancels C{call} (an accepted one).
+        """
+
+
 class Call:
     """
     One call, from submission to its single outcome.
@@ -193,10 +211,8 @@ class Call:
     """
 
     __slots__ = (
-        "_canceller",
-        "_clock",
         "_deferred",
-        "_ended",
+        "_host",
         "args",
         "cid",
         "deadline",
@@ -221,45 +237,41 @@ class Call:
 
     def __init__(
         self,
-        clock: Any,
-        ended: Callable[[Call], object],
+        host: CallHost,
         cid: int,
         task: str,
         spec: TaskSpec | None,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        timeout: float = 0.0,
-        onProgress: ProgressCallback | None = None,
-        owner: object = None,
-        job: Mapping[str, Any] | None = None,
-        canceller: Callable[[Call], object] | None = None,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        timeout: float,
+        queuedAt: float | None,
         sink: CallSink | None = None,
         tag: Any = None,
+        owner: object = None,
     ) -> None:
-        self._clock = clock
-        self._ended = ended
+        # (Every field set here, in one go: a call is made per request.)
+        self._host = host
         self.cid = cid
         self.task = task
         self.spec = spec
         self.args = args
-        self.kwargs = kwargs if kwargs is not None else {}
+        self.kwargs = kwargs
         self.timeout = timeout
-        self.onProgress = onProgress
-        self.owner = owner
-        self.job = job
-        self.state = CallState.QUEUED
-        self._canceller = canceller
-        self._deferred: Deferred[Any] | None = None
+        self.queuedAt = queuedAt
         self.sink = sink
         self.tag = tag
+        self.owner = owner
+        self.onProgress: ProgressCallback | None = None
+        self.job: Mapping[str, Any] | None = None
+        self.state = CallState.QUEUED
+        self._deferred: Deferred[Any] | None = None
         self.resultBytes: bytes | None = None
-        self.deadline = 0.0
         self.worker: Any = None
         self.timer: IDelayedCall | None = None
-        self.queuedAt: float | None = clock.seconds()
         self.startedAt: float | None = None
         self.endedAt: float | None = None
         self.outcome: Outcome | None = None
+        self.deadline = 0.0
 
     def __repr__(self) -> str:
         return f"<Call {self.cid} {self.task!r} {self.state.value}>"
@@ -273,13 +285,14 @@ class Call:
         """
         deferred = self._deferred
         if deferred is None:
-            canceller = self._canceller
-            if canceller is None:
+            if not self.cid:
+                # Refused at submission: nothing to cancel.
                 deferred = Deferred()
             else:
+                host = self._host
 
                 def cancel(d: Deferred[Any]) -> None:
-                    canceller(self)
+                    host.cancelCall(self)
 
                 deferred = Deferred(cancel)
             self._deferred = deferred
@@ -303,8 +316,8 @@ class Call:
             return
         if self._deferred is not None:
             self._deferred.cancel()
-        elif self._canceller is not None and self.outcome is None:
-            self._canceller(self)
+        elif self.cid and self.outcome is None:
+            self._host.cancelCall(self)
 
     @property
     def queuedSeconds(self) -> float | None:
@@ -326,32 +339,26 @@ class Call:
             return None
         return self.endedAt - self.startedAt
 
-    def started(self, worker: Any) -> None:
-        """
-        It was sent to C{worker}.
-        """
-        self.state = CallState.RUNNING
-        self.worker = worker
-        self.startedAt = self._clock.seconds()
-
     def stopTimer(self) -> None:
         timer, self.timer = self.timer, None
         if timer is not None and timer.active():
             timer.cancel()
 
-    def complete(self, outcome: Outcome) -> bool:
+    def complete(self, outcome: Outcome, now: float | None = None) -> bool:
         """
         End the call with C{outcome}, unless it has ended already: the pool
         counts it and tells every observer, then the caller is told.
-        Returns whether this was its end.
+        Returns whether this was its end (at C{now}, if given: the time
+        its answer was read).
         """
         if self.outcome is not None:
             return False
-        self.stopTimer()
+        if self.timer is not None:
+            self.stopTimer()
         self.outcome = outcome
-        self.endedAt = self._clock.seconds()
+        self.endedAt = self._host.reactor.seconds() if now is None else now
         self.state = CallState.DONE if self.worker is None else CallState.ABANDONED
-        self._ended(self)
+        self._host.callEnded(self)
         sink = self.sink
         if sink is not None:
             sink.callDone(self)

@@ -75,6 +75,20 @@ class Deadlines:
             if not self._armed:
                 self.stop()
 
+    def releasedAll(self, answered: list[tuple[Call, bytes]]) -> None:
+        """
+        L{released} for each call of C{answered} (and L{Call.release}).
+        """
+        before = armed = self._armed
+        for call, _ in answered:
+            call.release()
+            if call.deadline:
+                call.deadline = 0.0
+                armed -= 1
+        self._armed = armed
+        if not armed and armed != before:
+            self.stop()
+
     def _setTimer(self, at: float) -> None:
         timer = self._timer
         if timer is not None and timer.active():

@@ -250,6 +250,58 @@ def resultFrame(payload: bytes) -> tuple[int, bytes] | None:
     return found.cid, bytes(found.result)
 
 
+class _CallFrame(msgspec.Struct, omit_defaults=True):
+    op: str
+    cid: int
+    task: str
+    args: Any
+    kwargs: Any
+    tb: bool = False
+    job: Any = None
+
+
+def callPayload(
+    cid: int,
+    task: str,
+    args: Any,
+    kwargs: Any,
+    tb: bool = False,
+    job: Any = None,
+    decoded: bool = False,
+) -> bytes:
+    """
+    The payload of a C{call} frame to a worker: C{{"op": "call", "cid",
+    "task", "args", "kwargs"}}, with C{"tb": true} and C{"job"} only when
+    given. With C{decoded} (the arguments hold only what L{loads} returns)
+    encoded as L{dumpsDecoded} encodes that dict, without building it;
+    else as L{dumps} does, raising what it raises.
+    """
+    if decoded:
+        try:
+            frame = _CallFrame("call", cid, task, args, kwargs, tb, job)
+            return _fastEncoder.encode(frame)
+        except (
+            msgspec.EncodeError,
+            TypeError,
+            ValueError,
+            OverflowError,
+            RecursionError,
+        ):
+            pass
+    message: dict[str, Any] = {
+        "op": "call",
+        "cid": cid,
+        "task": task,
+        "args": args,
+        "kwargs": kwargs,
+    }
+    if tb:
+        message["tb"] = True
+    if job is not None:
+        message["job"] = job
+    return dumpsDecoded(message) if decoded else dumps(message)
+
+
 NO_ID: Any = msgspec.UNSET
 """The id L{plainRequest} gives a request that has none (a notification)."""
 

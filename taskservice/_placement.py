@@ -37,7 +37,8 @@ class Placement:
         self.shortCall = shortCall
         self._runTime: dict[str, float] = {}
         self._samples: dict[str, int] = {}
-        self._short: set[str] = set()
+        self.short: set[str] = set()
+        """The names of the tasks measured to be short."""
 
     def workerFor(
         self,
@@ -62,7 +63,7 @@ class Placement:
                     return worker
         if idle:
             return idle[-1]
-        if self.pipeline > 1 and call.task in self._short:
+        if self.pipeline > 1 and call.task in self.short:
             # No idle worker: a short call may wait in the pipe of a worker
             # running only short calls (never behind a long one).
             best: WorkerProcess | None = None
@@ -82,7 +83,43 @@ class Placement:
         """
         Whether calls of task C{name} have been measured to be short.
         """
-        return name in self._short
+        return name in self.short
+
+    def measureAll(
+        self, worker: WorkerProcess, answered: list[tuple[Call, bytes]], now: float
+    ) -> None:
+        """
+        L{measure} each call of C{answered} (in order), all answered at
+        C{now}: the same numbers, the same task for the calls in a row
+        kept in locals.
+        """
+        name: str | None = None
+        samples = 0
+        runTime = 0.0
+        lastAnswerAt = worker.lastAnswerAt
+        for call, _ in answered:
+            if call.task != name:
+                if name is not None:
+                    self._learned(name, samples, runTime)
+                name = call.task
+                samples = self._samples.get(name, 0)
+                runTime = self._runTime.get(name, 0.0)
+            startedAt = call.startedAt or now
+            seconds = now - (startedAt if startedAt > lastAnswerAt else lastAnswerAt)
+            lastAnswerAt = now
+            runTime = runTime + _EWMA * (seconds - runTime) if samples else seconds
+            samples += 1
+        worker.lastAnswerAt = lastAnswerAt
+        if name is not None:
+            self._learned(name, samples, runTime)
+
+    def _learned(self, name: str, samples: int, runTime: float) -> None:
+        self._samples[name] = samples
+        self._runTime[name] = runTime
+        if samples >= _SHORT_SAMPLES and runTime < self.shortCall:
+            self.short.add(name)
+        else:
+            self.short.discard(name)
 
     def measure(self, worker: WorkerProcess, call: Call, now: float) -> None:
         """
@@ -101,6 +138,6 @@ class Placement:
             runTime = seconds
         self._runTime[name] = runTime
         if samples + 1 >= _SHORT_SAMPLES and runTime < self.shortCall:
-            self._short.add(name)
+            self.short.add(name)
         else:
-            self._short.discard(name)
+            self.short.discard(name)

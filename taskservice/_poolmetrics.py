@@ -1,17 +1,19 @@
 """
 A pool's Prometheus metrics (L{PoolMetrics}): per task outcome counters
-and call-time histograms in plain integers, fed once per call by the pool
-(L{taskservice.pool.CallObserver}), and the pool's queue and workers read
-from its own counters on scrape.
+and call-time histograms in plain integers, fed by the pool in batches
+folded when collected (L{PoolMetrics.callsFinished}; calls that failed or
+never ran one by one, L{PoolMetrics.callFinished}), and the pool's queue
+and workers read from its own counters on scrape.
 
 Part of L{taskservice.metrics}, which re-exports the public names.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from operator import add, sub
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.metrics_core import (
@@ -25,6 +27,7 @@ from prometheus_client.utils import floatToGoString
 from taskservice.errors import OUTCOMES
 
 if TYPE_CHECKING:
+    from taskservice._callrecords import Columns
     from taskservice.pool import ProcessPool
 
 
@@ -67,6 +70,26 @@ class _Histogram:
     def __init__(self, size: int) -> None:
         self.counts = [0] * (size + 1)  # the last one is +Inf
         self.total = 0.0
+
+    def observeAll(self, values: list[float], bounds: Sequence[float]) -> None:
+        """
+        Observe every one of C{values} (none negative), as observing them
+        one by one does: counted by sorting them once and finding each
+        bucket's bound in them.
+        """
+        self.total = sum(values, self.total)
+        counts = self.counts
+        ordered = sorted(values)
+        below = 0
+        if ordered[-1] <= bounds[0]:
+            # (All in the first bucket: the usual batch of short calls.)
+            counts[0] += len(ordered)
+            return
+        for i, bound in enumerate(bounds):
+            upTo = bisect_right(ordered, bound)
+            counts[i] += upTo - below
+            below = upTo
+        counts[-1] += len(ordered) - below
 
     def buckets(self, les: Sequence[str]) -> list[tuple[str, float]]:
         """
@@ -151,10 +174,59 @@ class PoolMetrics:
         histogram.counts[bisect_left(bounds, run)] += 1
         histogram.total += run
 
+    def callsFinished(self, calls: Columns) -> None:
+        """
+        A batch of calls that ran (see L{taskservice._callrecords}): counted
+        as L{callFinished} counts each, by task.
+        """
+        tasks = calls.tasks
+        first = tasks[0]
+        if tasks.count(first) == len(tasks):
+            self._observeTask(
+                first, calls.outcomes, calls.queuedAt, calls.startedAt, calls.endedAt
+            )
+            return
+        byTask: dict[str, list[int]] = {}
+        for i, task in enumerate(tasks):
+            byTask.setdefault(task, []).append(i)
+        for task, indices in byTask.items():
+            self._observeTask(
+                task,
+                [calls.outcomes[i] for i in indices],
+                [calls.queuedAt[i] for i in indices],
+                [calls.startedAt[i] for i in indices],
+                [calls.endedAt[i] for i in indices],
+            )
+
+    def _observeTask(
+        self,
+        task: str,
+        outcomes: Sequence[str],
+        queuedAt: Sequence[float],
+        startedAt: Sequence[float],
+        endedAt: Sequence[float],
+    ) -> None:
+        stats = self._tasks.get(task)
+        if stats is None:
+            stats = self._tasks[task] = _TaskStats(len(self._bounds))
+        stats.outcomes.update(outcomes)
+        queued = list(map(sub, startedAt, queuedAt))
+        run = list(map(sub, endedAt, startedAt))
+        # The wall clock may step back: no negative durations.
+        if min(queued) < 0.0:
+            queued = [q if q > 0.0 else 0.0 for q in queued]
+        if min(run) < 0.0:
+            run = [r if r > 0.0 else 0.0 for r in run]
+        bounds = self._bounds
+        stats.queued.observeAll(queued, bounds)
+        stats.run.observeAll(run, bounds)
+        stats.total.observeAll(list(map(add, run, queued)), bounds)
+
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
     def collect(self) -> Iterable[Metric]:
+        self.pool.foldCalls()
         families = self._families()
         calls, total, queued, run, depth, limit, running, workers, size, restarts = (
             families

@@ -44,9 +44,11 @@ class SupervisorClient(Protocol):
         C{worker} sent a frame about a call (progress, result, error).
         """
 
-    def callResult(self, worker: WorkerProcess, cid: int, result: bytes) -> None:
+    def callResults(
+        self, worker: WorkerProcess, results: list[tuple[int, bytes]]
+    ) -> None:
         """
-        C{worker} answered call C{cid} with C{result} (its JSON).
+        C{worker} answered calls: C{(cid, result)} pairs, results still JSON.
         """
 
     def workerLost(

@@ -49,6 +49,14 @@ class PoolView:
     def observer(self, observer: CallObserver | None) -> None:
         self._scheduler.observer = observer
 
+    def foldCalls(self) -> None:
+        """
+        Hand the calls ended since the last time to the readers that take
+        them in batches (L{recentCalls}, an observer with
+        C{callsFinished}): before reading them.
+        """
+        self._scheduler.records.fold()
+
     def addCallListener(self, listener: CallListener) -> None:
         """
         Tell C{listener} of the end of every call from now on (see
@@ -98,6 +106,7 @@ class PoolView:
         Counters for C{$/stats}.
         """
         supervisor = self._supervisor
+        self.foldCalls()
         uptime = 0.0
         startedAt = self._scheduler.startedAt
         if startedAt is not None:

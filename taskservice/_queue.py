@@ -61,12 +61,19 @@ class CallQueue(Protocol):
 class FifoQueue:
     """
     First in, first out.
+
+    @ivar calls: the calls, oldest first; the one deque for the queue's
+        life, which the pool's scheduler reads directly on its hot path.
     """
 
     __slots__ = ("_calls",)
 
     def __init__(self) -> None:
         self._calls: deque[Call] = deque()
+
+    @property
+    def calls(self) -> deque[Call]:
+        return self._calls
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -95,7 +102,9 @@ class FifoQueue:
     def removeWhere(self, predicate: Callable[[Call], bool]) -> list[Call]:
         taken = [call for call in self._calls if predicate(call)]
         if taken:
-            self._calls = deque(call for call in self._calls if not predicate(call))
+            kept = [call for call in self._calls if not predicate(call)]
+            self._calls.clear()
+            self._calls.extend(kept)
         return taken
 
     def clear(self) -> list[Call]:

@@ -3,15 +3,18 @@ What a pool's recent calls looked like, for C{$/stats} (and the gateway's
 dashboard): the percentiles of their times over the last minute, and the
 last calls that failed, with their errors.
 
-L{RecentCalls} is a L{taskservice.pool.CallListener} the pool keeps: per
-call it appends one pair to a bounded deque (and, for a failure, one small
-dict to another); the percentiles are computed only when C{$/stats} asks.
+L{RecentCalls} is a L{taskservice.pool.CallListener} the pool keeps, and
+a L{taskservice._callrecords.CallsReader}: the calls that ran and did not
+fail come in batches (one pass appends their pairs to a bounded deque),
+the others one by one (a failure adds one small dict to another deque);
+the percentiles are computed only when C{$/stats} asks.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from operator import sub
 from typing import TYPE_CHECKING, Any
 
 from taskservice._call import FAILED
@@ -19,6 +22,7 @@ from taskservice.errors import toWireError
 
 if TYPE_CHECKING:
     from taskservice._call import Call
+    from taskservice._callrecords import Columns
 
 LATENCY_WINDOW = 60.0
 """Seconds of calls the percentiles cover."""
@@ -70,6 +74,13 @@ class RecentCalls:
         self._timed.append((endedAt, endedAt - call.queuedAt))
         if outcome.kind in FAILURE_OUTCOMES:
             self._failures.append(self._failure(call, outcome.kind, outcome.error))
+
+    def callsFinished(self, calls: Columns) -> None:
+        """
+        A batch of calls that ran and did not fail (oldest first).
+        """
+        endedAt = calls.endedAt
+        self._timed.extend(zip(endedAt, map(sub, endedAt, calls.queuedAt), strict=True))
 
     def _failure(
         self, call: Call, kind: str, error: BaseException | None

@@ -22,9 +22,11 @@ from taskservice._call import (
     RawOutcome,
     poolLog,
 )
+from taskservice._callrecords import FOLD_AT, CallRecords
 from taskservice._deadlines import Deadlines
 from taskservice._placement import Placement
-from taskservice._queue import CallQueue
+from taskservice._queue import CallQueue, FifoQueue
+from taskservice._recentcalls import FAILURE_OUTCOMES, RecentCalls
 from taskservice._supervisor import Supervisor
 from taskservice._task import Registry
 from taskservice._workerproc import WorkerProcess, WorkerState
@@ -48,6 +50,9 @@ class Scheduler(Admission):
         deadline or a lost worker.
     @ivar observer: the pool's L{CallObserver}, or L{None}.
     @ivar listeners: the L{CallListener}s, told of every call's end.
+    @ivar records: the ended calls not yet folded into their readers (the
+        recent calls, and an observer that folds batches).
+    @ivar recentCalls: the recent calls' times and failures, for C{$/stats}.
     """
 
     def __init__(
@@ -65,6 +70,8 @@ class Scheduler(Admission):
     ) -> None:
         self.reactor = reactor
         self.queue = queue
+        # A first-in first-out queue's calls, read directly on the hot path.
+        self._fifo = queue.calls if type(queue) is FifoQueue else None
         self.placement = placement
         self.registry = registry
         self.defaultTimeout = defaultTimeout
@@ -76,7 +83,11 @@ class Scheduler(Admission):
         self.completed = 0
         self.failed = 0
         self.startedAt: float | None = None
-        self.observer: CallObserver | None = None
+        self.records = CallRecords()
+        self.recentCalls = RecentCalls()
+        self.records.readers.append(self.recentCalls)
+        self._observer: CallObserver | None = None
+        self._perCall: CallObserver | None = None
         self.listeners: list[CallListener] = []
         self._drainWaiters: list[Deferred[None]] = []
         # Set by the pool once the supervisor exists (it needs us first).
@@ -91,6 +102,23 @@ class Scheduler(Admission):
 
     # -- the end of every call ------------------------------------------------
 
+    @property
+    def observer(self) -> CallObserver | None:
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: CallObserver | None) -> None:
+        readers: list[Any] = self.records.readers
+        if self._observer in readers:
+            readers.remove(self._observer)
+        self._observer = observer
+        # An observer that folds batches of calls (the pool's metrics) is
+        # told of them at once, when read; any other, call by call.
+        folds = observer is not None and hasattr(observer, "callsFinished")
+        if folds:
+            readers.append(observer)
+        self._perCall = None if folds else observer
+
     def callEnded(self, call: Call) -> None:
         """
         C{call} got its outcome (from L{Call.complete}): count it, and tell
@@ -99,13 +127,34 @@ class Scheduler(Admission):
         outcome = call.outcome
         assert outcome is not None
         kind = outcome.kind
+        startedAt = call.startedAt
         if kind == "ok":
             self.completed += 1
         elif kind in FAILED:
             self.failed += 1
-        observer = self.observer
-        if observer is not None:
-            observer.callFinished(call.task, kind, call.queuedSeconds, call.runSeconds)
+        if startedAt is not None and kind not in FAILURE_OUTCOMES:
+            # The common end (it ran, it did not fail): one tuple, folded
+            # into the metrics and recent calls when they are read.
+            pending = self.records.pending
+            pending.append(
+                (call.task, kind, call.queuedAt, startedAt, call.endedAt)  # type: ignore[arg-type]
+            )
+            if len(pending) >= FOLD_AT:
+                self.records.fold()
+            observer = self._perCall
+            if observer is not None:
+                observer.callFinished(
+                    call.task, kind, call.queuedSeconds, call.runSeconds
+                )
+        else:
+            # (What is pending first: every reader sees the calls in order.)
+            self.records.fold()
+            observer = self._observer
+            if observer is not None:
+                observer.callFinished(
+                    call.task, kind, call.queuedSeconds, call.runSeconds
+                )
+            self.recentCalls.callEnded(call)
         for listener in self.listeners:
             listener.callEnded(call)
 
@@ -117,12 +166,20 @@ class Scheduler(Admission):
         as overloaded if it would have to wait in a full queue.
         """
         queue = self.queue
-        if not len(queue):
+        waiting = self._fifo
+        if waiting is not None and waiting:
+            # The common case under load, first in first out: it goes last,
+            # nothing can be placed before the calls ahead of it (the last
+            # dispatch left them waiting), and nothing else has moved.
+            if len(waiting) < self.maxQueue:
+                waiting.append(call)
+                return
+        elif not len(queue):
             # Nothing waits: place it at once if a worker can take it.
             supervisor = self.supervisor
             worker = self.placement.workerFor(call, supervisor.workers, supervisor.idle)
             if worker is not None:
-                self._run(worker, call)
+                self._run(worker, call, call.queuedAt or self.reactor.seconds())
                 return
         queue.push(call)
         if queue.peek() is call:
@@ -167,44 +224,69 @@ class Scheduler(Admission):
     # -- dispatch --------------------------------------------------------------
 
     def dispatch(self) -> None:
+        """
+        Place queued calls, in queue order, while a worker can take the
+        next one; the frames for one worker go to it in one write.
+        """
         queue = self.queue
+        if not len(queue):
+            return
         supervisor = self.supervisor
+        workers, idle = supervisor.workers, supervisor.idle
         workerFor = self.placement.workerFor
-        while True:
-            call = queue.peek()
-            if call is None:
-                return
-            worker = workerFor(call, supervisor.workers, supervisor.idle)
-            if worker is None:
-                return
-            queue.pop()
-            self._run(worker, call)
+        now = self.reactor.seconds()
+        fifo = self._fifo
+        held: list[WorkerProcess] = []
+        try:
+            while True:
+                if fifo is not None:
+                    # (A FIFO queue's deque, read directly.)
+                    if not fifo:
+                        return
+                    call = fifo[0]
+                else:
+                    found = queue.peek()
+                    if found is None:
+                        return
+                    call = found
+                worker = workerFor(call, workers, idle)
+                if worker is None:
+                    return
+                if fifo is not None:
+                    fifo.popleft()
+                else:
+                    queue.pop()
+                if not worker.holding:
+                    held.append(worker)
+                self._run(worker, call, now, True)
+        finally:
+            for worker in held:
+                worker.sendHeld()
 
-    def _run(self, worker: WorkerProcess, call: Call) -> None:
-        worker.assign(call, self.placement.isShort(call.task))
-        message: dict[str, Any] = {
-            "op": "call",
-            "cid": call.cid,
-            "task": call.task,
-            "args": call.args,
-            "kwargs": call.kwargs,
-        }
-        if self.includeTracebacks:
-            message["tb"] = True
-        if call.job is not None:
-            message["job"] = call.job
+    def _run(
+        self, worker: WorkerProcess, call: Call, now: float, hold: bool = False
+    ) -> None:
+        """
+        Send C{call} to C{worker} (C{hold}: keep its frame with the others
+        of this dispatch, sent by C{worker.sendHeld}).
+        """
+        worker.assign(call, call.task in self.placement.short)
         try:
             # (A call of the lean lane holds only what was decoded from its
             # request line: encoded without the check dumps makes.)
-            worker.send(message, decoded=call.sink is not None)
+            worker.sendCall(call, self.includeTracebacks, call.sink is not None, hold)
         except (TypeError, ValueError) as e:
             worker.take(call.cid, answered=False)
+            # (What this dispatch placed before it goes first.)
+            worker.sendHeld()
             self.supervisor.recycler.afterCall(worker)
             call.complete(
                 Outcome.failure(InvalidParams("invalid params", f"not JSON: {e}"))
             )
             return
-        call.started(worker)
+        call.state = CallState.RUNNING
+        call.worker = worker
+        call.startedAt = now
         self.deadlines.arm(call)
 
     # -- what workers say (SupervisorClient) -----------------------------------
@@ -212,25 +294,32 @@ class Scheduler(Admission):
     def workerReady(self, worker: WorkerProcess) -> None:
         self.dispatch()
 
-    def callResult(self, worker: WorkerProcess, cid: int, raw: bytes) -> None:
+    def callResults(
+        self, worker: WorkerProcess, results: list[tuple[int, bytes]]
+    ) -> None:
         """
-        A worker's C{result} frame, its result still JSON (C{raw}): the
-        common case, kept apart from L{callMessage}.
+        A worker's C{result} frames of one read, in order, each result still
+        JSON: the common case, kept apart from L{callMessage}. The worker
+        lets go of all of them first (measured, released, recycled if due),
+        then each caller is told, then the queue is placed once.
         """
         if worker.state is WorkerState.DEAD:
+            # A late answer from a killed worker: its callers have had (or
+            # will get, when it exits) their one outcome.
             return
+        now = self.reactor.seconds()
         blocking = worker.blocking
-        call = worker.take(cid)
-        if call is None:
+        answered = worker.takeAnswered(results)
+        if not answered:
             return
         if blocking:
-            self.placement.measure(worker, call, self.reactor.seconds())
-        call.release()
-        self.deadlines.released(call)
+            self.placement.measureAll(worker, answered, now)
+        self.deadlines.releasedAll(answered)
         self.supervisor.recycler.afterCall(worker)
-        if call.outcome is None:
-            call.resultBytes = raw
-            call.complete(RawOutcome.of(raw))
+        for call, raw in answered:
+            if call.outcome is None:
+                call.resultBytes = raw
+                call.complete(RawOutcome.of(raw), now)
         if len(self.queue):
             self.dispatch()
         if self._drainWaiters:

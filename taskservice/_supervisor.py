@@ -263,8 +263,10 @@ class Supervisor:
         elif new is WorkerState.IDLE:
             idle.append(worker)
 
-    def workerResult(self, worker: WorkerProcess, cid: int, result: bytes) -> None:
-        self.client.callResult(worker, cid, result)
+    def workerResults(
+        self, worker: WorkerProcess, results: list[tuple[int, bytes]]
+    ) -> None:
+        self.client.callResults(worker, results)
 
     def workerMessage(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         op = message.get("op")

@@ -23,6 +23,7 @@ SPEC_ATTRIBUTE = "__taskservice_task__"
 RESERVED_PREFIX = "$/"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 
+_T = TypeVar("_T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 ProgressHook = Callable[[dict[str, Any]], None]
@@ -353,6 +354,16 @@ class Registry(Mapping[str, TaskSpec]):
 
     def __getitem__(self, name: str) -> TaskSpec:
         return self._specs[name]
+
+    @overload
+    def get(self, name: str, /) -> TaskSpec | None: ...
+
+    @overload
+    def get(self, name: str, default: TaskSpec | _T, /) -> TaskSpec | _T: ...
+
+    def get(self, name: str, default: Any = None, /) -> Any:
+        # (The dict's own get: the pool looks a task up per call.)
+        return self._specs.get(name, default)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._specs)

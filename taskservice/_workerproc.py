@@ -18,6 +18,7 @@ A L{WorkerProcess} knows nothing of the pool: it tells its L{WorkerOwner}
 from __future__ import annotations
 
 import os
+import struct
 import sys
 from collections.abc import Mapping
 from enum import Enum
@@ -32,13 +33,22 @@ from twisted.python.failure import Failure
 
 from taskservice import _coalesce, _json
 from taskservice._defaults import DEFAULT_MAX_RESULT
-from taskservice._frames import COMMANDS_FD, RESULTS_FD, FrameDecoder, frame
+from taskservice._frames import (
+    COMMANDS_FD,
+    MAX_FRAME,
+    RESULTS_FD,
+    FrameDecoder,
+    FrameError,
+    frame,
+)
 from taskservice._task import Registry
 
 if TYPE_CHECKING:
     from taskservice._call import Call
 
 _MAX_OUTPUT_LINE = 64 * 1024
+_HEADER = struct.Struct(">I")
+"""A frame's length header (see L{taskservice._frames})."""
 CHILD_FDS: Mapping[int, str] = {
     0: "w",
     1: "r",
@@ -76,10 +86,12 @@ class WorkerOwner(Protocol):
         C{worker} sent a frame.
         """
 
-    def workerResult(self, worker: WorkerProcess, cid: int, result: bytes) -> None:
+    def workerResults(
+        self, worker: WorkerProcess, results: list[tuple[int, bytes]]
+    ) -> None:
         """
-        C{worker} answered call C{cid} with C{result} (its JSON): the
-        common frame, passed on still encoded.
+        C{worker} answered calls: C{(cid, result)} pairs, each result still
+        its JSON (the common frames, as many as came in a row in one read).
         """
 
     def workerStateChanged(
@@ -139,6 +151,8 @@ class WorkerProcess(ProcessProtocol):
         self._frames = FrameDecoder()
         self._partial: dict[int, bytes] = {1: b"", 2: b""}
         self._commands: Any = None
+        self.holding: list[bytes] = []
+        """Call frames held by L{sendCall}, sent by L{sendHeld}."""
 
     def __repr__(self) -> str:
         return f"<WorkerProcess {self.workerID} pid={self.pid} {self.state.value}>"
@@ -162,7 +176,8 @@ class WorkerProcess(ProcessProtocol):
         C{call} is being sent to this worker (C{short}: its task is measured
         to be short, so more short calls may wait behind it).
         """
-        self.setState(WorkerState.BUSY)
+        if self.state is not WorkerState.BUSY:
+            self.setState(WorkerState.BUSY)
         self.shortOnly = short and (self.shortOnly or not self.calls)
         self.calls[call.cid] = call
         self.blocking = not call.spec.isAsync  # type: ignore[union-attr]
@@ -182,6 +197,28 @@ class WorkerProcess(ProcessProtocol):
             if self.state is WorkerState.BUSY:
                 self.setState(WorkerState.IDLE)
         return call
+
+    def takeAnswered(
+        self, results: list[tuple[int, bytes]]
+    ) -> list[tuple[Call, bytes]]:
+        """
+        L{take} each call answered in C{results} (C{(cid, result)} pairs;
+        a cid it does not hold is skipped), and return them with their
+        results, in order.
+        """
+        calls = self.calls
+        pop = calls.pop
+        answered = []
+        for cid, raw in results:
+            call = pop(cid, None)
+            if call is not None:
+                answered.append((call, raw))
+        self.completed += len(answered)
+        if not calls and answered:
+            self.blocking = self.shortOnly = False
+            if self.state is WorkerState.BUSY:
+                self.setState(WorkerState.IDLE)
+        return answered
 
     def takeAll(self) -> list[Call]:
         """
@@ -204,12 +241,55 @@ class WorkerProcess(ProcessProtocol):
         Send a frame (C{decoded}: C{message} holds only values decoded from
         JSON; see L{_json.dumpsDecoded}).
         """
-        assert self.transport is not None
-        data = frame(_json.dumpsDecoded(message) if decoded else _json.dumps(message))
-        if self._commands is not None:
-            # The frames of one reactor pass go to the worker in one write.
-            _coalesce.write(self._commands, data)
+        self._write(
+            frame(_json.dumpsDecoded(message) if decoded else _json.dumps(message))
+        )
+
+    def sendCall(self, call: Call, tb: bool, decoded: bool, hold: bool = False) -> None:
+        """
+        Send C{call}'s frame (C{tb}: ask for tracebacks; C{decoded}: its
+        arguments hold only values decoded from JSON; C{hold}: keep it
+        with the others held until L{sendHeld}). Raises L{TypeError} or
+        L{ValueError} for arguments JSON cannot carry.
+        """
+        payload = _json.callPayload(
+            call.cid, call.task, call.args, call.kwargs, tb, call.job, decoded
+        )
+        size = len(payload)
+        if size > MAX_FRAME:
+            raise FrameError(f"frame of {size} bytes is over {MAX_FRAME}")
+        data = _HEADER.pack(size) + payload
+        if hold and self._commands is not None:
+            self.holding.append(data)
         else:
+            # (Not held for a transport without a command pipe, such as an
+            # in-memory worker: what its write raises is the call's error.)
+            self._write(data)
+
+    def sendHeld(self) -> None:
+        """
+        Send the frames L{sendCall} held, in one write.
+        """
+        holding = self.holding
+        if holding:
+            data = holding[0] if len(holding) == 1 else b"".join(holding)
+            holding.clear()
+            # (Written here, not through _write: an in-memory worker decodes
+            # the frames on this stack, no deeper than they were encoded.)
+            commands = self._commands
+            if commands is not None:
+                _coalesce.write(commands, data)
+            else:
+                assert self.transport is not None
+                self.transport.writeToChild(COMMANDS_FD, data)
+
+    def _write(self, data: bytes) -> None:
+        commands = self._commands
+        if commands is not None:
+            # The frames of one reactor pass go to the worker in one write.
+            _coalesce.write(commands, data)
+        else:
+            assert self.transport is not None
             self.transport.writeToChild(COMMANDS_FD, data)
 
     def kill(self) -> None:
@@ -238,12 +318,20 @@ class WorkerProcess(ProcessProtocol):
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == RESULTS_FD:
             owner = self.owner
+            resultFrame = _json.resultFrame
+            results: list[tuple[int, bytes]] = []
             for payload in self._frames.feed(data):
-                found = _json.resultFrame(payload)
-                if found is None:
-                    owner.workerMessage(self, _json.loads(payload))
-                else:
-                    owner.workerResult(self, *found)
+                found = resultFrame(payload)
+                if found is not None:
+                    results.append(found)
+                    continue
+                # Any other frame in its turn, after the results before it.
+                if results:
+                    owner.workerResults(self, results)
+                    results = []
+                owner.workerMessage(self, _json.loads(payload))
+            if results:
+                owner.workerResults(self, results)
             return
         lines = (self._partial.get(childFD, b"") + data).split(b"\n")
         rest = lines.pop()

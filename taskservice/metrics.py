@@ -6,9 +6,10 @@ Every metric lives in a L{CollectorRegistry} of its service (see
 L{makeRegistry}), never in C{prometheus_client}'s global default registry,
 so one process may run several pools, each with its own metrics.
 
-Costs: the pool tells its L{PoolMetrics} of each call's outcome
-(L{taskservice.pool.CallObserver}), which adds to plain integers and lists
-(no locks, no allocation); everything else (queue depth, workers by state,
+Costs: the pool keeps each call's end as one tuple, and its L{PoolMetrics}
+folds them into plain integers in batches when it is collected (and every
+L{taskservice._callrecords.FOLD_AT} calls), a C-speed pass per batch (see
+L{taskservice._callrecords}); everything else (queue depth, workers by state,
 restarts, connections, the task server's refusals, the gateway's counters)
 is read from the objects' own counters when Prometheus scrapes. Collection
 runs in the reactor thread (L{MetricsResource} renders there); a registry

@@ -209,10 +209,9 @@ class ProcessPool(PoolView, Service):
         )
         self._scheduler.supervisor = self._supervisor
         self._memoryOf = memoryOf
-        self.recentCalls = RecentCalls()
+        self.recentCalls: RecentCalls = self._scheduler.recentCalls
         """The percentiles of recent calls' times and the last failures,
-        for C{$/stats}."""
-        self._scheduler.listeners.append(self.recentCalls)
+        for C{$/stats} (read after L{foldCalls})."""
 
     # -- lifecycle ---------------------------------------------------------
 
