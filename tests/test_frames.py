@@ -5,6 +5,8 @@ reads, L{FrameDecoder} gives back exactly the payloads framed, in order.
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,7 +26,7 @@ def test_anyCutGivesThePayloadsBack(items: list[bytes], cuts: list[int]) -> None
     points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
     decoder = FrameDecoder()
     out: list[bytes] = []
-    for start, end in zip(points, points[1:]):
+    for start, end in itertools.pairwise(points):
         got = decoder.feed(stream[start:end])
         assert all(type(p) is bytes for p in got)
         out.extend(got)
