@@ -47,12 +47,12 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
-        if not buffer and type(data) is bytes and len(data) >= 4:
-            # The common read: exactly one whole frame, nothing before it
-            # (a sequential call, or its answer): no copy into the buffer.
-            (length,) = _HEADER.unpack_from(data)
-            if length + 4 == len(data):
-                return [data[4:]]
+        if not buffer and type(data) is bytes:
+            # The common read: whole frames, nothing buffered before them
+            # (one frame for a sequential call or its answer, several under
+            # load): each sliced from the read once, only a frame's
+            # incomplete end is copied into the buffer.
+            return self._whole(data)
         buffer += data
         frames = []
         start = 0
@@ -66,4 +66,23 @@ class FrameDecoder:
             start = end
         if start:
             del buffer[:start]
+        return frames
+
+    def _whole(self, data: bytes) -> list[bytes]:
+        available = len(data)
+        if available >= 4:
+            (length,) = _HEADER.unpack_from(data)
+            if length + 4 == available:
+                return [data[4:]]
+        frames = []
+        start = 0
+        while available - start >= 4:
+            (length,) = _HEADER.unpack_from(data, start)
+            end = start + 4 + length
+            if end > available:
+                break
+            frames.append(data[start + 4 : end])
+            start = end
+        if start < available:
+            self._buffer += data[start:] if start else data
         return frames
